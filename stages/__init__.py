@@ -1,0 +1,1 @@
+"""MNIST-style image classification pipeline: one module per DVC stage plus shared helpers."""

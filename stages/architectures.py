@@ -1,0 +1,88 @@
+"""Architectures are data: named presets in architectures.yaml (or an inline list in params.yaml) and one builder.
+
+A spec is a list of `{type: <keras.layers class>, <constructor arguments>...}`. `check_layer_list` validates the
+types without importing TensorFlow (params load time); `build_model` turns a spec into a keras.Sequential and
+reports a bad argument or a shape that does not fit with the layer's index.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from pathlib import Path
+from typing import Any
+
+PRESETS_FILE = Path(__file__).with_name("architectures.yaml")
+INPUT_SHAPE = (28, 28, 1)
+NUM_CLASSES = 10
+
+# The keras.layers classes a spec may use: image layers, regularisers and in-model augmentation.
+LAYER_TYPES = (
+    "Conv2D", "SeparableConv2D", "DepthwiseConv2D",
+    "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
+    "Dense", "Flatten", "Reshape", "ZeroPadding2D",
+    "Dropout", "SpatialDropout2D", "GaussianNoise",
+    "BatchNormalization", "LayerNormalization",
+    "Activation", "ReLU", "LeakyReLU", "ELU",
+    "RandomTranslation", "RandomRotation", "RandomZoom", "RandomContrast", "RandomFlip",
+)
+
+
+class SpecError(ValueError):
+    """A layer spec is malformed; the message names the layer's index and key."""
+
+
+@functools.cache
+def presets() -> dict[str, list[dict[str, Any]]]:
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=True).load(PRESETS_FILE.read_text())
+
+
+def preset_names() -> list[str]:
+    return list(presets())
+
+
+def check_layer_list(layers: Any, where: str) -> None:
+    """Check the structure and layer types of a spec; argument values are checked by Keras at build time."""
+    if not isinstance(layers, list) or not layers:
+        raise SpecError(f"{where} must be a non-empty list of layers")
+    for index, layer in enumerate(layers):
+        if not isinstance(layer, dict) or "type" not in layer:
+            raise SpecError(f"{where}[{index}]: each layer needs a 'type' key, e.g. {{type: Dense, units: 10}}")
+        kind = layer["type"]
+        if kind not in LAYER_TYPES:
+            close = difflib.get_close_matches(str(kind), LAYER_TYPES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(LAYER_TYPES)}"
+            raise SpecError(f"{where}[{index}].type: unknown layer type {kind!r}{hint}")
+
+
+def resolve_spec(architecture: str, layers: list[dict[str, Any]] | None) -> tuple[str, list[dict[str, Any]]]:
+    """The (name, layer list) a model section describes: the inline list wins over the preset."""
+    if layers is not None:
+        return "custom", layers
+    return architecture, presets()[architecture]
+
+
+def build_model(layers: list[dict[str, Any]], name: str = "model", where: str = "model.layers"):
+    """Build a keras.Sequential from a spec: 28x28x1 input, the spec's layers, then a float32 softmax."""
+    import keras
+
+    check_layer_list(layers, where)
+    model = keras.Sequential(name=name)
+    model.add(keras.Input(shape=INPUT_SHAPE, name="image"))
+    for index, layer in enumerate(layers):
+        arguments = {key: value for key, value in layer.items() if key != "type"}
+        try:
+            model.add(getattr(keras.layers, layer["type"])(**arguments))
+        except (TypeError, ValueError) as error:
+            message = str(error).splitlines()[0]
+            raise SpecError(f"{where}[{index}] ({layer['type']}): {message}") from None
+    if model.output_shape != (None, NUM_CLASSES):
+        raise SpecError(
+            f"{where}: the last layer must output {NUM_CLASSES} values (one per class), got {model.output_shape}; "
+            f"end the list with {{type: Dense, units: {NUM_CLASSES}}}"
+        )
+    # Under mixed precision the softmax stays float32 so probabilities and the loss keep full precision.
+    model.add(keras.layers.Activation("softmax", dtype="float32", name="probabilities"))
+    return model
