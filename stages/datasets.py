@@ -1,6 +1,13 @@
-"""Registry of the supported datasets: class names (download details are added by the download stage)."""
+"""Registry of the supported datasets: class names, the four canonical IDX files, official mirrors and checksums.
+
+Every dataset here ships as the same four gzipped IDX files. A downloaded file counts as verified when the md5 or
+sha256 of its `.gz` bytes, or the sha256 of its unpacked IDX bytes, is one of the published values below; the
+content checksum is what lets a re-gzipped copy (Debian's Fashion-MNIST) count as official.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 CLASS_NAMES: dict[str, list[str]] = {
     "mnist": [str(digit) for digit in range(10)],
@@ -10,6 +17,100 @@ CLASS_NAMES: dict[str, list[str]] = {
     ],
 }
 
+TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
+TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
+TEST_IMAGES = "t10k-images-idx3-ubyte.gz"
+TEST_LABELS = "t10k-labels-idx1-ubyte.gz"
+# The canonical order: manifests list files in it and the dataset's content hash is taken over it.
+FILE_NAMES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
+IMAGE_FILES = (TRAIN_IMAGES, TEST_IMAGES)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a dataset's four files come from and the digests that make a copy of each one official."""
+
+    name: str
+    mirrors: tuple[str, ...]
+    # file name -> every published digest of it: md5 or sha256 of the .gz, or sha256 of the unpacked IDX bytes.
+    known_digests: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> list[str]:
+        return CLASS_NAMES[self.name]
+
+
+def _digests(*values: str) -> frozenset[str]:
+    return frozenset(value.lower() for value in values)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        name="mnist",
+        # yann.lecun.com, the original home, now answers 403/404, so it is not tried; these two serve the same files
+        # (the first is torchvision's).
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        ),
+        # torchvision's md5 and TensorFlow Datasets' sha256 of the .gz files.
+        known_digests={
+            TRAIN_IMAGES: _digests(
+                "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            ),
+            TRAIN_LABELS: _digests(
+                "d53e105ee54ea40749a09fcbcd1e9432",
+                "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            ),
+            TEST_IMAGES: _digests(
+                "9fb629c4189551a2d022fa330f9573f3",
+                "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            ),
+            TEST_LABELS: _digests(
+                "ec29112dd5afa0611ce80d1b7f02629c",
+                "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+            ),
+        },
+    ),
+    "fashion_mnist": DatasetSpec(
+        name="fashion_mnist",
+        # Zalando's own bucket, then the copy Keras' fashion_mnist.load_data() reads.
+        mirrors=(
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
+        ),
+        # TensorFlow Datasets' sha256 of the .gz files, then the sha256 of the unpacked IDX bytes (from
+        # ../shared/data/mnist-10k/README.md), which Debian's re-gzipped package also matches.
+        known_digests={
+            TRAIN_IMAGES: _digests(
+                "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            ),
+            TRAIN_LABELS: _digests(
+                "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+                "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            ),
+            TEST_IMAGES: _digests(
+                "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+                "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            ),
+            TEST_LABELS: _digests(
+                "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+                "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+            ),
+        },
+    ),
+}
+
 
 def class_names(dataset: str) -> list[str]:
     return CLASS_NAMES[dataset]
+
+
+def dataset_spec(dataset: str) -> DatasetSpec:
+    """The registry entry of `dataset`; a KeyError names the supported ones (params validation rules out others)."""
+    try:
+        return DATASETS[dataset]
+    except KeyError:
+        raise KeyError(f"unknown dataset {dataset!r}; supported: {', '.join(DATASETS)}") from None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,8 @@ def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
     if ndim == 0 or len(data) < header:
         raise IdxError(f"{name}: truncated IDX header ({len(data)} bytes); re-download it")
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(shape)) * dtype.itemsize
+    # math.prod, not np.prod: a corrupt header's dimensions can overflow int64 and wrap to a plausible size.
+    expected = header + math.prod(shape) * dtype.itemsize
     if len(data) != expected:
         problem = "truncated" if len(data) < expected else "has trailing bytes"
         raise IdxError(f"{name}: {problem}: header says {shape} ({expected} bytes), file has {len(data)} bytes; "
@@ -38,16 +41,20 @@ def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
+def unpack(raw: bytes, name: str = "IDX data") -> bytes:
+    """Gunzip `raw` when it starts with the gzip magic number; plain IDX bytes pass through."""
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    # Damage inside the deflate stream surfaces as zlib.error, which is not an OSError.
+    except (OSError, EOFError, zlib.error) as error:
+        raise IdxError(f"{name}: corrupt gzip ({error}); re-download it") from None
+
+
 def read_idx_bytes(path: str | os.PathLike) -> bytes:
     """The unpacked IDX bytes of a file, gunzipped when it is gzip."""
-    path = Path(path)
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError) as error:
-            raise IdxError(f"{path}: corrupt gzip ({error}); re-download it") from None
-    return raw
+    return unpack(Path(path).read_bytes(), str(path))
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
