@@ -19,6 +19,10 @@ class PipelineError(Exception):
     """A problem the user can fix (bad params, missing input, unreachable mirror): printed without a traceback."""
 
 
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM so a stage can clean up (and close its MLflow run as KILLED)."""
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `target`; rename it onto `target` only if the block succeeds.
@@ -79,3 +83,6 @@ def stage_main(run: Callable[[Any], Any], params_path: str = "params.yaml") -> N
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        sys.exit(143)

@@ -1,0 +1,307 @@
+"""MLflow tracking, the only module that imports mlflow.
+
+One MLflow run per trained model: train opens it (`training_run`), evaluate and plots attach to it through the
+run id in {paths.models}/run.json. The default store is MLflow's SQLite file `mlflow.db` at the project root with
+artifacts in `mlartifacts/` beside it; runs made by `dvc exp run --temp/--queue` in a temporary copy still land
+there because DVC sets DVC_ROOT to the original repository. `tracking.uri` or MLFLOW_TRACKING_URI selects a
+tracking server instead.
+
+MLflow's own exit hook marks an active run FINISHED and it leaves a SIGTERMed run RUNNING, so the status is set
+here explicitly: FINISHED, FAILED (an exception) or KILLED (SIGINT/SIGTERM, or a run whose process vanished).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from stages.common import PipelineError, Terminated, write_json
+from stages.params import Params
+
+RUN_FILE = "run.json"
+SQLITE_TIMEOUT_SECONDS = 60
+
+
+def project_root() -> Path:
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def tracking_uri(params: Params) -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri
+    if uri:
+        return uri
+    return f"sqlite:///{project_root() / 'mlflow.db'}?timeout={SQLITE_TIMEOUT_SECONDS}"
+
+
+def _is_local_sqlite(uri: str) -> bool:
+    return uri.startswith("sqlite:///")
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise schema creation, experiment creation and registry updates across concurrent local runs."""
+    if not _is_local_sqlite(uri):
+        yield
+        return
+    lock_path = project_root() / ".mlflow.lock"
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_reachable(uri: str) -> None:
+    """Fail in seconds, not after MLflow's minutes of retries, when a tracking server is down."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
+    except urllib.error.HTTPError:
+        return  # it answered: auth or routing is MLflow's business
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise PipelineError(
+            f"MLflow tracking server {uri} is unreachable ({reason}): start it, or fix tracking.uri / "
+            "MLFLOW_TRACKING_URI, or set tracking.enabled: false"
+        ) from None
+
+
+def connect(params: Params):
+    """Point MLflow at the store and return (client, experiment id), creating the experiment once."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri(params)
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = mlflow.MlflowClient(uri, uri)
+    name = params.tracking.experiment
+    with store_lock(uri):
+        try:
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                location = (project_root() / "mlartifacts").as_uri() if _is_local_sqlite(uri) else None
+                try:
+                    return client, client.create_experiment(name, artifact_location=location)
+                except MlflowException:
+                    experiment = client.get_experiment_by_name(name)  # another process created it first
+        except MlflowException as error:
+            raise PipelineError(f"MLflow tracking store {uri} failed: {error.message.splitlines()[0]}") from None
+    return client, experiment.experiment_id
+
+
+def flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list | dict) else value
+    return flat
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def run_tags(params: Params, data_hash: str) -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    tags = {
+        "git.commit": _git("rev-parse", "HEAD") or "unknown",
+        "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
+        "dataset": params.data.dataset,
+        "data.sha256": data_hash,
+        "tensorflow.version": tf.__version__,
+        "keras.version": keras.__version__,
+        "host": socket.gethostname(),
+        "pid": str(os.getpid()),
+    }
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+def mark_orphans_killed(client, experiment_id: str) -> None:
+    """A run left RUNNING by a process killed with SIGKILL on this host is closed as KILLED."""
+    host = socket.gethostname()
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        pid = run.data.tags.get("pid")
+        if run.data.tags.get("host") != host or not pid or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            client.set_terminated(run.info.run_id, status="KILLED")
+            print(f"marked MLflow run {run.info.run_id} KILLED: its process {pid} is gone")
+        except PermissionError:
+            pass
+
+
+class NullRun:
+    """Stands in for a run when tracking is off."""
+
+    run_id = None
+
+    def keras_callbacks(self) -> list:
+        return []
+
+    def log_training(self, params, model, result, models_dir: Path, example) -> None:
+        write_json(models_dir / RUN_FILE, {"run_id": None})
+
+
+class TrainingRun:
+    def __init__(self, client, run_id: str, uri: str):
+        self.client, self.run_id, self.uri = client, run_id, uri
+
+    def keras_callbacks(self) -> list:
+        import keras
+
+        client, run_id = self.client, self.run_id
+
+        class EpochMetrics(keras.callbacks.Callback):
+            """Logs each epoch as it ends, so curves grow live in `mlflow ui`."""
+
+            def on_epoch_end(self, epoch, logs=None):
+                from mlflow.entities import Metric
+
+                stamp = int(time.time() * 1000)
+                metrics = [Metric(key, float(value), stamp, epoch + 1) for key, value in (logs or {}).items()]
+                client.log_batch(run_id, metrics=metrics, synchronous=True)
+
+        return [EpochMetrics()]
+
+    def log_training(self, params: Params, model, result: dict, models_dir: Path, example) -> None:
+        import mlflow
+        from mlflow.models import infer_signature
+
+        self.client.log_batch(self.run_id, params=[
+            mlflow.entities.Param("model.parameters", str(result["parameters"])),
+        ])
+        for key in ("train_seconds", "epochs_run", "best_val_accuracy"):
+            self.client.log_metric(self.run_id, key, float(result[key]))
+        self.client.set_tag(self.run_id, "precision", result["precision"])
+        for name in ("summary.txt", "history.csv"):
+            self.client.log_artifact(self.run_id, str(models_dir / name), "model_outputs")
+        if Path("params.yaml").exists():
+            self.client.log_artifact(self.run_id, "params.yaml")
+        signature = infer_signature(example, model.predict(example, verbose=0))
+        # mlflow.keras.log_model writes the input example before creating its folder (MLflow 3.17); the
+        # TensorFlow flavour saves the same Keras 3 model and gets it right.
+        with store_lock(self.uri):
+            info = mlflow.tensorflow.log_model(
+                model, name="model", signature=signature, input_example=example,
+                registered_model_name=params.tracking.registered_model,
+            )
+        write_json(models_dir / RUN_FILE, {
+            "run_id": self.run_id, "experiment": params.tracking.experiment, "model_uri": info.model_uri,
+            "registered_model": params.tracking.registered_model,
+            "model_version": str(info.registered_model_version) if info.registered_model_version else None,
+        })
+
+
+@contextlib.contextmanager
+def training_run(params: Params, data_hash: str = "") -> Iterator[NullRun | TrainingRun]:
+    """Open the MLflow run for a training and close it FINISHED, FAILED or KILLED, whatever happens."""
+    if not params.tracking.enabled:
+        yield NullRun()
+        return
+    import mlflow
+
+    client, experiment_id = connect(params)
+    mark_orphans_killed(client, experiment_id)
+    name_spec = json.dumps(params.model_dump(), sort_keys=True, default=str)
+    architecture = params.model.architecture if params.model.layers is None else "custom"
+    run_name = f"{architecture}-{params.train.optimizer.name}-{hashlib.sha256(name_spec.encode()).hexdigest()[:6]}"
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
+                           tags=run_tags(params, data_hash), log_system_metrics=False)
+    run_id = run.info.run_id
+    client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000])
+                                     for k, v in flatten(params.model_dump()).items()])
+
+    def on_sigterm(signum, frame):
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    status = "FAILED"
+    try:
+        yield TrainingRun(client, run_id, tracking_uri(params))
+        status = "FINISHED"
+    except (KeyboardInterrupt, Terminated):
+        status = "KILLED"
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        mlflow.end_run(status=status)
+        print(f"MLflow run {run_name} ({run_id}) {status} in experiment {params.tracking.experiment!r}")
+
+
+def _attached_run(params: Params):
+    """(client, run id) of the training's run from run.json, or None when there is nothing to attach to."""
+    if not params.tracking.enabled:
+        return None
+    path = Path(params.paths.models) / RUN_FILE
+    if not path.exists():
+        return None
+    run_id = json.loads(path.read_text()).get("run_id")
+    if not run_id:
+        return None
+    client, _ = connect(params)
+    return client, run_id
+
+
+def log_evaluation(params: Params, metrics: dict[str, float], files: list[Path]) -> None:
+    """Attach test metrics and report files to the training's run; tag its model version and move `champion`."""
+    from mlflow.exceptions import MlflowException
+
+    attached = _attached_run(params)
+    if attached is None:
+        return
+    client, run_id = attached
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, float(value))
+    for path in files:
+        client.log_artifact(run_id, str(path), "reports")
+    name = params.tracking.registered_model
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if not versions or "test_accuracy" not in metrics:
+        return
+    accuracy = float(metrics["test_accuracy"])
+    version = versions[0].version
+    with store_lock(tracking_uri(params)):
+        client.set_model_version_tag(name, version, "test_accuracy", f"{accuracy:.6f}")
+        try:
+            champion = client.get_model_version_by_alias(name, "champion")
+            best = float(champion.tags.get("test_accuracy", "-1"))
+        except MlflowException:  # no champion yet
+            best = -1.0
+        if accuracy > best:
+            client.set_registered_model_alias(name, "champion", version)
+            print(f"registered model {name} version {version} is the new champion (test accuracy {accuracy:.4f})")
+
+
+def log_files(params: Params, files: list[Path], folder: str) -> None:
+    attached = _attached_run(params)
+    if attached is not None:
+        client, run_id = attached
+        for path in files:
+            client.log_artifact(run_id, str(path), folder)

@@ -1,0 +1,275 @@
+"""Train stage: build the Keras model params.yaml describes and fit it on the processed data.
+
+Reads  {paths.processed}/train.npz, val.npz; params seed, model.*, train.*, tracking.*
+Writes {paths.models}/model.keras (best epoch by train.checkpoint_monitor), history.csv, summary.txt, run.json
+Run alone: python -m stages.train
+
+An interrupted run resumes from its last finished epoch: the state lives in .resume/<key>/ (outside DVC's outs,
+which DVC deletes before rerunning the stage), keyed by the model, training params and data, and is removed once
+training completes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stages import tracking
+from stages.architectures import SpecError, build_model, resolve_spec
+from stages.common import PipelineError, atomic_path, write_csv, write_text
+from stages.params import Params
+
+RESUME_ROOT = Path(".resume")
+HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"]
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def load_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    path = directory / f"{split}.npz"
+    if not path.exists():
+        raise PipelineError(f"{path} not found: run `dvc repro preprocess` first")
+    with np.load(path) as data:
+        return data["x"], data["y"]
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def choose_precision(requested: str) -> str:
+    """Resolve `auto`: bf16 only where the hardware computes it natively (emulated bf16 is slower than float32)."""
+    if requested != "auto":
+        return requested
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
+        if capability >= (8, 0):
+            return "mixed_bfloat16"
+    return "mixed_bfloat16" if cpu_has_native_bf16() else "float32"
+
+
+def make_optimizer(params: Params, steps_per_epoch: int):
+    import keras
+
+    settings = params.train.optimizer
+    classes = {
+        "adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "nadam": keras.optimizers.Nadam,
+        "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop, "adadelta": keras.optimizers.Adadelta,
+        "adagrad": keras.optimizers.Adagrad, "adamax": keras.optimizers.Adamax, "lion": keras.optimizers.Lion,
+    }
+    learning_rate = settings.learning_rate
+    if params.train.lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=params.train.epochs * steps_per_epoch
+        )
+    try:
+        return classes[settings.name](learning_rate=learning_rate, **settings.kwargs)
+    except (TypeError, ValueError) as error:
+        raise PipelineError(f"train.optimizer.kwargs: {error} (optimizer {settings.name!r})") from None
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, shuffle: bool):
+    """A tf.data pipeline over in-memory arrays: seeded reshuffle each epoch, batched, prefetched."""
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def content_hash(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
+
+
+def resume_key(params: Params, data_hash: str) -> str:
+    """Identify a training run by what determines it, so a resume never mixes two different runs."""
+    spec = {"seed": params.seed, "model": params.model.model_dump(), "train": params.train.model_dump(),
+            "data": data_hash}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def make_callbacks(params: Params, resume_dir: Path, initial_history: pd.DataFrame, extra: list):
+    import keras
+
+    class EpochLog(keras.callbacks.Callback):
+        """Appends each finished epoch (with its learning rate and duration) to the resumable history file."""
+
+        def __init__(self, path: Path, history: pd.DataFrame):
+            super().__init__()
+            self.path, self.rows = path, history.to_dict("records")
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in HISTORY_COLUMNS[1:5] if k in logs}}
+            row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            row["seconds"] = time.perf_counter() - self.started
+            self.rows.append(row)
+            write_csv(self.path, pd.DataFrame(self.rows, columns=HISTORY_COLUMNS))
+            logs["learning_rate"], logs["seconds"] = row["learning_rate"], row["seconds"]
+
+    class StopAtAccuracy(keras.callbacks.Callback):
+        """The course's callback: stop once the monitored accuracy reaches the target."""
+
+        def __init__(self, monitor: str, target: float):
+            super().__init__()
+            self.monitor, self.target = monitor, target
+
+        def on_epoch_end(self, epoch, logs=None):
+            if (logs or {}).get(self.monitor, 0.0) >= self.target:
+                print(f"\n{self.monitor} reached {self.target}: stopping after epoch {epoch + 1}")
+                self.model.stop_training = True
+
+    settings = params.train
+    monitor = settings.checkpoint_monitor
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        resume_dir / "best.keras", monitor=monitor, mode="min" if "loss" in monitor else "max", save_best_only=True
+    )
+    if monitor in initial_history and len(initial_history):
+        # A resumed run must not overwrite the best checkpoint with a worse epoch.
+        column = initial_history[monitor]
+        checkpoint.best = float(column.min() if "loss" in monitor else column.max())
+    callbacks = [EpochLog(resume_dir / "history.csv", initial_history), checkpoint]
+    if settings.early_stopping.enabled:
+        stopping = settings.early_stopping
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor=stopping.monitor, patience=stopping.patience, restore_best_weights=stopping.restore_best_weights
+        ))
+    if settings.target_accuracy is not None:
+        callbacks.append(StopAtAccuracy(settings.target_monitor, settings.target_accuracy))
+    if settings.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(Path(params.paths.models) / "tensorboard")))
+    callbacks.extend(extra)
+    if settings.resume:
+        # Last, so the epoch's history row and checkpoint exist before the epoch counts as finished.
+        callbacks.append(keras.callbacks.BackupAndRestore(str(resume_dir / "backup"), double_checkpoint=True))
+    return callbacks
+
+
+def configure(params: Params) -> str:
+    """Seed everything, switch on determinism and set the precision policy; returns the precision used."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(params.seed)
+    if params.train.deterministic:
+        # Before compile(): Keras decides on XLA when compiling, and determinism must already be on.
+        tf.config.experimental.enable_op_determinism()
+    precision = choose_precision(params.train.precision)
+    keras.mixed_precision.set_global_policy(precision)
+    return precision
+
+
+def fit(params: Params, train: tuple, val: tuple, resume_dir: Path, extra_callbacks: list = ()):
+    """Build, compile and fit the model; returns (model trained to its best checkpoint, history frame)."""
+    import keras
+
+    name, layers = resolve_spec(params.model.architecture, params.model.layers)
+    try:
+        model = build_model(layers, name=name, where="model.layers" if params.model.layers else f"preset {name}")
+    except SpecError as error:
+        raise PipelineError(str(error)) from None
+    settings = params.train
+    steps_per_epoch = int(np.ceil(len(train[0]) / settings.batch_size))
+    model.compile(
+        optimizer=make_optimizer(params, steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=settings.label_smoothing),
+        metrics=["accuracy"],
+    )
+    history_path = resume_dir / "history.csv"
+    initial = pd.read_csv(history_path) if settings.resume and history_path.exists() else pd.DataFrame()
+    resume_dir.mkdir(parents=True, exist_ok=True)
+    callbacks = make_callbacks(params, resume_dir, initial, list(extra_callbacks))
+    backup = next((c for c in callbacks if isinstance(c, keras.callbacks.BackupAndRestore)), None)
+    if backup is not None and len(initial):
+        # Rows of an epoch whose backup never finished would be replayed: keep only backed-up epochs.
+        metadata = Path(backup.backup_dir) / "training_metadata.json"
+        finished = json.loads(metadata.read_text())["epoch"] if metadata.exists() else 0
+        callbacks[0].rows = [row for row in callbacks[0].rows if row["epoch"] <= finished]
+        if finished:
+            print(f"resuming after epoch {finished} from {resume_dir}")
+    model.fit(
+        make_dataset(*train, settings.batch_size, params.seed, shuffle=True),
+        validation_data=make_dataset(*val, settings.batch_size, params.seed, shuffle=False),
+        epochs=settings.epochs,
+        shuffle=False,  # the tf.data pipeline already reshuffles with the seed
+        callbacks=callbacks,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    best = resume_dir / "best.keras"
+    if best.exists() and not (settings.early_stopping.enabled and settings.early_stopping.restore_best_weights):
+        model.load_weights(best)
+    history = pd.DataFrame(callbacks[0].rows, columns=HISTORY_COLUMNS)
+    return model, history
+
+
+def summary_text(model) -> str:
+    lines: list[str] = []
+    model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line), line_length=100)
+    return "\n".join(lines) + "\n"
+
+
+def run(params: Params) -> dict:
+    processed, models = Path(params.paths.processed), Path(params.paths.models)
+    train, val = load_split(processed, "train"), load_split(processed, "val")
+    data_hash = content_hash([processed / "train.npz", processed / "val.npz"])
+    with tracking.training_run(params, data_hash) as run_handle:
+        precision = configure(params)
+        resume_dir = RESUME_ROOT / resume_key(params, data_hash)
+        if not params.train.resume:
+            shutil.rmtree(resume_dir, ignore_errors=True)
+        started = time.perf_counter()
+        model, history = fit(params, train, val, resume_dir, run_handle.keras_callbacks())
+        seconds = time.perf_counter() - started
+
+        with atomic_path(models / "model.keras") as tmp:
+            model.save(tmp)
+        write_csv(models / "history.csv", history)
+        write_text(models / "summary.txt", summary_text(model))
+        result = {
+            "architecture": resolve_spec(params.model.architecture, params.model.layers)[0],
+            "parameters": int(model.count_params()),
+            "precision": precision,
+            "epochs_run": len(history),
+            "train_seconds": round(seconds, 2),
+            "best_val_accuracy": float(history["val_accuracy"].max()),
+        }
+        run_handle.log_training(params, model, result, models, example=val[0][:5])
+        shutil.rmtree(resume_dir, ignore_errors=True)
+    print(f"trained {result['architecture']} ({result['parameters']:,} parameters, {precision}) for "
+          f"{result['epochs_run']} epochs in {seconds:.1f} s; best val_accuracy {result['best_val_accuracy']:.4f}")
+    return result
+
+
+def main() -> None:
+    from stages.common import stage_main
+
+    stage_main(run)
+
+
+if __name__ == "__main__":
+    main()
