@@ -1,0 +1,236 @@
+"""Evaluate stage: score the trained model on the test set and save what the plots stage draws.
+
+Reads `{paths.processed}/test.npz` and `{paths.models}/model.keras`; params `evaluate.*`, `data.dataset`, `paths.*`.
+Writes, each atomically, under `{paths.reports}`:
+  metrics.json     test_loss, test_accuracy, macro_f1, macro_precision, macro_recall, throughput_images_per_s,
+                   test_images (flat, so `dvc metrics show` lists them)
+  predictions.csv  index, actual, predicted, confidence, prob_0..prob_9 (one row per test image)
+  confusion.csv    counts, rows = actual class, columns = predicted class
+  per_class.csv    class, name, precision, recall, f1, support
+  activations.npz  the first Conv2D layer's filters and its outputs for the first `evaluate.activation_images`
+                   test images, so plots can draw feature maps without TensorFlow
+
+Run alone with `python -m stages.evaluate` (after `dvc repro train`).
+"""
+
+from __future__ import annotations
+
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stages.common import PipelineError, save_npz, stage_main, write_csv, write_json
+from stages.datasets import class_names
+
+# Keras clips probabilities to [epsilon, 1 - epsilon] before the log (keras.config.epsilon()); the same clip here
+# keeps a confidently wrong prediction from giving an infinite loss and matches model.evaluate.
+EPSILON = 1e-7
+
+
+def require_files(files: dict[Path, str]) -> None:
+    """Raise one PipelineError naming every missing input and the stage that writes it."""
+    missing = [f"{path} (written by the {stage} stage)" for path, stage in files.items() if not path.is_file()]
+    if missing:
+        raise PipelineError("missing input: " + ", ".join(missing) + "; run `dvc repro` to produce it")
+
+
+def load_test_set(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The test images (N x 28 x 28 x 1 float32) and their integer labels, checked to match."""
+    with np.load(path) as archive:
+        absent = [key for key in ("x", "labels") if key not in archive]
+        if absent:
+            raise PipelineError(f"{path} lacks the array(s) {', '.join(absent)}; rerun `dvc repro preprocess`")
+        images, labels = archive["x"], archive["labels"].astype(np.int64)
+    if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels) or len(labels) == 0:
+        raise PipelineError(f"{path}: expected N x H x W x C images and N labels with N > 0, got images "
+                            f"{images.shape} and labels {labels.shape}; rerun `dvc repro preprocess`")
+    return images, labels
+
+
+def load_model(path: Path):
+    import keras
+
+    try:
+        # compile=False: evaluation needs only the forward pass, and skipping the optimizer keeps loading robust.
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise PipelineError(f"{path} is not a loadable Keras model ({message}); rerun `dvc repro train`") from None
+
+
+def predict_timed(model, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
+    """Class probabilities for every image, and the inference throughput in images per second.
+
+    Untimed warm-up calls first trace the predict function (and, with XLA, compile it) for a full batch and for
+    the last partial one, so the timed pass measures inference rather than one-off set-up.
+    """
+    warm_up_sizes = {min(batch_size, len(images)), len(images) % batch_size} - {0}
+    for size in sorted(warm_up_sizes):
+        model.predict(images[:size], batch_size=batch_size, verbose=0)
+    start = time.perf_counter()
+    probabilities = model.predict(images, batch_size=batch_size, verbose=0)
+    seconds = time.perf_counter() - start
+    return np.asarray(probabilities, dtype=np.float32), len(images) / seconds
+
+
+def confusion_matrix(actual, predicted, num_classes: int) -> np.ndarray:
+    """num_classes x num_classes counts: row = actual class, column = predicted class."""
+    actual = np.asarray(actual).astype(np.int64).ravel()
+    predicted = np.asarray(predicted).astype(np.int64).ravel()
+    if actual.shape != predicted.shape:
+        raise ValueError(f"actual has {actual.size} labels but predicted has {predicted.size}")
+    for name, values in (("actual", actual), ("predicted", predicted)):
+        if values.size and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(f"{name} labels must lie in 0..{num_classes - 1}, got {values.min()}..{values.max()}")
+    counts = np.bincount(actual * num_classes + predicted, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
+
+
+def class_scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class precision, recall, F1 and support from a confusion matrix; an undefined ratio (0/0) counts as 0."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    true_positives = np.diag(confusion)
+    support = confusion.sum(axis=1)
+    predicted_count = confusion.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted_count > 0, true_positives / predicted_count, 0.0)
+        recall = np.where(support > 0, true_positives / support, 0.0)
+        # 2TP / (2TP + FP + FN) equals the harmonic mean of precision and recall wherever that is defined.
+        f1_denominator = support + predicted_count
+        f1 = np.where(f1_denominator > 0, 2 * true_positives / f1_denominator, 0.0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64),
+            "predicted_count": predicted_count.astype(np.int64)}
+
+
+def cross_entropy(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean categorical cross-entropy of the probabilities against one-hot labels, computed as Keras does."""
+    probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
+    true_class_probability = probabilities[np.arange(len(labels)), labels]
+    return float(-np.log(np.clip(true_class_probability, EPSILON, 1.0 - EPSILON)).mean())
+
+
+def compute_metrics(labels, probabilities) -> dict[str, float | int]:
+    """Test loss, accuracy and macro precision / recall / F1 from integer labels and N x classes probabilities.
+
+    Macro averages run over the classes that occur among the labels or the predictions (scikit-learn's default),
+    so a class absent from a small test set does not count as a zero score.
+    """
+    labels = np.asarray(labels).astype(np.int64).ravel()
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 2 or len(probabilities) != len(labels) or len(labels) == 0:
+        raise ValueError(f"expected N labels and N x classes probabilities with N > 0, got labels {labels.shape} "
+                         f"and probabilities {probabilities.shape}")
+    num_classes = probabilities.shape[1]
+    predicted = probabilities.argmax(axis=1)
+    scores = class_scores(confusion_matrix(labels, predicted, num_classes))
+    present = (scores["support"] > 0) | (scores["predicted_count"] > 0)
+    return {
+        "test_loss": cross_entropy(labels, probabilities),
+        "test_accuracy": float(np.mean(predicted == labels)),
+        "macro_f1": float(scores["f1"][present].mean()),
+        "macro_precision": float(scores["precision"][present].mean()),
+        "macro_recall": float(scores["recall"][present].mean()),
+        "test_images": int(len(labels)),
+    }
+
+
+def per_class_table(confusion: np.ndarray, names: list[str]) -> pd.DataFrame:
+    """One row per class: class id, name, precision, recall, f1, support."""
+    scores = class_scores(confusion)
+    return pd.DataFrame({
+        "class": np.arange(len(names)),
+        "name": names,
+        "precision": scores["precision"],
+        "recall": scores["recall"],
+        "f1": scores["f1"],
+        "support": scores["support"],
+    })
+
+
+def predictions_table(labels: np.ndarray, probabilities: np.ndarray) -> pd.DataFrame:
+    """One row per test image: its index in test.npz, actual and predicted class ids, confidence, probabilities."""
+    predicted = probabilities.argmax(axis=1)
+    table = pd.DataFrame({
+        "index": np.arange(len(labels)),
+        "actual": labels,
+        "predicted": predicted,
+        "confidence": probabilities.max(axis=1),
+    })
+    # Six decimals keep the CSV readable and a tenth of the size; argmax was taken on the full probabilities.
+    columns = pd.DataFrame(probabilities, columns=[f"prob_{k}" for k in range(probabilities.shape[1])])
+    return pd.concat([table, columns], axis=1).round(6)
+
+
+def confusion_table(confusion: np.ndarray, names: list[str]) -> pd.DataFrame:
+    """The confusion matrix with an `actual` column of class names and one column per predicted class name."""
+    table = pd.DataFrame(confusion, columns=names)
+    table.insert(0, "actual", names)
+    return table
+
+
+def first_conv_layer(model):
+    """The model's first Conv2D layer (augmentation or normalisation layers may come before it), or None."""
+    import keras
+
+    return next((layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)), None)
+
+
+def conv_activations(model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first Conv2D layer's kernel (kh x kw x in x filters) and its outputs for `images` (N x H x W x filters).
+
+    A model without a Conv2D layer gives empty arrays, which the plots stage reports instead of drawing.
+    """
+    import keras
+
+    layer = first_conv_layer(model)
+    if layer is None:
+        return np.zeros((0, 0, 1, 0), np.float32), np.zeros((len(images), 0, 0, 0), np.float32)
+    # A Sequential loaded from file has no `model.input` until called, but its `inputs` list is set once built.
+    feature_model = keras.Model(model.inputs[0], layer.output)
+    activations = keras.ops.convert_to_numpy(feature_model(images, training=False))
+    # Under mixed precision the outputs are bfloat16 or float16, which NumPy files and matplotlib handle poorly.
+    return (np.asarray(keras.ops.convert_to_numpy(layer.kernel), dtype=np.float32),
+            np.asarray(activations, dtype=np.float32))
+
+
+def run(params) -> dict[str, float | int]:
+    """Evaluate the trained model on the test set, write the reports, and return the metrics."""
+    processed, models, reports = Path(params.paths.processed), Path(params.paths.models), Path(params.paths.reports)
+    test_path, model_path = processed / "test.npz", models / "model.keras"
+    require_files({test_path: "preprocess", model_path: "train"})
+    names = class_names(params.data.dataset)
+
+    images, labels = load_test_set(test_path)
+    model = load_model(model_path)
+    probabilities, images_per_second = predict_timed(model, images, params.evaluate.batch_size)
+    if probabilities.shape != (len(labels), len(names)):
+        raise PipelineError(f"{model_path} outputs {probabilities.shape[1:]} per image, expected {len(names)} "
+                            f"class probabilities for {params.data.dataset}; retrain with `dvc repro train`")
+
+    scores = compute_metrics(labels, probabilities)
+    test_images = scores.pop("test_images")
+    metrics = {**scores, "throughput_images_per_s": round(images_per_second, 1), "test_images": test_images}
+    confusion = confusion_matrix(labels, probabilities.argmax(axis=1), len(names))
+
+    count = min(params.evaluate.activation_images, len(images))
+    filters, activations = conv_activations(model, images[:count])
+
+    write_csv(reports / "predictions.csv", predictions_table(labels, probabilities))
+    write_csv(reports / "confusion.csv", confusion_table(confusion, names))
+    write_csv(reports / "per_class.csv", per_class_table(confusion, names))
+    save_npz(reports / "activations.npz", filters=filters, images=images[:count, :, :, 0],
+             labels=labels[:count], activations=activations)
+    # metrics.json last: its presence means every other report of this run is complete.
+    write_json(reports / "metrics.json", metrics)
+    return metrics
+
+
+def main() -> None:
+    stage_main(run)
+
+
+if __name__ == "__main__":
+    main()
