@@ -1,0 +1,136 @@
+"""preprocess stage: turn the raw IDX files into normalized, one-hot, split arrays ready for Keras.
+
+Reads params: seed, data.dataset, preprocess.val_fraction, preprocess.limit, paths.raw, paths.processed,
+paths.reports. Reads `{paths.raw}/{dataset}/` (written by the download stage).
+Writes `{paths.processed}/train.npz`, `val.npz`, `test.npz`, each with `x` (float32 N x 28 x 28 x 1 in [0, 1]),
+`y` (float32 one-hot N x 10) and `labels` (uint8 N), and `{paths.reports}/data.csv` (images per class and split).
+Run alone: `python -m stages.preprocess` from the project root.
+
+The validation set is split off the training images (after `preprocess.limit` keeps the first N of them),
+stratified by class and seeded, so the same seed always holds out the same images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stages.common import PipelineError, save_npz, stage_main, write_csv
+from stages.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, class_names
+from stages.idx import IdxError, load_images_labels
+from stages.params import Params
+
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
+SPLITS = ("train", "val", "test")
+
+
+def check_images(images: np.ndarray, name: str) -> None:
+    """The models expect 28 x 28 grey bytes; anything else is the wrong dataset, not something to resize silently."""
+    if images.shape[1:] != IMAGE_SHAPE:
+        raise IdxError(f"{name}: images are {'x'.join(map(str, images.shape[1:]))}, expected 28x28 "
+                       "(an MNIST-style dataset)")
+    if images.dtype != np.uint8:
+        raise IdxError(f"{name}: pixels are {images.dtype}, expected uint8 (0-255)")
+
+
+def normalize(images: np.ndarray) -> np.ndarray:
+    """uint8 N x 28 x 28 -> float32 N x 28 x 28 x 1 in [0, 1] (the channel axis Conv2D expects)."""
+    return (images.astype(np.float32) / np.float32(255.0))[..., np.newaxis]
+
+
+def one_hot(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    return np.eye(num_classes, dtype=np.float32)[labels]
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val), each in ascending order, with every class held out in the same proportion.
+
+    The validation size is round(N * val_fraction) (at least one image, at most N - 1). Each class gets the floor
+    of its exact share, and the images left over go to the classes with the largest remainders, so every class
+    is within one image of proportional; which images of a class go is a seeded permutation.
+    """
+    labels = np.asarray(labels)
+    total = len(labels)
+    if total < 2:
+        raise PipelineError(f"cannot split {total} image(s) into training and validation sets; raise preprocess.limit")
+    val_total = min(max(round(total * val_fraction), 1), total - 1)
+    classes, counts = np.unique(labels, return_counts=True)
+    shares = counts * val_total / total
+    quotas = np.floor(shares).astype(int)
+    # Stable sort keeps ties in class order, so the same labels always give the same quotas.
+    leftover_order = np.argsort(-(shares - quotas), kind="stable")
+    quotas[leftover_order[: val_total - quotas.sum()]] += 1
+
+    rng = np.random.default_rng(seed)
+    val_parts = []
+    for label, quota in zip(classes, quotas, strict=True):
+        members = np.flatnonzero(labels == label)
+        val_parts.append(rng.permutation(members)[:quota])
+    val_indices = np.sort(np.concatenate(val_parts))
+    train_mask = np.ones(total, dtype=bool)
+    train_mask[val_indices] = False
+    return np.flatnonzero(train_mask), val_indices
+
+
+def class_counts(split_labels: dict[str, np.ndarray], names: list[str]) -> pd.DataFrame:
+    """Long table of images per split and class: columns split, class, name, count (zero counts included)."""
+    rows = [
+        {"split": split, "class": label, "name": names[label], "count": int(count)}
+        for split, labels in split_labels.items()
+        for label, count in enumerate(np.bincount(labels, minlength=len(names)))
+    ]
+    return pd.DataFrame(rows, columns=["split", "class", "name", "count"])
+
+
+def load_pair(raw_dir: Path, images_name: str, labels_name: str) -> tuple[np.ndarray, np.ndarray]:
+    for name in (images_name, labels_name):
+        if not (raw_dir / name).is_file():
+            raise PipelineError(f"{raw_dir / name} not found: run the download stage first "
+                                "(`dvc repro download` or `python -m stages.download`)")
+    images, labels = load_images_labels(raw_dir / images_name, raw_dir / labels_name)
+    check_images(images, str(raw_dir / images_name))
+    return images, labels.astype(np.uint8)
+
+
+def run(params: Params) -> dict[str, int]:
+    seed = params.seed
+    dataset = params.data.dataset
+    val_fraction = params.preprocess.val_fraction
+    limit = params.preprocess.limit
+    raw_dir = Path(params.paths.raw) / dataset
+    processed_dir = Path(params.paths.processed)
+    reports_dir = Path(params.paths.reports)
+
+    train_images, train_labels = load_pair(raw_dir, TRAIN_IMAGES, TRAIN_LABELS)
+    test_images, test_labels = load_pair(raw_dir, TEST_IMAGES, TEST_LABELS)
+    available = len(train_labels)
+    if limit is not None:
+        train_images, train_labels = train_images[:limit], train_labels[:limit]
+
+    train_indices, val_indices = stratified_split(train_labels, val_fraction, seed)
+    splits = {
+        "train": (train_images[train_indices], train_labels[train_indices]),
+        "val": (train_images[val_indices], train_labels[val_indices]),
+        "test": (test_images, test_labels),
+    }
+    for split, (images, labels) in splits.items():
+        save_npz(processed_dir / f"{split}.npz", x=normalize(images), y=one_hot(labels), labels=labels)
+    table = class_counts({split: labels for split, (_, labels) in splits.items()}, class_names(dataset))
+    write_csv(reports_dir / "data.csv", table)
+
+    sizes = {split: len(labels) for split, (_, labels) in splits.items()}
+    note = f" (first {len(train_labels)} of {available} training images)" if limit is not None else ""
+    print(f"preprocess: {dataset} train {sizes['train']}, val {sizes['val']}, test {sizes['test']}{note}; "
+          f"seed {seed} -> {processed_dir}")
+    return sizes
+
+
+def main() -> None:
+    stage_main(run)
+
+
+if __name__ == "__main__":
+    main()
