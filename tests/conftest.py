@@ -30,27 +30,45 @@ def raw_params() -> dict:
     return read_yaml(ROOT / "params.yaml")
 
 
-@pytest.fixture
-def make_params(raw_params, tmp_path):
-    """Build Params from the real params.yaml with outputs under tmp_path and dotted-key overrides.
+def shrunk_params(raw_params: dict, base: Path, **overrides) -> Params:
+    """The real params.yaml with outputs under `base`, shrunk for tests, plus dotted-key overrides.
 
     Defaults for tests: 1 epoch, tracking off, data from ../shared/data/mnist-10k, 400 training images.
+    Keyword names use `__` for dots: shrunk_params(raw, base, train__epochs=2).
     """
+    raw = copy.deepcopy(raw_params)
+    defaults = {
+        "paths.raw": str(base / "data" / "raw"),
+        "paths.processed": str(base / "data" / "processed"),
+        "paths.models": str(base / "models"),
+        "paths.reports": str(base / "reports"),
+        "data.source": str(MNIST_10K),
+        "preprocess.limit": 400,
+        "train.epochs": 1,
+        "tracking.enabled": False,
+    }
+    for key, value in {**defaults, **{k.replace("__", "."): v for k, v in overrides.items()}}.items():
+        set_dotted(raw, key, value)
+    return parse_params(raw)
+
+
+@pytest.fixture
+def make_params(raw_params, tmp_path):
+    """shrunk_params with outputs under this test's tmp_path."""
 
     def make(**overrides) -> Params:
-        raw = copy.deepcopy(raw_params)
-        defaults = {
-            "paths.raw": str(tmp_path / "data" / "raw"),
-            "paths.processed": str(tmp_path / "data" / "processed"),
-            "paths.models": str(tmp_path / "models"),
-            "paths.reports": str(tmp_path / "reports"),
-            "data.source": str(MNIST_10K),
-            "preprocess.limit": 400,
-            "train.epochs": 1,
-            "tracking.enabled": False,
-        }
-        for key, value in {**defaults, **{k.replace("__", "."): v for k, v in overrides.items()}}.items():
-            set_dotted(raw, key, value)
-        return parse_params(raw)
+        return shrunk_params(raw_params, tmp_path, **overrides)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def processed_dir(raw_params, tmp_path_factory) -> Path:
+    """mnist-10k through the real download and preprocess stages once per session (first 1,000 images)."""
+    from stages import download, preprocess
+
+    base = tmp_path_factory.mktemp("pipeline")
+    params = shrunk_params(raw_params, base, preprocess__limit=1000)
+    download.run(params)
+    preprocess.run(params)
+    return Path(params.paths.processed)

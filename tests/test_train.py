@@ -1,0 +1,148 @@
+"""Train stage: presets, spec errors, optimizers, callbacks, determinism and resume after a kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from stages import train
+from stages.architectures import SpecError, build_model, presets
+from stages.common import PipelineError
+from stages.params import ParamsError
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPECTED_PARAMETERS = {"single_conv": 217_610, "lenet": 1_256_080}
+
+
+@pytest.mark.parametrize("name", list(presets()))
+def test_every_preset_builds_to_ten_probabilities(name):
+    model = build_model(presets()[name], name=name)
+    assert model.output_shape == (None, 10)
+    if name in EXPECTED_PARAMETERS:
+        assert model.count_params() == EXPECTED_PARAMETERS[name]
+
+
+def test_custom_inline_spec_builds(make_params):
+    layers = [{"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"},
+              {"type": "GlobalAveragePooling2D"}, {"type": "Dense", "units": 10}]
+    params = make_params(model__layers=layers)
+    name, spec = train.resolve_spec(params.model.architecture, params.model.layers)
+    assert name == "custom"
+    assert build_model(spec).count_params() == (9 * 4 + 4) + (4 * 10 + 10)
+
+
+def test_unknown_layer_type_fails_at_params_load(make_params):
+    with pytest.raises(ParamsError, match=r"model\.layers\[1\]\.type: unknown layer type 'Dens'; did you mean 'Dense'"):
+        make_params(model__layers=[{"type": "Flatten"}, {"type": "Dens", "units": 10}])
+
+
+@pytest.mark.parametrize(("layers", "message"), [
+    ([{"type": "Flatten"}, {"type": "Dense", "unit": 10}], r"model\.layers\[1\] \(Dense\): .*unit"),
+    ([{"type": "Conv2D", "filters": 8, "kernel_size": 40}, {"type": "Flatten"}, {"type": "Dense", "units": 10}],
+     r"model\.layers\[0\] \(Conv2D\)"),
+    ([{"type": "Flatten"}, {"type": "Dense", "units": 7}], r"last layer must output 10 values"),
+])
+def test_bad_spec_fails_at_build_with_layer_index(layers, message):
+    with pytest.raises(SpecError, match=message):
+        build_model(layers)
+
+
+def test_bad_optimizer_argument_is_a_clear_error(make_params):
+    params = make_params(train__optimizer__kwargs={"momentun": 0.9}, train__optimizer__name="sgd")
+    with pytest.raises(PipelineError, match=r"train\.optimizer\.kwargs: .*momentun"):
+        train.make_optimizer(params, steps_per_epoch=10)
+
+
+def test_bf16_detection_reads_cpu_flags():
+    assert train.cpu_has_native_bf16("flags\t: fpu avx2 avx512_bf16 sse\n")
+    assert train.cpu_has_native_bf16("flags\t: fpu amx_bf16 amx_tile\n")
+    assert not train.cpu_has_native_bf16("flags\t: fpu avx2 avx512f\n")
+    assert train.choose_precision("float32") == "float32"
+
+
+def test_one_epoch_lowers_the_loss_and_writes_outputs(make_params, processed_dir):
+    import keras
+
+    params = make_params(paths__processed=str(processed_dir), model__architecture="conv32")
+    x_val, y_val = train.load_split(processed_dir, "val")
+    untrained = build_model(presets()["conv32"])
+    untrained.compile(loss="categorical_crossentropy")
+    keras.utils.set_random_seed(params.seed)
+    initial_loss = untrained.evaluate(x_val, y_val, verbose=0)
+
+    result = train.run(params)
+
+    models = Path(params.paths.models)
+    history = pd.read_csv(models / "history.csv")
+    assert list(history.columns) == train.HISTORY_COLUMNS
+    assert history["val_loss"].iloc[-1] < initial_loss
+    assert result["parameters"] == keras.saving.load_model(models / "model.keras", safe_mode=True).count_params()
+    assert "Total params" in (models / "summary.txt").read_text()
+    assert not any(models.glob(".*tmp*")), "no temp files left behind"
+
+
+def test_target_accuracy_stops_training_early(make_params, processed_dir):
+    params = make_params(paths__processed=str(processed_dir), model__architecture="conv32", train__epochs=5,
+                         train__target_accuracy=0.3)
+    assert train.run(params)["epochs_run"] == 1
+
+
+def test_early_stopping_stops_a_diverging_run(make_params, processed_dir):
+    params = make_params(paths__processed=str(processed_dir), model__architecture="conv10", train__epochs=8,
+                         train__optimizer__name="sgd", train__optimizer__learning_rate=8.0,
+                         train__early_stopping__enabled=True, train__early_stopping__patience=0)
+    assert train.run(params)["epochs_run"] < 8
+
+
+def test_same_seed_gives_identical_history_and_weights(make_params, processed_dir, tmp_path):
+    import keras
+
+    runs = []
+    for name in ("first", "second"):
+        params = make_params(paths__processed=str(processed_dir), paths__models=str(tmp_path / name),
+                             model__architecture="conv10", train__epochs=2)
+        train.run(params)
+        history = pd.read_csv(tmp_path / name / "history.csv").drop(columns="seconds")
+        weights = keras.saving.load_model(tmp_path / name / "model.keras").get_weights()
+        runs.append((history, weights))
+    pd.testing.assert_frame_equal(runs[0][0], runs[1][0], check_exact=True)
+    for first, second in zip(runs[0][1], runs[1][1], strict=True):
+        np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_continues_from_last_finished_epoch(make_params, processed_dir, tmp_path):
+    epochs = 6
+    params = make_params(paths__processed=str(processed_dir), model__architecture="lenet", train__epochs=epochs,
+                         train__precision="float32")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump()))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    command = [sys.executable, "-m", "stages.train"]
+
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list(tmp_path.glob(".resume/*/backup/training_metadata.json")):
+        assert process.poll() is None, "training ended before its first epoch was backed up"
+        assert time.monotonic() < deadline, "no backup after 240 s"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted = pd.read_csv(next(tmp_path.glob(".resume/*/history.csv")))
+    assert 1 <= len(interrupted) < epochs
+
+    rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "resuming after epoch" in rerun.stdout
+    history = pd.read_csv(Path(params.paths.models) / "history.csv")
+    assert history["epoch"].tolist() == list(range(1, epochs + 1))
+    assert history["loss"].iloc[0] == pytest.approx(interrupted["loss"].iloc[0])
+    assert not list(tmp_path.glob(".resume/*")), "resume state is cleared once training completes"
