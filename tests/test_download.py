@@ -1,0 +1,429 @@
+"""The download stage against a real HTTP server on 127.0.0.1 serving small generated IDX files, and local sources.
+
+Each route of the server behaves one way (`/good/`, `/missing/` 404, `/truncated/`, `/other/` valid files with
+the wrong checksum, ...), so a test lists the mirrors it wants in a DatasetSpec of its own, with checksums of the
+generated files, instead of patching the registry.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import MNIST_10K, ROOT, set_dotted
+from ruamel.yaml import YAML
+
+from stages import download as download_stage
+from stages.datasets import DATASETS, FILE_NAMES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, DatasetSpec
+from stages.download import DownloadError, content_hash, download, resolve_origins
+from stages.idx import encode_idx, read_idx
+
+SLOW_ANSWER_S = 1.0
+
+
+def make_files(seed: int, train: int = 20, test: int = 10) -> dict[str, bytes]:
+    """The four canonical .gz files of a tiny random dataset (labels cycle through 0-9, starting at `seed`)."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train-images-idx3-ubyte.gz": rng.integers(0, 256, size=(train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte.gz": ((np.arange(train) + seed) % 10).astype(np.uint8),
+        "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, size=(test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte.gz": ((np.arange(test) + seed) % 10).astype(np.uint8),
+    }
+    return {name: gzip.compress(encode_idx(array), mtime=0) for name, array in arrays.items()}
+
+
+GOOD = make_files(seed=1)
+OTHER = make_files(seed=2)  # valid IDX whose checksums match nothing published
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def content_sha256(gz_bytes: bytes) -> str:
+    return sha256(gzip.decompress(gz_bytes))
+
+
+class MirrorServer(ThreadingHTTPServer):
+    """Serves GOOD (or a variation of it) under /<behaviour>/<file name> and records every request."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), MirrorHandler)
+        self.requests: list[tuple[str, str, str]] = []
+        self.lock = threading.Lock()
+
+    def url(self, behaviour: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/{behaviour}/"
+
+    def count(self, behaviour: str | None = None, name: str | None = None) -> int:
+        return sum(1 for b, n, _ in self.requests if behaviour in (None, b) and name in (None, n))
+
+
+class MirrorHandler(BaseHTTPRequestHandler):
+    server: MirrorServer
+
+    def do_GET(self):
+        behaviour, _, name = self.path.strip("/").partition("/")
+        with self.server.lock:
+            self.server.requests.append((behaviour, name, self.headers.get("User-Agent", "")))
+            attempt = self.server.count(behaviour, name)
+        if name not in GOOD or behaviour == "missing":
+            self.send_error(404, "Not Found")
+            return
+        if behaviour == "flaky" and attempt == 1:
+            self.send_error(503, "Service Unavailable")
+            return
+        body = {
+            "other": OTHER[name],
+            "regzipped": gzip.compress(gzip.decompress(GOOD[name]), compresslevel=1, mtime=1_700_000_000),
+            "html": b"<html><body>Moved to our new site!</body></html>",
+        }.get(behaviour, GOOD[name])
+        declared = len(body)
+        if behaviour == "truncated":
+            body = body[: len(body) // 2]
+        if behaviour == "slow":
+            time.sleep(SLOW_ANSWER_S)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(declared))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):  # keep test output quiet
+        pass
+
+
+@pytest.fixture
+def server():
+    mirror = MirrorServer()
+    thread = threading.Thread(target=mirror.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield mirror
+    mirror.shutdown()
+    mirror.server_close()
+
+
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch):
+    monkeypatch.setattr(download_stage, "RETRY_BASE_DELAY", 0.0)
+
+
+def closed_port_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+def spec_with(*mirrors: str, digests: dict[str, str] | None = None) -> DatasetSpec:
+    """A stand-in for the registry's mnist entry: these mirrors, and GOOD's .gz sha256 as the published checksums."""
+    digests = digests or {name: sha256(data) for name, data in GOOD.items()}
+    return DatasetSpec(name="mnist", mirrors=mirrors, known_digests={n: frozenset({d}) for n, d in digests.items()})
+
+
+def assert_clean(raw: Path) -> None:
+    """Nothing at all under data/raw: no dataset folder, no temp folder left behind."""
+    assert not raw.exists() or list(raw.iterdir()) == []
+
+
+def assert_holds(destination: Path, files: dict[str, bytes]) -> dict:
+    manifest = json.loads((destination / "manifest.json").read_text())
+    assert sorted(p.name for p in destination.iterdir()) == sorted([*FILE_NAMES, "manifest.json"])
+    for name in FILE_NAMES:
+        assert gzip.decompress((destination / name).read_bytes()) == gzip.decompress(files[name])
+        assert manifest["files"][name]["sha256"] == content_sha256(files[name])
+    assert list(manifest["files"]) == list(FILE_NAMES)
+    assert manifest["content_hash"] == content_hash([content_sha256(files[name]) for name in FILE_NAMES])
+    return manifest
+
+
+# --- official mirrors -------------------------------------------------------------------------------------------
+
+
+def test_success_from_first_mirror(server, tmp_path, capsys):
+    destination = tmp_path / "raw" / "mnist"
+    manifest = download(spec_with(server.url("good"), server.url("missing")), destination)
+
+    assert manifest == assert_holds(destination, GOOD)
+    assert manifest["dataset"] == "mnist"
+    for name in FILE_NAMES:
+        assert manifest["files"][name] == {"source": server.url("good") + name, "sha256": content_sha256(GOOD[name]),
+                                           "verified": True}
+    assert server.count("missing") == 0
+    assert all(agent.startswith("mnist-pipeline/") for _, _, agent in server.requests)
+    assert sorted(p.name for p in destination.parent.iterdir()) == ["mnist"]  # no temp folder left
+    assert capsys.readouterr().err == ""  # no progress bar when stderr is not a terminal, no warning
+
+
+def test_404_falls_back_to_next_mirror_without_retrying(server, tmp_path):
+    destination = tmp_path / "raw" / "mnist"
+    manifest = download(spec_with(server.url("missing"), server.url("good")), destination, retries=2)
+    assert_holds(destination, GOOD)
+    assert all(entry["source"].startswith(server.url("good")) for entry in manifest["files"].values())
+    # A 404 will not go away: one request per file, no retries.
+    assert server.count("missing") == len(FILE_NAMES)
+
+
+def test_truncated_body_is_retried_then_falls_back(server, tmp_path):
+    destination = tmp_path / "raw" / "mnist"
+    manifest = download(spec_with(server.url("truncated"), server.url("good")), destination, retries=1)
+    assert_holds(destination, GOOD)
+    assert manifest["files"][TRAIN_IMAGES]["source"] == server.url("good") + TRAIN_IMAGES
+    assert server.count("truncated", TRAIN_IMAGES) == 2
+
+
+def test_wrong_checksum_falls_back(server, tmp_path):
+    destination = tmp_path / "raw" / "mnist"
+    manifest = download(spec_with(server.url("other"), server.url("good")), destination)
+    assert_holds(destination, GOOD)
+    assert all(entry["verified"] for entry in manifest["files"].values())
+    assert server.count("other", TRAIN_IMAGES) == 1  # a checksum mismatch is not retried
+
+
+def test_html_page_instead_of_gzip_falls_back(server, tmp_path):
+    destination = tmp_path / "raw" / "mnist"
+    download(spec_with(server.url("html"), server.url("good")), destination)
+    assert_holds(destination, GOOD)
+
+
+def test_connection_refused_falls_back(server, tmp_path):
+    destination = tmp_path / "raw" / "mnist"
+    download(spec_with(closed_port_url(), server.url("good")), destination)
+    assert_holds(destination, GOOD)
+
+
+def test_server_error_is_retried_on_the_same_mirror(server, tmp_path):
+    destination = tmp_path / "raw" / "mnist"
+    manifest = download(spec_with(server.url("flaky"), server.url("missing")), destination, retries=1)
+    assert_holds(destination, GOOD)
+    assert manifest["files"][TRAIN_IMAGES]["source"] == server.url("flaky") + TRAIN_IMAGES
+    assert server.count("flaky", TRAIN_IMAGES) == 2
+    assert server.count("missing") == 0
+
+
+def test_re_gzipped_copy_with_official_content_is_verified(server, tmp_path):
+    # Debian's Fashion-MNIST case: the .gz bytes differ, the unpacked IDX bytes are the published ones.
+    content_digests = {name: content_sha256(data) for name, data in GOOD.items()}
+    destination = tmp_path / "raw" / "mnist"
+    manifest = download(spec_with(server.url("regzipped"), digests=content_digests), destination)
+    assert_holds(destination, GOOD)
+    assert all(entry["verified"] for entry in manifest["files"].values())
+
+
+def test_all_mirrors_failing_lists_each_one_and_leaves_nothing(server, tmp_path):
+    refused = closed_port_url()
+    mirrors = (refused, server.url("missing"), server.url("truncated"), server.url("other"), server.url("html"))
+    raw = tmp_path / "raw"
+    with pytest.raises(DownloadError) as failure:
+        download(spec_with(*mirrors), raw / "mnist", retries=1)
+    message = str(failure.value)
+    assert message.startswith(f"could not download {TRAIN_IMAGES} of mnist from any official mirror:")
+    for mirror, reason in zip(mirrors, ["connection refused", "HTTP 404", "truncated body", "checksum mismatch",
+                                        "not an IDX file"], strict=True):
+        assert f"  - {mirror}{TRAIN_IMAGES}: {reason}" in message
+    assert "dvc exp run -S data.source=/path/to/folder" in message and "params.yaml" in message
+    assert_clean(raw)
+
+
+def test_failure_on_a_later_file_leaves_nothing(server, tmp_path):
+    # The first two files download fine; the test labels are missing everywhere: no half folder may remain.
+    raw = tmp_path / "raw"
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    for name in (TRAIN_IMAGES, TRAIN_LABELS):
+        (folder / name).write_bytes(GOOD[name])
+    with pytest.raises(DownloadError, match="t10k-images-idx3-ubyte.gz of mnist from data.source"):
+        download(spec_with(), raw / "mnist", source=str(folder))
+    assert_clean(raw)
+
+
+def test_stalled_server_times_out(server, tmp_path):
+    raw = tmp_path / "raw"
+    with pytest.raises(DownloadError, match=r"no answer within 0.2 s \(data.timeout\)"):
+        download(spec_with(server.url("slow")), raw / "mnist", timeout=0.2, retries=0)
+    assert_clean(raw)
+
+
+def test_existing_download_is_kept_when_a_new_one_fails(server, tmp_path):
+    destination = tmp_path / "raw" / "mnist"
+    download(spec_with(server.url("good")), destination, source=server.url("other"))
+    with pytest.raises(DownloadError):
+        download(spec_with(server.url("missing")), destination)
+    assert_holds(destination, OTHER)
+    assert sorted(p.name for p in destination.parent.iterdir()) == ["mnist"]
+
+
+# --- rerun -------------------------------------------------------------------------------------------------------
+
+
+def test_rerun_with_verified_files_downloads_nothing(server, tmp_path, capsys):
+    destination = tmp_path / "raw" / "mnist"
+    spec = spec_with(server.url("good"))
+    first = download(spec, destination)
+    requests = len(server.requests)
+    assert download(spec, destination) == first
+    assert len(server.requests) == requests
+    assert "nothing to fetch" in capsys.readouterr().out
+
+
+def test_rerun_repairs_a_damaged_file(server, tmp_path):
+    destination = tmp_path / "raw" / "mnist"
+    spec = spec_with(server.url("good"))
+    download(spec, destination)
+    (destination / TEST_LABELS).write_bytes(OTHER[TEST_LABELS])
+    download(spec, destination)
+    assert_holds(destination, GOOD)
+    assert server.count("good", TEST_LABELS) == 2
+
+
+def test_unverified_copy_is_replaced_when_switching_to_official_mirrors(server, tmp_path):
+    destination = tmp_path / "raw" / "mnist"
+    spec = spec_with(server.url("good"))
+    download(spec, destination, source=server.url("other"))
+    requests = len(server.requests)
+    download(spec, destination, source=server.url("other"))  # same source: nothing fetched
+    assert len(server.requests) == requests
+    manifest = download(spec, destination)  # official mirrors now: the unverified copy does not count
+    assert_holds(destination, GOOD)
+    assert all(entry["verified"] for entry in manifest["files"].values())
+
+
+# --- data.source -------------------------------------------------------------------------------------------------
+
+
+def test_http_source_matching_no_checksum_is_accepted_with_a_warning(server, tmp_path, capsys):
+    destination = tmp_path / "raw" / "mnist"
+    manifest = download(spec_with(server.url("missing")), destination, source=server.url("other").rstrip("/"))
+    assert_holds(destination, OTHER)
+    assert [entry["verified"] for entry in manifest["files"].values()] == [False] * 4
+    assert manifest["files"][TRAIN_IMAGES]["source"] == server.url("other") + TRAIN_IMAGES
+    assert server.count("missing") == 0  # data.source replaces the mirrors
+    assert "warning:" in capsys.readouterr().err
+
+
+def test_local_folder_mnist_10k_is_accepted_unverified(tmp_path, capsys):
+    destination = tmp_path / "raw" / "mnist"
+    manifest = download("mnist", destination, source=str(MNIST_10K))
+    files = {name: (MNIST_10K / name).read_bytes() for name in FILE_NAMES}
+    assert_holds(destination, files)
+    assert all((destination / name).read_bytes() == files[name] for name in FILE_NAMES)  # copied byte for byte
+    assert not any(entry["verified"] for entry in manifest["files"].values())
+    assert manifest["files"][TRAIN_IMAGES]["source"] == str(MNIST_10K / TRAIN_IMAGES)
+    warning = capsys.readouterr().err
+    assert warning.startswith("warning:") and "match no published mnist checksum" in warning
+    assert read_idx(destination / TRAIN_IMAGES).shape == (8000, 28, 28)
+
+
+def test_relative_folder_is_taken_from_the_dvc_root(tmp_path):
+    manifest = download("mnist", tmp_path / "raw" / "mnist", source=MNIST_10K.name, root=str(MNIST_10K.parent))
+    assert manifest["files"][TRAIN_IMAGES]["source"] == f"{MNIST_10K.name}/{TRAIN_IMAGES}"
+
+
+def test_file_url_source_with_published_checksums_is_verified(tmp_path, capsys):
+    folder = tmp_path / "copy of mnist"  # the space checks the URL is unquoted
+    folder.mkdir()
+    for name, data in GOOD.items():
+        (folder / name).write_bytes(data)
+    destination = tmp_path / "raw" / "mnist"
+    manifest = download(spec_with(), destination, source=folder.as_uri())
+    assert_holds(destination, GOOD)
+    assert all(entry["verified"] for entry in manifest["files"].values())
+    assert manifest["files"][TRAIN_IMAGES]["source"] == f"{folder.as_uri()}/{TRAIN_IMAGES}"
+    assert capsys.readouterr().err == ""
+
+
+def test_plain_idx_files_are_stored_gzipped(tmp_path):
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    for name, data in GOOD.items():
+        (folder / name).write_bytes(gzip.decompress(data))
+    destination = tmp_path / "raw" / "mnist"
+    manifest = download(spec_with(), destination, source=str(folder))
+    assert (destination / TRAIN_IMAGES).read_bytes()[:2] == b"\x1f\x8b"
+    assert manifest == assert_holds(destination, GOOD)
+
+
+def test_missing_source_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(DownloadError, match="folder .*nowhere does not exist"):
+        download("mnist", tmp_path / "raw" / "mnist", source=str(tmp_path / "nowhere"))
+    assert_clean(tmp_path / "raw")
+
+
+def test_unsupported_scheme_is_a_clear_error(tmp_path):
+    with pytest.raises(DownloadError, match="unsupported scheme ftp://"):
+        download("mnist", tmp_path / "raw" / "mnist", source="ftp://example.org/mnist/")
+
+
+def test_files_that_do_not_fit_together_are_rejected(tmp_path):
+    folder = tmp_path / "mismatched"
+    folder.mkdir()
+    files = {**GOOD, TRAIN_LABELS: make_files(seed=1, train=19)[TRAIN_LABELS]}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    with pytest.raises(DownloadError, match="do not fit together: .* has 20 images but .* has 19 labels"):
+        download(spec_with(), tmp_path / "raw" / "mnist", source=str(folder))
+    assert_clean(tmp_path / "raw")
+
+
+def test_labels_where_images_belong_are_rejected(tmp_path):
+    folder = tmp_path / "swapped"
+    folder.mkdir()
+    for name, data in {**GOOD, TRAIN_IMAGES: GOOD[TRAIN_LABELS]}.items():
+        (folder / name).write_bytes(data)
+    with pytest.raises(DownloadError, match="not N x rows x cols images"):
+        download(spec_with(), tmp_path / "raw" / "mnist", source=str(folder))
+
+
+# --- registry and stage shell ---------------------------------------------------------------------------------------
+
+
+def test_registry_lists_two_mirrors_and_every_file_for_each_dataset():
+    for spec in DATASETS.values():
+        assert len(spec.mirrors) >= 2 and all(m.startswith(("http://", "https://")) for m in spec.mirrors)
+        assert set(spec.known_digests) == set(FILE_NAMES)
+        assert all(len(digest) in (32, 64) for digests in spec.known_digests.values() for digest in digests)
+        assert len(spec.class_names) == 10
+
+
+def test_official_mirrors_are_tried_in_registry_order():
+    origins = resolve_origins(DATASETS["mnist"], None)
+    assert [origin.base for origin in origins] == list(DATASETS["mnist"].mirrors)
+    assert all(origin.official for origin in origins)
+    assert not resolve_origins(DATASETS["mnist"], "https://example.org/mnist")[0].official
+
+
+def test_run_writes_the_dataset_folder(make_params):
+    params = make_params(data__dataset="mnist")
+    manifest = download_stage.run(params)
+    assert json.loads((Path(params.paths.raw) / "mnist" / "manifest.json").read_text()) == manifest
+
+
+def test_main_reports_a_bad_source_in_one_line(tmp_path, monkeypatch, capsys, raw_params):
+    raw = json.loads(json.dumps(raw_params))
+    set_dotted(raw, "data.source", str(tmp_path / "nowhere"))
+    set_dotted(raw, "paths.raw", str(tmp_path / "raw"))
+    with open(tmp_path / "params.yaml", "w") as file:
+        YAML(typ="safe", pure=True).dump(raw, file)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        download_stage.main()
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.startswith("error: data.source")
+    assert_clean(tmp_path / "raw")
+
+
+def test_stage_imports_no_tensorflow():
+    code = "import sys, stages.download; sys.exit(any(m in sys.modules for m in ('tensorflow', 'keras')))"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
