@@ -4,8 +4,8 @@
 against frozen pydantic models that forbid unknown keys, and raises one ParamsError listing every problem as
 `dotted.key: what is wrong; what is allowed`. It never imports TensorFlow.
 
-Set STAGES_TRACE_PARAMS=<file> to append every params key a process reads to <file>; the tests use it to check
-that each stage declares in dvc.yaml exactly the keys its code reads.
+Set STAGES_TRACE_PARAMS=<file> to append `<module>\t<key>` for every params key a process reads to <file>; the
+tests use it to check that each stage declares in dvc.yaml exactly the keys its code reads.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import difflib
 import os
+import sys
 import types
 import typing
 from pathlib import Path
@@ -237,8 +238,10 @@ def _set_prefixes(section: Section, prefix: str) -> None:
 
 
 def _write_trace(path: str) -> None:
+    main = sys.modules.get("__main__")
+    module = getattr(getattr(main, "__spec__", None), "name", None) or "?"
     with open(path, "a") as trace:
-        trace.writelines(f"{key}\n" for key in sorted(_read_keys or ()))
+        trace.writelines(f"{module}\t{key}\n" for key in sorted(_read_keys or ()))
 
 
 if os.environ.get("STAGES_TRACE_PARAMS"):
