@@ -225,6 +225,8 @@ def run(params) -> dict[str, float | int]:
              labels=labels[:count], activations=activations)
     # metrics.json last: its presence means every other report of this run is complete.
     write_json(reports / "metrics.json", metrics)
+    print(f"test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f}, macro F1 "
+          f"{metrics['macro_f1']:.4f} on {test_images:,} images; {images_per_second:,.0f} images/s")
     return metrics
 
 

@@ -1,0 +1,260 @@
+"""Plots stage: draw the training curves, confusion matrix, worst mistakes and first-layer feature maps as PNGs.
+
+Reads `{paths.models}/history.csv`, `{paths.reports}/predictions.csv`, `confusion.csv`, `activations.npz` and
+`{paths.processed}/test.npz`; params `plots.*`, `data.dataset` (class names) and `paths.*`.
+Writes, each atomically and exactly plots.width x plots.height inches at plots.dpi, under `{paths.reports}/plots/`:
+  curves.png            loss and accuracy by epoch, training vs validation
+  confusion_matrix.png  annotated counts and the row-normalised matrix (recall per class) side by side
+  misclassified.png     the most confident mistakes, each titled true / predicted / probability
+  feature_maps.png      the first conv layer's filters and their activation maps for a few test images
+
+Never imports TensorFlow: it draws only from the files evaluate wrote. Matplotlib renders through Agg via
+`matplotlib.figure.Figure`, so no GUI backend or pyplot global state is involved.
+Run alone with `python -m stages.plots` (after `dvc repro evaluate`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from stages.common import PipelineError, atomic_path, stage_main
+from stages.datasets import class_names
+
+HISTORY_CURVES = {"loss": ("loss", "val_loss"), "accuracy": ("accuracy", "val_accuracy")}
+PREDICTION_COLUMNS = ("index", "actual", "predicted", "confidence")
+# Average width of a character relative to the font size, to fit titles and annotations in their cells.
+CHARACTER_WIDTH = 0.6
+POINTS_PER_INCH = 72
+
+
+def require_files(files: dict[Path, str]) -> None:
+    """Raise one PipelineError naming every missing input and the stage that writes it."""
+    missing = [f"{path} (written by the {stage} stage)" for path, stage in files.items() if not path.is_file()]
+    if missing:
+        raise PipelineError("missing input: " + ", ".join(missing) + "; run `dvc repro` to produce it")
+
+
+def check_colormap(name: str) -> None:
+    if name not in matplotlib.colormaps:
+        close = difflib.get_close_matches(name, list(matplotlib.colormaps), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else " (see matplotlib's colormap reference)"
+        raise PipelineError(f"plots.cmap: unknown matplotlib colormap {name!r}{hint}")
+
+
+def read_table(path: Path, columns, stage: str) -> pd.DataFrame:
+    """A CSV with the given columns, or a PipelineError telling the user to rerun the stage that writes it."""
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise PipelineError(f"{path} is unreadable ({error}); rerun `dvc repro {stage}`") from None
+    absent = [column for column in columns if column not in table.columns]
+    if absent:
+        raise PipelineError(f"{path} lacks the column(s) {', '.join(absent)}; rerun `dvc repro {stage}`")
+    return table
+
+
+def fitting_font_size(width_inches: float, characters: int, largest: float = 10.0, smallest: float = 4.0) -> float:
+    """The font size at which `characters` characters fill at most nine tenths of `width_inches`."""
+    size = 0.9 * width_inches * POINTS_PER_INCH / (CHARACTER_WIDTH * max(characters, 1))
+    return float(np.clip(size, smallest, largest))
+
+
+def message_figure(text: str, figsize: tuple[float, float], dpi: int) -> Figure:
+    """A figure that says why there is nothing to draw, so the output exists and explains itself."""
+    figure = Figure(figsize=figsize, dpi=dpi)
+    figure.text(0.5, 0.5, text, ha="center", va="center", fontsize=14, wrap=True)
+    return figure
+
+
+def curves_figure(history: pd.DataFrame, figsize: tuple[float, float], dpi: int) -> Figure:
+    """Loss and accuracy against epoch, training and validation, one subplot each."""
+    figure = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    axes = figure.subplots(1, 2)
+    for ax, (title, columns) in zip(axes, HISTORY_CURVES.items(), strict=True):
+        for column, style in zip(columns, ("-o", "--s"), strict=True):
+            if column in history and history[column].notna().any():
+                # Markers keep a one-epoch run visible as points instead of an empty axis.
+                ax.plot(history["epoch"], history[column], style, markersize=4, label=column)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    epochs = len(history)
+    figure.suptitle(f"Training history ({epochs} epoch{'s' if epochs != 1 else ''})")
+    return figure
+
+
+def row_normalised(confusion: np.ndarray) -> np.ndarray:
+    """Each row divided by its total (the recall of each class); a class with no test images stays 0."""
+    totals = confusion.sum(axis=1, keepdims=True)
+    return np.divide(confusion, totals, out=np.zeros(confusion.shape, dtype=np.float64), where=totals > 0)
+
+
+def confusion_figure(confusion: np.ndarray, names: list[str], cmap: str, figsize: tuple[float, float],
+                     dpi: int) -> Figure:
+    """Two annotated heatmaps side by side: counts, and the share of each actual class (row-normalised)."""
+    figure = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    axes = figure.subplots(1, 2)
+    num_classes = len(names)
+    colormap = matplotlib.colormaps[cmap]
+    # Each heatmap gets a little under half the width; fit a four-character annotation ("1135", "99.5") per cell.
+    annotation_size = fitting_font_size(figsize[0] * 0.4 / num_classes, 4, largest=9)
+    views = [(confusion, "Counts", lambda value: f"{value:d}", None),
+             (row_normalised(confusion) * 100, "Share of each actual class (%)", lambda value: f"{value:.0f}"
+              if value == 0 or value >= 99.95 else f"{value:.1f}", (0, 100))]
+    for ax, (matrix, title, label, limits) in zip(axes, views, strict=True):
+        low, high = limits or (0, max(int(matrix.max()), 1))
+        image = ax.imshow(matrix, cmap=colormap, vmin=low, vmax=high)
+        figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        for row in range(num_classes):
+            for column in range(num_classes):
+                value = matrix[row, column]
+                red, green, blue, _ = colormap((value - low) / (high - low))
+                # Dark text on light cells and light text on dark ones, whatever the colormap.
+                color = "white" if 0.299 * red + 0.587 * green + 0.114 * blue < 0.5 else "black"
+                ax.text(column, row, label(value.item()), ha="center", va="center", color=color,
+                        fontsize=annotation_size)
+        ax.set_title(title)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("actual")
+        ax.set_xticks(range(num_classes))
+        ax.set_yticks(range(num_classes))
+        long_names = max(len(name) for name in names) > 2
+        ax.set_xticklabels(names, rotation=45 if long_names else 0, ha="right" if long_names else "center",
+                           rotation_mode="anchor")
+        ax.set_yticklabels(names)
+    correct = int(np.trace(confusion))
+    figure.suptitle(f"Confusion matrix on {int(confusion.sum()):,} test images ({correct:,} correct)")
+    return figure
+
+
+def most_confident_mistakes(predictions: pd.DataFrame, count: int) -> pd.DataFrame:
+    """The `count` misclassified rows with the highest predicted probability, most confident first."""
+    mistakes = predictions[predictions["actual"] != predictions["predicted"]]
+    return mistakes.sort_values("confidence", ascending=False, kind="stable").head(count)
+
+
+def grid_shape(count: int) -> tuple[int, int]:
+    """Rows and columns of the squarest grid that holds `count` panels."""
+    columns = math.ceil(math.sqrt(count))
+    return math.ceil(count / columns), columns
+
+
+def misclassified_figure(mistakes: pd.DataFrame, images: np.ndarray, names: list[str], total_mistakes: int,
+                         test_images: int, figsize: tuple[float, float], dpi: int) -> Figure:
+    """A grid of the given mistakes, each image titled with its true class, predicted class and probability."""
+    if mistakes.empty:
+        return message_figure(f"No misclassified images: all {test_images:,} test images are correct.", figsize, dpi)
+    figure = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    rows, columns = grid_shape(len(mistakes))
+    titles = [f"true {names[row.actual]}\npred {names[row.predicted]} ({row.confidence:.0%})"
+              for row in mistakes.itertuples()]
+    title_size = fitting_font_size(figsize[0] / columns, max(len(line) for t in titles for line in t.split("\n")))
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes:
+        ax.axis("off")
+    # The grid may have more cells than mistakes; the spare ones stay blank.
+    for ax, row, title in zip(axes, mistakes.itertuples(), titles, strict=False):
+        ax.imshow(images[row.index].squeeze(), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(title, fontsize=title_size)
+    figure.suptitle(f"The {len(mistakes)} most confident mistakes ({total_mistakes:,} of {test_images:,} test "
+                    "images misclassified)")
+    return figure
+
+
+def feature_maps_figure(filters: np.ndarray, images: np.ndarray, labels: np.ndarray, activations: np.ndarray,
+                        names: list[str], count: int, figsize: tuple[float, float], dpi: int) -> Figure:
+    """The course's grid: a row of the first `count` filters, then per test image its input and activation maps."""
+    if filters.size == 0:
+        return message_figure("The model has no Conv2D layer: there are no feature maps to show.", figsize, dpi)
+    shown = min(count, filters.shape[-1])
+    figure = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    grid = figure.subplots(1 + len(images), 1 + shown, squeeze=False)
+    title_size = fitting_font_size(figsize[0] / (1 + shown), len(f"filter {shown}"), largest=9)
+    # Mean over input channels: one map per filter even where the first conv layer sees more than one channel.
+    kernels = filters.mean(axis=2)
+    # One symmetric scale for all filters, so colour compares weights across filters and white means zero.
+    limit = float(np.abs(kernels[..., :shown]).max()) or 1.0
+    for ax in grid.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    grid[0, 0].axis("off")
+    grid[0, 0].text(0.5, 0.5, f"{filters.shape[0]}×{filters.shape[1]}\nfilters", ha="center", va="center",
+                    fontsize=title_size, transform=grid[0, 0].transAxes)
+    for index in range(shown):
+        grid[0, 1 + index].imshow(kernels[:, :, index], cmap="RdBu_r", vmin=-limit, vmax=limit)
+        grid[0, 1 + index].set_title(f"filter {index + 1}", fontsize=title_size)
+    for row, (image, label, maps) in enumerate(zip(images, labels, activations, strict=True), start=1):
+        grid[row, 0].imshow(image, cmap="gray", vmin=0, vmax=1)
+        grid[row, 0].set_ylabel(names[int(label)], fontsize=title_size)
+        for index in range(shown):
+            # Each map on its own scale, as in the course, so weak filters still show their pattern.
+            grid[row, 1 + index].imshow(maps[:, :, index], cmap="inferno")
+    grid[1, 0].set_title("input", fontsize=title_size)
+    figure.suptitle(f"First convolution layer: {shown} of {filters.shape[-1]} filters and their activation maps")
+    return figure
+
+
+def save_figure(figure: Figure, path: Path) -> Path:
+    # savefig at the figure's own dpi and without bbox_inches='tight', so the PNG is exactly width x height x dpi.
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=figure.dpi, format="png")
+    return path
+
+
+def run(params) -> list[Path]:
+    """Draw every figure from the files evaluate and train wrote, and return the paths of the PNGs."""
+    processed, models, reports = Path(params.paths.processed), Path(params.paths.models), Path(params.paths.reports)
+    history_path, test_path = models / "history.csv", processed / "test.npz"
+    predictions_path, confusion_path = reports / "predictions.csv", reports / "confusion.csv"
+    activations_path = reports / "activations.npz"
+    require_files({history_path: "train", test_path: "preprocess", predictions_path: "evaluate",
+                   confusion_path: "evaluate", activations_path: "evaluate"})
+    settings = params.plots
+    figsize, dpi, cmap = (settings.width, settings.height), settings.dpi, settings.cmap
+    check_colormap(cmap)
+    names = class_names(params.data.dataset)
+
+    history = read_table(history_path, ["epoch"], "train")
+    predictions = read_table(predictions_path, PREDICTION_COLUMNS, "evaluate")
+    confusion = read_table(confusion_path, ["actual", *names], "evaluate")[names].to_numpy()
+    with np.load(test_path) as archive:
+        images = archive["x"]
+    if predictions["index"].max() >= len(images) or len(confusion) != len(names):
+        raise PipelineError(f"{predictions_path} and {confusion_path} do not match {test_path} and the "
+                            f"{params.data.dataset} classes; rerun `dvc repro evaluate`")
+    with np.load(activations_path) as archive:
+        activation_arrays = {key: archive[key] for key in ("filters", "images", "labels", "activations")}
+
+    mistakes = most_confident_mistakes(predictions, settings.misclassified)
+    total_mistakes = int((predictions["actual"] != predictions["predicted"]).sum())
+    plots = reports / "plots"
+    figures = {
+        "curves.png": curves_figure(history, figsize, dpi),
+        "confusion_matrix.png": confusion_figure(confusion, names, cmap, figsize, dpi),
+        "misclassified.png": misclassified_figure(mistakes, images, names, total_mistakes, len(predictions),
+                                                  figsize, dpi),
+        "feature_maps.png": feature_maps_figure(**activation_arrays, names=names, count=settings.feature_maps,
+                                                figsize=figsize, dpi=dpi),
+    }
+    written = [save_figure(figure, plots / name) for name, figure in figures.items()]
+    print(f"wrote {len(written)} plots to {plots}")
+    return written
+
+
+def main() -> None:
+    stage_main(run)
+
+
+if __name__ == "__main__":
+    main()

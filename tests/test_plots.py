@@ -1,0 +1,171 @@
+"""Tests of the plots stage: every PNG is written, non-blank and exactly the configured size; edge cases draw a
+figure that says what is missing; and the stage never imports TensorFlow or Keras."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import MNIST_10K, ROOT
+from PIL import Image
+
+from stages.common import PipelineError
+from stages.datasets import class_names
+from stages.evaluate import confusion_matrix, confusion_table, predictions_table
+from stages.idx import load_images_labels
+from stages.plots import (
+    feature_maps_figure,
+    grid_shape,
+    misclassified_figure,
+    most_confident_mistakes,
+    row_normalised,
+    run,
+    save_figure,
+)
+
+NUM_CLASSES = 10
+PNG_NAMES = ["curves.png", "confusion_matrix.png", "misclassified.png", "feature_maps.png"]
+
+
+def assert_png(path: Path, width: int, height: int) -> np.ndarray:
+    """Check that `path` is a PNG of exactly width x height pixels with more than one colour; return its pixels."""
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.size == (width, height), path.name
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
+    assert pixels.std() > 0, f"{path.name} is a single colour"
+    return pixels
+
+
+def ink_share(pixels: np.ndarray) -> float:
+    """The share of pixels that are not white background."""
+    return float(np.mean(pixels.min(axis=2) < 250))
+
+
+def write_stage_inputs(tmp_path: Path, num_images: int = 60, correct: bool = False, dataset: str = "mnist") -> None:
+    """The files train, preprocess and evaluate leave behind, from real test digits and made-up predictions."""
+    images, labels = load_images_labels(MNIST_10K / "t10k-images-idx3-ubyte.gz", MNIST_10K / "t10k-labels-idx1-ubyte.gz")
+    images = (images[:num_images, :, :, None] / 255.0).astype(np.float32)
+    labels = labels[:num_images]
+    processed = tmp_path / "data" / "processed"
+    processed.mkdir(parents=True)
+    np.savez(processed / "test.npz", x=images, y=np.eye(NUM_CLASSES, dtype=np.float32)[labels], labels=labels)
+
+    epochs = np.arange(1, 6)
+    (tmp_path / "models").mkdir()
+    pd.DataFrame({"epoch": epochs, "loss": 1 / epochs, "accuracy": 1 - 0.5 / epochs, "val_loss": 1.2 / epochs,
+                  "val_accuracy": 1 - 0.6 / epochs, "learning_rate": 1e-3, "seconds": 2.0}).to_csv(
+        tmp_path / "models" / "history.csv", index=False)
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(num_images, NUM_CLASSES))
+    logits[np.arange(num_images), labels] += 10.0 if correct else 1.5
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    predictions_table(labels, probabilities).to_csv(reports / "predictions.csv", index=False)
+    names = class_names(dataset)
+    confusion = confusion_matrix(labels, probabilities.argmax(axis=1), NUM_CLASSES)
+    confusion_table(confusion, names).to_csv(reports / "confusion.csv", index=False)
+    np.savez(reports / "activations.npz", filters=rng.normal(size=(3, 3, 1, 12)).astype(np.float32),
+             images=images[:4, :, :, 0], labels=labels[:4],
+             activations=rng.random((4, 26, 26, 12), dtype=np.float32))
+
+
+def test_run_writes_every_png_non_blank_at_the_configured_size(make_params, tmp_path):
+    write_stage_inputs(tmp_path)
+    params = make_params()
+    written = run(params)
+
+    assert written == [tmp_path / "reports" / "plots" / name for name in PNG_NAMES]
+    width, height = round(params.plots.width * params.plots.dpi), round(params.plots.height * params.plots.dpi)
+    for path in written:
+        pixels = assert_png(path, width, height)
+        assert ink_share(pixels) > 0.05, f"{path.name} is nearly blank"
+    assert not list((tmp_path / "reports" / "plots").glob(".*tmp*")), "temporary files left behind"
+
+
+def test_size_and_colormap_follow_params_for_fashion_mnist(make_params, tmp_path):
+    write_stage_inputs(tmp_path, dataset="fashion_mnist")
+    params = make_params(plots__width=6.5, plots__height=4, plots__dpi=80, plots__cmap="viridis",
+                         plots__misclassified=3, plots__feature_maps=2, data__dataset="fashion_mnist")
+    for path in run(params):
+        assert_png(path, 520, 320)
+    # viridis has no white, unlike the default Blues: the counts heatmap must have changed colours.
+    pixels = assert_png(tmp_path / "reports" / "plots" / "confusion_matrix.png", 520, 320)
+    assert np.any((pixels[..., 0] < 100) & (pixels[..., 1] > 150) & (pixels[..., 2] < 150)), "no viridis green"
+
+
+def test_zero_mistakes_gives_a_figure_that_says_so(make_params, tmp_path):
+    write_stage_inputs(tmp_path, correct=True)
+    predictions = pd.read_csv(tmp_path / "reports" / "predictions.csv")
+    assert (predictions["actual"] == predictions["predicted"]).all()
+    run(make_params())
+    pixels = assert_png(tmp_path / "reports" / "plots" / "misclassified.png", 1000, 800)
+    assert 0 < ink_share(pixels) < 0.05, "expected a short message on a white page"
+
+
+def test_missing_inputs_name_the_file_and_the_stage(make_params, tmp_path):
+    write_stage_inputs(tmp_path)
+    (tmp_path / "reports" / "predictions.csv").unlink()
+    with pytest.raises(PipelineError, match=r"predictions.csv \(written by the evaluate stage\).*dvc repro"):
+        run(make_params())
+    assert not (tmp_path / "reports" / "plots").exists()
+
+
+def test_unknown_colormap_is_a_pipeline_error_with_a_suggestion(make_params, tmp_path):
+    write_stage_inputs(tmp_path)
+    with pytest.raises(PipelineError, match="plots.cmap: unknown matplotlib colormap 'Blus'; did you mean 'Blues'"):
+        run(make_params(plots__cmap="Blus"))
+
+
+def test_plots_never_imports_tensorflow_or_keras(make_params, tmp_path):
+    write_stage_inputs(tmp_path)
+    params_file = tmp_path / "params.json"
+    params_file.write_text(json.dumps(make_params().model_dump(mode="json")))
+    script = (
+        "import json, sys\n"
+        "from stages.params import parse_params\n"
+        "from stages.plots import run\n"
+        f"run(parse_params(json.load(open({str(params_file)!r}))))\n"
+        "heavy = sorted(name for name in sys.modules if name.split('.')[0] in ('tensorflow', 'keras'))\n"
+        "print(json.dumps(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == []
+    assert (tmp_path / "reports" / "plots" / "feature_maps.png").is_file()
+
+
+def test_most_confident_mistakes_are_sorted_and_limited():
+    predictions = pd.DataFrame({"index": range(5), "actual": [1, 2, 3, 4, 5], "predicted": [1, 0, 0, 4, 0],
+                                "confidence": [0.99, 0.6, 0.9, 0.95, 0.7]})
+    assert most_confident_mistakes(predictions, 2)["index"].tolist() == [2, 4]
+    assert most_confident_mistakes(predictions, 10)["index"].tolist() == [2, 4, 1]
+
+
+def test_row_normalised_leaves_an_empty_class_at_zero():
+    confusion = np.array([[3, 1], [0, 0]])
+    np.testing.assert_allclose(row_normalised(confusion), [[0.75, 0.25], [0.0, 0.0]])
+
+
+@pytest.mark.parametrize(("count", "shape"), [(1, (1, 1)), (3, (2, 2)), (4, (2, 2)), (10, (3, 4)), (16, (4, 4))])
+def test_grid_shape_holds_every_panel(count, shape):
+    assert grid_shape(count) == shape
+    rows, columns = shape
+    assert rows * columns >= count > (rows - 1) * columns, "no empty row"
+
+
+def test_edge_case_figures_say_why_they_are_empty(tmp_path):
+    names = [str(k) for k in range(NUM_CLASSES)]
+    empty = pd.DataFrame(columns=["index", "actual", "predicted", "confidence"])
+    no_mistakes = misclassified_figure(empty, np.zeros((5, 28, 28, 1)), names, 0, 5, figsize=(4, 3), dpi=50)
+    no_convolution = feature_maps_figure(np.zeros((0, 0, 1, 0)), np.zeros((2, 28, 28)), np.array([1, 2]),
+                                         np.zeros((2, 0, 0, 0)), names, count=8, figsize=(4, 3), dpi=50)
+    for name, figure in (("mistakes.png", no_mistakes), ("maps.png", no_convolution)):
+        assert_png(save_figure(figure, tmp_path / name), 200, 150)
