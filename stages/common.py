@@ -23,6 +23,12 @@ class Terminated(BaseException):
     """Raised in the main thread on SIGTERM so a stage can clean up (and close its MLflow run as KILLED)."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `target`; rename it onto `target` only if the block succeeds.
@@ -38,6 +44,7 @@ def atomic_path(target: str | os.PathLike, directory: bool = False) -> Iterator[
         fd, name = tempfile.mkstemp(prefix=prefix, suffix=target.suffix, dir=target.parent)
         os.close(fd)
         tmp = Path(name)
+        tmp.chmod(0o666 & ~_umask())  # mkstemp makes files owner-only; outputs get the usual permissions
     try:
         yield tmp
         if directory and target.exists():
