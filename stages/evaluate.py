@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stages import tracking
 from stages.common import PipelineError, save_npz, stage_main, write_csv, write_json
 from stages.datasets import class_names
 
+REPORT_FILES = ("metrics.json", "predictions.csv", "confusion.csv", "per_class.csv")
 # Keras clips probabilities to [epsilon, 1 - epsilon] before the log (keras.config.epsilon()); the same clip here
 # keeps a confidently wrong prediction from giving an infinite loss and matches model.evaluate.
 EPSILON = 1e-7
@@ -225,6 +227,7 @@ def run(params) -> dict[str, float | int]:
              labels=labels[:count], activations=activations)
     # metrics.json last: its presence means every other report of this run is complete.
     write_json(reports / "metrics.json", metrics)
+    tracking.log_evaluation(params, metrics, [reports / name for name in REPORT_FILES])
     print(f"test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f}, macro F1 "
           f"{metrics['macro_f1']:.4f} on {test_images:,} images; {images_per_second:,.0f} images/s")
     return metrics

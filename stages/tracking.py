@@ -305,3 +305,11 @@ def log_files(params: Params, files: list[Path], folder: str) -> None:
         client, run_id = attached
         for path in files:
             client.log_artifact(run_id, str(path), folder)
+
+
+def search_runs(params: Params):
+    """Every run of the experiment as a pandas DataFrame (MLflow's columns: params.*, metrics.*, tags.*)."""
+    import mlflow
+
+    client, experiment_id = connect(params)
+    return mlflow.search_runs(experiment_ids=[experiment_id], order_by=["attributes.start_time DESC"])
