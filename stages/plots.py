@@ -100,6 +100,11 @@ def row_normalised(confusion: np.ndarray) -> np.ndarray:
     return np.divide(confusion, totals, out=np.zeros(confusion.shape, dtype=np.float64), where=totals > 0)
 
 
+def percent_label(share: float) -> str:
+    """A whole percentage, at most three characters so it fits a cell; "<1" keeps rare confusions visible."""
+    return "<1" if 0 < share < 0.5 else f"{share:.0f}"
+
+
 def confusion_figure(confusion: np.ndarray, names: list[str], cmap: str, figsize: tuple[float, float],
                      dpi: int) -> Figure:
     """Two annotated heatmaps side by side: counts, and the share of each actual class (row-normalised)."""
@@ -107,34 +112,40 @@ def confusion_figure(confusion: np.ndarray, names: list[str], cmap: str, figsize
     axes = figure.subplots(1, 2)
     num_classes = len(names)
     colormap = matplotlib.colormaps[cmap]
-    # Each heatmap gets a little under half the width; fit a four-character annotation ("1135", "99.5") per cell.
-    annotation_size = fitting_font_size(figsize[0] * 0.4 / num_classes, 4, largest=9)
-    views = [(confusion, "Counts", lambda value: f"{value:d}", None),
-             (row_normalised(confusion) * 100, "Share of each actual class (%)", lambda value: f"{value:.0f}"
-              if value == 0 or value >= 99.95 else f"{value:.1f}", (0, 100))]
+    long_names = max(len(name) for name in names) > 2
+    views = [(confusion, "Counts", str, None),
+             (row_normalised(confusion) * 100, "Share of each actual class (%)", percent_label, (0, 100))]
+    annotations = []
     for ax, (matrix, title, label, limits) in zip(axes, views, strict=True):
         low, high = limits or (0, max(int(matrix.max()), 1))
         image = ax.imshow(matrix, cmap=colormap, vmin=low, vmax=high)
         figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        texts = []
         for row in range(num_classes):
             for column in range(num_classes):
                 value = matrix[row, column]
                 red, green, blue, _ = colormap((value - low) / (high - low))
                 # Dark text on light cells and light text on dark ones, whatever the colormap.
                 color = "white" if 0.299 * red + 0.587 * green + 0.114 * blue < 0.5 else "black"
-                ax.text(column, row, label(value.item()), ha="center", va="center", color=color,
-                        fontsize=annotation_size)
+                texts.append(ax.text(column, row, label(value.item()), ha="center", va="center", color=color))
+        annotations.append(texts)
         ax.set_title(title)
         ax.set_xlabel("predicted")
         ax.set_ylabel("actual")
         ax.set_xticks(range(num_classes))
         ax.set_yticks(range(num_classes))
-        long_names = max(len(name) for name in names) > 2
         ax.set_xticklabels(names, rotation=45 if long_names else 0, ha="right" if long_names else "center",
                            rotation_mode="anchor")
         ax.set_yticklabels(names)
     correct = int(np.trace(confusion))
     figure.suptitle(f"Confusion matrix on {int(confusion.sum()):,} test images ({correct:,} correct)")
+    # Long class names squeeze the heatmaps, so size the numbers from each cell's width once the layout is done.
+    figure.draw_without_rendering()
+    for ax, texts in zip(axes, annotations, strict=True):
+        cell_inches = ax.get_window_extent().width / figure.dpi / num_classes
+        size = fitting_font_size(cell_inches, max(len(text.get_text()) for text in texts), largest=9)
+        for text in texts:
+            text.set_fontsize(size)
     return figure
 
 
@@ -200,7 +211,8 @@ def feature_maps_figure(filters: np.ndarray, images: np.ndarray, labels: np.ndar
         for index in range(shown):
             # Each map on its own scale, as in the course, so weak filters still show their pattern.
             grid[row, 1 + index].imshow(maps[:, :, index], cmap="inferno")
-    grid[1, 0].set_title("input", fontsize=title_size)
+    if len(images):
+        grid[1, 0].set_title("input", fontsize=title_size)
     figure.suptitle(f"First convolution layer: {shown} of {filters.shape[-1]} filters and their activation maps")
     return figure
 
