@@ -58,6 +58,13 @@ def atomic_path(target: str | os.PathLike, directory: bool = False) -> Iterator[
         raise
 
 
+def require_files(files: dict[Path, str]) -> None:
+    """Raise one PipelineError naming every missing input and the stage that writes it."""
+    missing = [f"{path} (written by the {stage} stage)" for path, stage in files.items() if not path.is_file()]
+    if missing:
+        raise PipelineError("missing input: " + ", ".join(missing) + "; run `dvc repro` to produce it")
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -23,20 +23,13 @@ import numpy as np
 import pandas as pd
 
 from stages import tracking
-from stages.common import PipelineError, save_npz, stage_main, write_csv, write_json
+from stages.common import PipelineError, require_files, save_npz, stage_main, write_csv, write_json
 from stages.datasets import class_names
 
 REPORT_FILES = ("metrics.json", "predictions.csv", "confusion.csv", "per_class.csv")
 # Keras clips probabilities to [epsilon, 1 - epsilon] before the log (keras.config.epsilon()); the same clip here
 # keeps a confidently wrong prediction from giving an infinite loss and matches model.evaluate.
 EPSILON = 1e-7
-
-
-def require_files(files: dict[Path, str]) -> None:
-    """Raise one PipelineError naming every missing input and the stage that writes it."""
-    missing = [f"{path} (written by the {stage} stage)" for path, stage in files.items() if not path.is_file()]
-    if missing:
-        raise PipelineError("missing input: " + ", ".join(missing) + "; run `dvc repro` to produce it")
 
 
 def load_test_set(path: Path) -> tuple[np.ndarray, np.ndarray]:

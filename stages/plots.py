@@ -25,7 +25,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from stages.common import PipelineError, atomic_path, stage_main
+from stages import tracking
+from stages.common import PipelineError, atomic_path, require_files, stage_main
 from stages.datasets import class_names
 
 HISTORY_CURVES = {"loss": ("loss", "val_loss"), "accuracy": ("accuracy", "val_accuracy")}
@@ -33,13 +34,6 @@ PREDICTION_COLUMNS = ("index", "actual", "predicted", "confidence")
 # Average width of a character relative to the font size, to fit titles and annotations in their cells.
 CHARACTER_WIDTH = 0.6
 POINTS_PER_INCH = 72
-
-
-def require_files(files: dict[Path, str]) -> None:
-    """Raise one PipelineError naming every missing input and the stage that writes it."""
-    missing = [f"{path} (written by the {stage} stage)" for path, stage in files.items() if not path.is_file()]
-    if missing:
-        raise PipelineError("missing input: " + ", ".join(missing) + "; run `dvc repro` to produce it")
 
 
 def check_colormap(name: str) -> None:
@@ -260,6 +254,7 @@ def run(params) -> list[Path]:
                                                 figsize=figsize, dpi=dpi),
     }
     written = [save_figure(figure, plots / name) for name, figure in figures.items()]
+    tracking.log_files(params, written, "plots")
     print(f"wrote {len(written)} plots to {plots}")
     return written
 

@@ -87,8 +87,14 @@ def connect(params: Params):
 
     uri = tracking_uri(params)
     check_reachable(uri)
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    # MLflow also exports the URI to os.environ; restore it so the user's setting keeps its meaning.
+    if user_uri is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_uri
     client = mlflow.MlflowClient(uri, uri)
     name = params.tracking.experiment
     with store_lock(uri):

@@ -1,0 +1,187 @@
+"""MLflow tracking against a real SQLite store: what a run records, how it ends, and where it lands."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from stages import compare, evaluate, plots, tracking, train
+from stages.common import PipelineError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """The default store (mlflow.db at the project root), with the project root being tmp_path via DVC_ROOT."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    return tmp_path
+
+
+def client_for(root: Path):
+    import mlflow
+
+    return mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+
+
+def only_run(client, experiment: str = "mnist"):
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+@pytest.mark.slow
+def test_pipeline_run_is_recorded_completely(make_params, processed_dir, store):
+    import keras
+    import mlflow
+
+    params = make_params(paths__processed=str(processed_dir), model__architecture="conv10", train__epochs=2,
+                         tracking__enabled=True)
+    train.run(params)
+    metrics = evaluate.run(params)
+    plots.run(params)
+
+    client = client_for(store)
+    run = only_run(client)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name.startswith("conv10-adam-")
+    assert run.data.params["train.epochs"] == "2" and run.data.params["model.architecture"] == "conv10"
+    assert int(run.data.params["model.parameters"]) > 0
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in history] == [1, 2]
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert run.data.tags["dataset"] == "mnist" and len(run.data.tags["data.sha256"]) == 64
+    assert run.data.tags["precision"] in ("float32", "mixed_bfloat16")
+    assert {"git.commit", "git.dirty", "tensorflow.version", "keras.version"} <= set(run.data.tags)
+
+    artifacts = {a.path for folder in ("reports", "plots", "model_outputs")
+                 for a in client.list_artifacts(run.info.run_id, folder)}
+    assert {"reports/predictions.csv", "reports/confusion.csv", "plots/curves.png",
+            "plots/confusion_matrix.png", "model_outputs/history.csv"} <= artifacts
+    assert (store / "mlartifacts").is_dir(), "artifacts live beside mlflow.db"
+
+    version = client.get_model_version_by_alias(params.tracking.registered_model, "champion")
+    assert version.run_id == run.info.run_id
+    assert float(version.tags["test_accuracy"]) == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+
+    model_uri = f"models:/{params.tracking.registered_model}/{version.version}"
+    assert mlflow.models.get_model_info(model_uri).signature is not None
+    images = np.load(processed_dir / "test.npz")["x"][:16]
+    expected = keras.saving.load_model(Path(params.paths.models) / "model.keras").predict(images, verbose=0)
+    np.testing.assert_allclose(np.asarray(mlflow.pyfunc.load_model(model_uri).predict(images)), expected,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_a_training_that_raises_ends_failed(make_params, processed_dir, store, monkeypatch):
+    import keras
+
+    class Explode(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(tracking.TrainingRun, "keras_callbacks", lambda self: [Explode()])
+    params = make_params(paths__processed=str(processed_dir), model__architecture="conv10", tracking__enabled=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        train.run(params)
+    assert only_run(client_for(store)).info.status == "FAILED"
+    assert not (Path(params.paths.models) / "model.keras").exists()
+
+
+def test_unreachable_tracking_server_fails_before_training(make_params, processed_dir):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    params = make_params(paths__processed=str(processed_dir), tracking__enabled=True, tracking__uri=uri)
+    started = time.monotonic()
+    with pytest.raises(PipelineError, match=f"MLflow tracking server {uri} is unreachable"):
+        train.run(params)
+    assert time.monotonic() - started < 15
+    assert not Path(params.paths.models).exists()
+
+
+@pytest.mark.slow
+def test_sigterm_ends_killed_and_a_sigkilled_orphan_is_closed_by_the_next_train(make_params, processed_dir, store):
+    params = make_params(paths__processed=str(processed_dir), model__architecture="lenet", train__epochs=30,
+                         tracking__enabled=True, train__precision="float32")
+    (store / "params.yaml").write_text(yaml.safe_dump(params.model_dump()))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    client = client_for(store)
+
+    def start_and_signal(sig: int) -> subprocess.Popen:
+        process = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=store, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 240
+        while not list(store.glob(".resume/*/backup/training_metadata.json")):
+            assert process.poll() is None, process.stdout.read()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(sig)
+        process.wait(timeout=120)
+        return process
+
+    orphan = start_and_signal(signal.SIGKILL)
+    assert orphan.returncode == -signal.SIGKILL
+    experiment_id = client.get_experiment_by_name("mnist").experiment_id
+    [orphan_run] = client.search_runs([experiment_id])
+    assert orphan_run.info.status == "RUNNING"  # what MLflow leaves behind
+
+    shutil.rmtree(store / ".resume")  # else the next run's backup exists before it starts
+    terminated = start_and_signal(signal.SIGTERM)
+    output = terminated.stdout.read()
+    assert terminated.returncode == 143, output[-3000:]
+    statuses = {run.info.run_id: run.info.status for run in client.search_runs([experiment_id])}
+    assert statuses.pop(orphan_run.info.run_id) == "KILLED"
+    assert list(statuses.values()) == ["KILLED"]
+
+
+def test_flatten_gives_dotted_keys():
+    flat = tracking.flatten({"train": {"optimizer": {"name": "adam", "kwargs": {}}, "epochs": 3}, "seed": 1,
+                             "model": {"layers": [{"type": "Flatten"}]}})
+    assert flat == {"train.optimizer.name": "adam", "train.optimizer.kwargs": "{}", "train.epochs": 3, "seed": 1,
+                    "model.layers": '[{"type": "Flatten"}]'}
+
+
+def test_default_store_is_the_project_roots_sqlite(make_params, monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repo"))
+    assert tracking.tracking_uri(make_params()) .startswith(f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.tracking_uri(make_params()) == "http://127.0.0.1:5000"
+
+
+def test_comparison_table_lists_evaluated_runs_best_first():
+    runs = pd.DataFrame({
+        "status": ["FINISHED", "FINISHED", "FAILED", "FINISHED"],
+        "tags.mlflow.runName": ["a", "b", "c", "d"],
+        "tags.dvc.exp_name": ["exp-a", "exp-b", None, None],
+        "params.model.architecture": ["lenet", "conv32", "lenet", "lenet"],
+        "params.model.layers": ["null", "null", "null", '[{"type": "Flatten"}]'],
+        "params.train.optimizer.name": ["adam", "adadelta", "adam", "sgd"],
+        "params.train.optimizer.learning_rate": ["0.001", "1.0", "0.001", "0.1"],
+        "metrics.epochs_run": [2.0, 2.0, 1.0, 2.0],
+        "params.model.parameters": ["1256080", "693962", "1256080", "100"],
+        "metrics.test_accuracy": [0.95, 0.97, np.nan, 0.5],
+        "metrics.test_loss": [0.2, 0.1, np.nan, 1.5],
+        "metrics.train_seconds": [10.0, 8.0, 1.0, 3.0],
+    })
+    table = compare.comparison_table(runs)
+    assert table["run"].tolist() == ["b", "a", "d"]
+    assert table["architecture"].tolist() == ["conv32", "lenet", "custom"]
+    assert table["parameters"].tolist() == [693962, 1256080, 100]
+    text = compare.markdown(table, "mnist")
+    assert text.index("| b |") < text.index("| a |")
