@@ -238,8 +238,8 @@ def centre_of_mass(array: np.ndarray) -> tuple[float, float]:
 def place_on_canvas(patch: np.ndarray, centring: str, size: int = CANVAS_SIZE) -> np.ndarray:
     """Paste `patch` into a size x size black canvas, centred by its centre of mass ("mass") or its box ("box").
 
-    The shift is whole pixels, as MNIST's was, so a patch is never blurred; it is clamped so no ink falls off
-    the canvas when a lopsided digit would need more than the 4-pixel margin.
+    The shift is in whole pixels, so the patch is never blurred and an MNIST digit lands back where it was; it is
+    clamped so no ink falls off the canvas when a lopsided digit would need more than the 4-pixel margin.
     """
     height, width = patch.shape
     if centring == "mass":
@@ -401,6 +401,8 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code (see the module docstring)."""
     arguments = parse_arguments(argv)
+    # TensorFlow's C++ start-up chatter (CPU features, no CUDA) would bury the one line per image; errors still show.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from stages.datasets import class_names
 
     try:

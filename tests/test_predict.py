@@ -122,7 +122,7 @@ def model(model_path):
 
 @pytest.fixture
 def digit_file(tmp_path, test_digits) -> Path:
-    path = tmp_path / "seven.png"
+    path = tmp_path / "digit.png"
     on_paper(test_digits[0]).save(path)
     return path
 
