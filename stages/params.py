@@ -247,3 +247,23 @@ def _write_trace(path: str) -> None:
 if os.environ.get("STAGES_TRACE_PARAMS"):
     _read_keys = set()
     atexit.register(_write_trace, os.environ["STAGES_TRACE_PARAMS"])
+
+
+def run(params: Params) -> None:
+    """The `params` stage: validation alone. DVC reruns it on any edit of params.yaml, so a typo in a key that
+    no stage declares (which `dvc exp run -S +section.typo=1` adds silently) still stops `dvc repro`."""
+    from stages.common import write_text
+
+    # Constant content: downstream stages depend on this file and must not rerun because it was rewritten.
+    write_text(Path(params.paths.raw) / "params.ok", "params.yaml is valid\n")
+    print("params.yaml is valid")
+
+
+def main() -> None:
+    from stages.common import stage_main
+
+    stage_main(run)
+
+
+if __name__ == "__main__":
+    main()

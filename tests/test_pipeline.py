@@ -1,0 +1,177 @@
+"""End to end: the real DVC pipeline in a temporary git copy of the project, on the real mnist-10k digits.
+
+One `dvc repro` (with params tracing on) feeds several checks: dvc.yaml declares exactly the params each stage
+reads, a second repro does nothing, DVC's metrics and plots render, a plots-only change reruns plots only, and a
+typo passed with `dvc exp run -S` fails the stage with a did-you-mean instead of running with the default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import MNIST_10K, ROOT
+
+pytestmark = pytest.mark.slow
+
+QUICK = {
+    "data.source": str(MNIST_10K),
+    "preprocess.limit": 600,
+    "model.architecture": "conv10",
+    "train.epochs": 1,
+}
+
+
+def project_env(project: Path, **extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))}
+    env.update({
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        "PYTHONPATH": str(project),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
+    })
+    env.update(extra)
+    return env
+
+
+def sh(project: Path, *command: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=project, env=env or project_env(project), capture_output=True, text=True,
+                            timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[-3000:]}")
+    return result
+
+
+def copy_project(destination: Path, overrides: dict) -> Path:
+    """A fresh git repository holding the project's tracked files, with params shrunk for a quick run."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for name in filter(None, tracked.stdout.split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    from ruamel.yaml import YAML
+
+    yaml_rt = YAML()
+    params = yaml_rt.load((destination / "params.yaml").read_text())
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = params
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    with open(destination / "params.yaml", "w") as handle:
+        yaml_rt.dump(params, handle)
+    sh(destination, "git", "init", "-q")
+    sh(destination, "git", "add", "-A")
+    sh(destination, "git", "commit", "-qm", "baseline")
+    return destination
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """The project after one traced `dvc repro` with MLflow on (store in the copy's own mlflow.db)."""
+    path = copy_project(tmp_path_factory.mktemp("project"), QUICK)
+    trace = path.parent / "params-trace.tsv"
+    result = sh(path, "dvc", "repro", env=project_env(path, STAGES_TRACE_PARAMS=str(trace)))
+    (path.parent / "repro.log").write_text(result.stdout + result.stderr)
+    return path
+
+
+def declared_params(stage: dict) -> list[str]:
+    keys = []
+    for entry in stage.get("params", []):
+        keys.extend([entry] if isinstance(entry, str) else [k for values in entry.values() for k in values])
+    return keys
+
+
+def test_dvc_yaml_declares_exactly_the_params_each_stage_reads(project):
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    read: dict[str, set[str]] = defaultdict(set)
+    for line in (project.parent / "params-trace.tsv").read_text().splitlines():
+        module, key = line.split("\t")
+        read[module].add(key)
+    for name, stage in stages.items():
+        module = stage["cmd"].split("-m", 1)[1].split()[0]
+        assert module in read, f"stage {name} ({module}) never ran under the params trace"
+        # paths.* are bound to deps and outs through ${paths.*}: DVC already reruns when they change.
+        used = {key for key in read[module] if not key.startswith("paths.")}
+        declared = declared_params(stage)
+
+        def covers(declared_key: str, key: str) -> bool:
+            return key == declared_key or key.startswith(declared_key + ".")
+
+        undeclared = sorted(key for key in used if not any(covers(d, key) for d in declared))
+        unread = sorted(d for d in declared if not any(covers(d, key) for key in used))
+        assert not undeclared, f"stage {name} reads params not declared in dvc.yaml (stale cache): {undeclared}"
+        assert not unread, f"stage {name} declares params its code never reads (needless reruns): {unread}"
+
+
+def test_second_repro_has_nothing_to_do(project):
+    result = sh(project, "dvc", "repro")
+    assert "Data and pipelines are up to date" in result.stdout
+    assert "Running stage" not in result.stdout
+
+
+def test_dvc_metrics_and_plots_render(project):
+    metrics = sh(project, "dvc", "metrics", "show", "--json").stdout
+    assert "test_accuracy" in metrics
+    accuracy = json.loads((project / "reports" / "metrics.json").read_text())["test_accuracy"]
+    assert 0.3 < accuracy <= 1.0
+    out = project.parent / "plots-html"
+    sh(project, "dvc", "plots", "show", "-o", str(out))
+    html = (out / "index.html").read_text()
+    for title in ("Loss", "Accuracy", "Confusion matrix", "curves.png", "confusion_matrix.png"):
+        assert title in html
+
+
+def set_param(project: Path, key: str, value) -> None:
+    from ruamel.yaml import YAML
+
+    yaml_rt = YAML()
+    params = yaml_rt.load((project / "params.yaml").read_text())
+    *parents, leaf = key.split(".")
+    node = params
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    with open(project / "params.yaml", "w") as handle:
+        yaml_rt.dump(params, handle)
+
+
+def test_only_stages_whose_params_changed_rerun(project):
+    try:
+        set_param(project, "plots.dpi", 60)
+        plots_only = sh(project, "dvc", "repro").stdout
+        assert "Running stage 'plots'" in plots_only
+        assert "Running stage 'train'" not in plots_only and "Running stage 'evaluate'" not in plots_only
+
+        set_param(project, "train.epochs", 2)
+        status = json.loads(sh(project, "dvc", "status", "--json").stdout)
+        assert set(status) == {"params", "train"}  # params: the validation stage reruns on any edit
+    finally:
+        sh(project, "git", "checkout", "--", "params.yaml")
+    assert "Running stage 'train'" not in sh(project, "dvc", "repro").stdout  # run-cache restores the original
+
+
+def test_typo_on_the_command_line_fails_with_did_you_mean(project):
+    # DVC 3.6x refuses a plain unknown key itself; `+key=value` (Hydra's append) writes it into params.yaml,
+    # and then only the schema stands between the typo and a run with the default.
+    assert sh(project, "dvc", "exp", "run", "-S", "preprocess.val_fraktion=0.1", check=False).returncode != 0
+    try:
+        result = sh(project, "dvc", "exp", "run", "-S", "+preprocess.val_fraktion=0.1", check=False)
+        assert "val_fraktion" in (project / "params.yaml").read_text(), "DVC added the key"
+        assert result.returncode != 0
+        assert "preprocess.val_fraktion: unknown key; did you mean 'val_fraction'?" in result.stdout + result.stderr
+        assert "Running stage 'train'" not in result.stdout
+    finally:
+        sh(project, "git", "checkout", "--", "params.yaml")
