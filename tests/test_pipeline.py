@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -175,3 +177,38 @@ def test_typo_on_the_command_line_fails_with_did_you_mean(project):
         assert "Running stage 'train'" not in result.stdout
     finally:
         sh(project, "git", "checkout", "--", "params.yaml")
+
+
+def test_queued_experiments_land_in_the_project_store_and_compare_ranks_them(project):
+    import mlflow
+
+    names = []
+    for architecture in ("conv10", "single_conv"):
+        queued = sh(project, "dvc", "exp", "run", "--queue", "-S", f"model.architecture={architecture}")
+        names.append(re.search(r"Queued experiment '([^']+)'", queued.stdout).group(1))
+    sh(project, "dvc", "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 600
+    while True:
+        status = sh(project, "dvc", "queue", "status").stdout
+        if not any(state in status for state in ("Queued", "Running")):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    sh(project, "dvc", "queue", "stop", check=False)
+    assert status.count("Success") >= 2, status
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("mnist")
+    runs = client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'")
+    by_exp = {run.data.tags.get("dvc.exp_name"): run for run in runs}
+    assert set(names) <= set(by_exp), f"queued {names}, store has {sorted(filter(None, by_exp))}"
+    for name in names:
+        assert "test_accuracy" in by_exp[name].data.metrics
+
+    sh(project, "python", "-m", "stages.compare")
+    table = (project / "reports" / "compare.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "test accuracy" not in line]
+    accuracies = [float(row.split("|")[8]) for row in rows]
+    assert len(rows) >= 3 and accuracies == sorted(accuracies, reverse=True)
+    assert all(name in table for name in names)
+    assert (project / "reports" / "compare.png").stat().st_size > 0
