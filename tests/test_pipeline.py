@@ -53,6 +53,20 @@ def sh(project: Path, *command: str, env: dict | None = None, check: bool = True
     return result
 
 
+def set_param(project: Path, key: str, value) -> None:
+    from ruamel.yaml import YAML
+
+    yaml_rt = YAML()
+    params = yaml_rt.load((project / "params.yaml").read_text())
+    *parents, leaf = key.split(".")
+    node = params
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    with open(project / "params.yaml", "w") as handle:
+        yaml_rt.dump(params, handle)
+
+
 def copy_project(destination: Path, overrides: dict) -> Path:
     """A fresh git repository holding the project's tracked files, with params shrunk for a quick run."""
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -61,18 +75,8 @@ def copy_project(destination: Path, overrides: dict) -> Path:
         if source.is_file():
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination / name)
-    from ruamel.yaml import YAML
-
-    yaml_rt = YAML()
-    params = yaml_rt.load((destination / "params.yaml").read_text())
     for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = params
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    with open(destination / "params.yaml", "w") as handle:
-        yaml_rt.dump(params, handle)
+        set_param(destination, key, value)
     sh(destination, "git", "init", "-q")
     sh(destination, "git", "add", "-A")
     sh(destination, "git", "commit", "-qm", "baseline")
@@ -134,20 +138,6 @@ def test_dvc_metrics_and_plots_render(project):
     html = (out / "index.html").read_text()
     for title in ("Loss", "Accuracy", "Confusion matrix", "curves.png", "confusion_matrix.png"):
         assert title in html
-
-
-def set_param(project: Path, key: str, value) -> None:
-    from ruamel.yaml import YAML
-
-    yaml_rt = YAML()
-    params = yaml_rt.load((project / "params.yaml").read_text())
-    *parents, leaf = key.split(".")
-    node = params
-    for part in parents:
-        node = node[part]
-    node[leaf] = value
-    with open(project / "params.yaml", "w") as handle:
-        yaml_rt.dump(params, handle)
 
 
 def test_only_stages_whose_params_changed_rerun(project):
