@@ -38,7 +38,7 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
     evaluated = runs[(runs["status"] == "FINISHED") & runs["metrics.test_accuracy"].notna()]
     # An inline `model.layers` spec shows as "custom", like the run name does.
     if "params.model.layers" in evaluated:
-        custom = evaluated["params.model.layers"].fillna("null") != "null"
+        custom = ~evaluated["params.model.layers"].fillna("None").isin(["None", "null", ""])
         evaluated = evaluated.assign(**{"params.model.architecture": evaluated["params.model.architecture"]
                                         .where(~custom, "custom")})
     table = evaluated.reindex(columns=list(COLUMNS)).rename(columns=COLUMNS)

@@ -170,7 +170,7 @@ def test_comparison_table_lists_evaluated_runs_best_first():
         "tags.mlflow.runName": ["a", "b", "c", "d"],
         "tags.dvc.exp_name": ["exp-a", "exp-b", None, None],
         "params.model.architecture": ["lenet", "conv32", "lenet", "lenet"],
-        "params.model.layers": ["null", "null", "null", '[{"type": "Flatten"}]'],
+        "params.model.layers": ["None", None, "None", '[{"type": "Flatten"}]'],
         "params.train.optimizer.name": ["adam", "adadelta", "adam", "sgd"],
         "params.train.optimizer.learning_rate": ["0.001", "1.0", "0.001", "0.1"],
         "metrics.epochs_run": [2.0, 2.0, 1.0, 2.0],
