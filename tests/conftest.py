@@ -11,7 +11,19 @@ import pytest
 from stages.params import Params, parse_params, read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-MNIST_10K = (ROOT / ".." / "shared" / "data" / "mnist-10k").resolve()
+
+
+def find_mnist_10k() -> Path:
+    """The 10,000 real MNIST digits beside the checkout (../shared/data/mnist-10k), or where MNIST_10K_DIR says."""
+    candidates = [os.environ.get("MNIST_10K_DIR"), ROOT.parent / "shared" / "data" / "mnist-10k",
+                  "/work/shared/data/mnist-10k"]
+    for candidate in filter(None, candidates):
+        if (Path(candidate) / "train-images-idx3-ubyte.gz").is_file():
+            return Path(candidate).resolve()
+    raise RuntimeError("mnist-10k not found: set MNIST_10K_DIR to the folder holding its four IDX .gz files")
+
+
+MNIST_10K = find_mnist_10k()
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import MNIST_10K
 from PIL import Image
 
 from stages import predict
@@ -30,7 +31,7 @@ from stages.datasets import class_names
 from stages.idx import load_images_labels, read_idx
 
 ROOT = Path(__file__).resolve().parents[1]
-MNIST_10K = (ROOT / ".." / "shared" / "data" / "mnist-10k").resolve()
+
 AGREEMENT_DIGITS = int(os.environ.get("PREDICT_AGREEMENT_DIGITS", "200"))
 MIN_AGREEMENT = 0.95
 PAPER, BLUE_INK = (246, 240, 222), (25, 35, 120)
