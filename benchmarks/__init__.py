@@ -1,0 +1,1 @@
+"""Speed, memory and accuracy measurements of the pipeline: `python -m benchmarks.benchmark` (or `make bench`)."""
