@@ -99,7 +99,8 @@ def test_target_accuracy_stops_training_early(make_params, processed_dir):
 def test_early_stopping_stops_a_diverging_run(make_params, processed_dir):
     params = make_params(paths__processed=str(processed_dir), model__architecture="conv10", train__epochs=8,
                          train__optimizer__name="sgd", train__optimizer__learning_rate=8.0,
-                         train__early_stopping__enabled=True, train__early_stopping__patience=0)
+                         train__lr_schedule="constant", train__early_stopping__enabled=True,
+                         train__early_stopping__patience=0)
     assert train.run(params)["epochs_run"] < 8
 
 
