@@ -197,7 +197,9 @@ class TrainingRun:
         return [EpochMetrics()]
 
     def log_training(self, params: Params, model, result: dict, models_dir: Path, example) -> None:
+        import keras
         import mlflow
+        import tensorflow as tf
         from mlflow.models import infer_signature
 
         self.client.log_batch(self.run_id, params=[
@@ -217,6 +219,9 @@ class TrainingRun:
             info = mlflow.tensorflow.log_model(
                 model, name="model", signature=signature, input_example=example,
                 registered_model_name=params.tracking.registered_model,
+                # Given explicitly: inferring them reloads the model in a subprocess (another TensorFlow start).
+                pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
+                                  f"mlflow=={mlflow.__version__}"],
             )
         write_json(models_dir / RUN_FILE, {
             "run_id": self.run_id, "experiment": params.tracking.experiment, "model_uri": info.model_uri,
