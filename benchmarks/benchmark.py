@@ -313,16 +313,18 @@ def auto_precision() -> str:
 
 
 SITECUSTOMIZE = '''\
-import atexit, os, sys
+import os, sys
 
-def _benchmark_report_tensorflow():
-    main = sys.modules.get("__main__")
-    name = getattr(getattr(main, "__spec__", None), "name", None) or os.path.basename(sys.argv[0] or "python")
-    with open(os.environ["BENCHMARK_TF_PROBE"], "a") as probe:
-        probe.write(f"{name}\\t{'tensorflow' in sys.modules}\\n")
+def _benchmark_report_tensorflow(event, args):
+    # At import, not at exit: a process that never exits normally is counted too.
+    if event == "import" and args[0] == "tensorflow":
+        main = sys.modules.get("__main__")
+        name = getattr(getattr(main, "__spec__", None), "name", None) or os.path.basename(sys.argv[0] or "python")
+        with open(os.environ["BENCHMARK_TF_PROBE"], "a") as probe:
+            probe.write(f"{name}\\tTrue\\n")
 
 if os.environ.get("BENCHMARK_TF_PROBE"):
-    atexit.register(_benchmark_report_tensorflow)
+    sys.addaudithook(_benchmark_report_tensorflow)
 '''
 
 
@@ -375,7 +377,7 @@ def stages_run(measured: Measured) -> list[str]:
 
 
 def read_probe(path: Path) -> list[str]:
-    """Modules (python -m) of the processes that had TensorFlow loaded at exit; the probe file is then emptied."""
+    """Modules (python -m) of the processes that imported TensorFlow; the probe file is then emptied."""
     if not path.exists():
         return []
     loaded = sorted({line.split("\t")[0] for line in path.read_text().splitlines() if line.endswith("\tTrue")})

@@ -227,7 +227,7 @@ def run(params) -> dict[str, float | int]:
 
 
 def main() -> None:
-    stage_main(run)
+    stage_main(run, uses_keras=True)
 
 
 if __name__ == "__main__":

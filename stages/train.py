@@ -268,7 +268,7 @@ def run(params: Params) -> dict:
 def main() -> None:
     from stages.common import stage_main
 
-    stage_main(run)
+    stage_main(run, uses_keras=True)
 
 
 if __name__ == "__main__":
