@@ -184,6 +184,28 @@ def configure(params: Params) -> str:
     return precision
 
 
+def backed_up_epoch(metadata: Path) -> int | None:
+    """The last finished epoch BackupAndRestore recorded, or None when its file is missing or unreadable."""
+    try:
+        return int(json.loads(metadata.read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def repair_backup(backup: Path) -> None:
+    """A kill while Keras writes its backup metadata leaves that file unreadable, and Keras then fails on every
+    resume; fall back to the previous backup (what Keras does for unreadable weights), or else start over."""
+    metadata = backup / "training_metadata.json"
+    if not metadata.exists() or backed_up_epoch(metadata) is not None:
+        return
+    previous = backup / "training_metadata.json.bkp"
+    if backed_up_epoch(previous) is not None and (backup / "latest.weights.h5.bkp").exists():
+        shutil.copy(backup / "latest.weights.h5.bkp", backup / "latest.weights.h5")
+        shutil.copy(previous, metadata)
+    else:
+        shutil.rmtree(backup)
+
+
 def fit(params: Params, train: tuple, val: tuple, resume_dir: Path, extra_callbacks: list = ()):
     """Build, compile and fit the model; returns (model trained to its best checkpoint, history frame)."""
     import keras
@@ -202,13 +224,14 @@ def fit(params: Params, train: tuple, val: tuple, resume_dir: Path, extra_callba
     )
     history_path = resume_dir / "history.csv"
     initial = pd.read_csv(history_path) if settings.resume and history_path.exists() else pd.DataFrame()
+    repair_backup(resume_dir / "backup")
     resume_dir.mkdir(parents=True, exist_ok=True)
     callbacks = make_callbacks(params, resume_dir, initial, list(extra_callbacks))
     backup = next((c for c in callbacks if isinstance(c, keras.callbacks.BackupAndRestore)), None)
     if backup is not None and len(initial):
         # Rows of an epoch whose backup never finished would be replayed: keep only backed-up epochs.
         metadata = Path(backup.backup_dir) / "training_metadata.json"
-        finished = json.loads(metadata.read_text())["epoch"] if metadata.exists() else 0
+        finished = backed_up_epoch(metadata) or 0
         callbacks[0].rows = [row for row in callbacks[0].rows if row["epoch"] <= finished]
         if finished:
             print(f"resuming after epoch {finished} from {resume_dir}")

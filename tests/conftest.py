@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,22 @@ def set_dotted(raw: dict, key: str, value) -> None:
     for part in parents:
         node = node.setdefault(part, {})
     node[leaf] = value
+
+
+@pytest.fixture(autouse=True)
+def isolated_process_state(monkeypatch, tmp_path):
+    """What a test changes process-wide must not reach the next one: resume state, proxies, the Keras dtype policy."""
+    from stages import train
+
+    monkeypatch.setattr(train, "RESUME_ROOT", tmp_path / ".resume")  # not the checkout's .resume
+    for proxy in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(proxy, raising=False)  # the tests' servers are on 127.0.0.1
+    keras = sys.modules.get("keras")
+    policy = keras.mixed_precision.global_policy() if keras else None
+    yield
+    keras = sys.modules.get("keras")
+    if keras:
+        keras.mixed_precision.set_global_policy(policy or "float32")
 
 
 @pytest.fixture(scope="session")

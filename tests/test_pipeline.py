@@ -177,14 +177,16 @@ def test_queued_experiments_land_in_the_project_store_and_compare_ranks_them(pro
         queued = sh(project, "dvc", "exp", "run", "--queue", "-S", f"model.architecture={architecture}")
         names.append(re.search(r"Queued experiment '([^']+)'", queued.stdout).group(1))
     sh(project, "dvc", "queue", "start", "-j", "2")
-    deadline = time.monotonic() + 600
-    while True:
-        status = sh(project, "dvc", "queue", "status").stdout
-        if not any(state in status for state in ("Queued", "Running")):
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(2)
-    sh(project, "dvc", "queue", "stop", check=False)
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            status = sh(project, "dvc", "queue", "status").stdout
+            if not any(state in status for state in ("Queued", "Running")):
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(2)
+    finally:
+        sh(project, "dvc", "queue", "stop", "--kill", check=False)
     assert status.count("Success") >= 2, status
 
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")

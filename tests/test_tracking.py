@@ -101,7 +101,8 @@ def test_a_training_that_raises_ends_failed(make_params, processed_dir, store, m
     assert not (Path(params.paths.models) / "model.keras").exists()
 
 
-def test_unreachable_tracking_server_fails_before_training(make_params, processed_dir):
+def test_unreachable_tracking_server_fails_before_training(make_params, processed_dir, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # it would win over tracking.uri
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -125,13 +126,18 @@ def test_sigterm_ends_killed_and_a_sigkilled_orphan_is_closed_by_the_next_train(
     def start_and_signal(sig: int) -> subprocess.Popen:
         process = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=store, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 240
-        while not list(store.glob(".resume/*/backup/training_metadata.json")):
-            assert process.poll() is None, process.stdout.read()[-3000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        process.send_signal(sig)
-        process.wait(timeout=120)
+        try:
+            deadline = time.monotonic() + 240
+            while not list(store.glob(".resume/*/backup/training_metadata.json")):
+                assert process.poll() is None, process.stdout.read()[-3000:]
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            process.send_signal(sig)
+            process.wait(timeout=120)
+        finally:
+            if process.poll() is None:  # a failed check must not leave a training behind for the next tests
+                process.kill()
+                process.wait()
         return process
 
     orphan = start_and_signal(signal.SIGKILL)

@@ -130,13 +130,15 @@ def test_resume_after_kill_continues_from_last_finished_epoch(make_params, proce
     command = [sys.executable, "-m", "stages.train"]
 
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not list(tmp_path.glob(".resume/*/backup/training_metadata.json")):
-        assert process.poll() is None, "training ended before its first epoch was backed up"
-        assert time.monotonic() < deadline, "no backup after 240 s"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    try:
+        deadline = time.monotonic() + 240
+        while not any(train.backed_up_epoch(path) for path in tmp_path.glob(".resume/*/backup/training_metadata.json")):
+            assert process.poll() is None, "training ended before its first epoch was backed up"
+            assert time.monotonic() < deadline, "no backup after 240 s"
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
     interrupted = pd.read_csv(next(tmp_path.glob(".resume/*/history.csv")))
     assert 1 <= len(interrupted) < epochs
 
@@ -147,3 +149,45 @@ def test_resume_after_kill_continues_from_last_finished_epoch(make_params, proce
     assert history["epoch"].tolist() == list(range(1, epochs + 1))
     assert history["loss"].iloc[0] == pytest.approx(interrupted["loss"].iloc[0])
     assert not list(tmp_path.glob(".resume/*")), "resume state is cleared once training completes"
+
+
+def interrupted_backup(backup: Path, epochs_done: int):
+    """A tiny model trained with Keras's BackupAndRestore and interrupted after `epochs_done` epochs."""
+    import keras
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == epochs_done:
+                raise RuntimeError("interrupted")
+
+    def fit(callbacks):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+        model.compile(optimizer="adam", loss="categorical_crossentropy")
+        data = np.random.default_rng(0).random((32, 4)), keras.utils.to_categorical(np.arange(32) % 2, 2)
+        return model.fit(*data, epochs=5, verbose=0,
+                         callbacks=[keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True), *callbacks])
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fit([Interrupt()])
+    return fit
+
+
+@pytest.mark.parametrize(("epochs_done", "resumed_epochs"), [(2, 4), (1, 5)])
+def test_backup_left_unreadable_by_a_kill_falls_back_or_starts_over(tmp_path, epochs_done, resumed_epochs):
+    backup = tmp_path / "backup"
+    fit = interrupted_backup(backup, epochs_done)
+    (backup / "training_metadata.json").write_text('{"epo')  # killed while Keras wrote it
+
+    train.repair_backup(backup)
+    # Two epochs done: back to the previous backup (epoch 1), 4 epochs left; one epoch: no older backup, start over.
+    assert len(fit([]).history["loss"]) == resumed_epochs
+
+
+def test_a_readable_backup_is_left_alone(tmp_path):
+    backup = tmp_path / "backup"
+    fit = interrupted_backup(backup, 2)
+    train.repair_backup(backup)
+    assert train.backed_up_epoch(backup / "training_metadata.json") == 2
+    assert len(fit([]).history["loss"]) == 3
+
