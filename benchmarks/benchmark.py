@@ -46,7 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.project_copy import ROOT, copy_project, project_env, set_params
+
 FASHION_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 MNIST_10K_SOURCE = (ROOT / ".." / "shared" / "data" / "mnist-10k").resolve()
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
@@ -105,21 +106,6 @@ def machine_info() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------- processes
-
-
-def child_env(pythonpath: list[Path], **extra: str) -> dict[str, str]:
-    """The environment of every measured process: the venv first on PATH, no inherited MLflow or DVC settings."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))}
-    env.update({
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        "PYTHONPATH": os.pathsep.join(str(path) for path in pythonpath),
-        "PYTHONUNBUFFERED": "1",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "GIT_AUTHOR_NAME": "benchmark", "GIT_AUTHOR_EMAIL": "benchmark@example.com",
-        "GIT_COMMITTER_NAME": "benchmark", "GIT_COMMITTER_EMAIL": "benchmark@example.com",
-    })
-    env.update(extra)
-    return env
 
 
 class Measured:
@@ -205,7 +191,7 @@ def run_child(kind: str, spec: dict, work: Path, name: str) -> dict:
     load_before = os.getloadavg()[0]
     print(f"  {name} ...", end="", flush=True)
     measured = check(run_measured([sys.executable, "-m", "benchmarks.children", kind, str(spec_path), str(out_path)],
-                                  cwd=ROOT, env=child_env([ROOT]), log=log), name, log)
+                                  cwd=ROOT, env=project_env([ROOT]), log=log), name, log)
     result = json.loads(out_path.read_text())
     result.update(name=name, wall_seconds=round(measured.seconds, 2), max_rss_bytes=measured.max_rss_bytes,
                   load_before=load_before, load_after=os.getloadavg()[0])
@@ -328,37 +314,6 @@ if os.environ.get("BENCHMARK_TF_PROBE"):
 '''
 
 
-def copy_project(destination: Path, overrides: dict[str, Any]) -> Path:
-    """A fresh git repository with the project's tracked files (as in the working tree) and params overridden."""
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
-    for name in filter(None, tracked.stdout.split("\0")):
-        source = ROOT / name
-        if source.is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / name)
-    set_params(destination, overrides)
-    env = child_env([destination])
-    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "benchmark baseline"]):
-        subprocess.run(command, cwd=destination, env=env, check=True, capture_output=True)
-    return destination
-
-
-def set_params(project: Path, overrides: dict[str, Any]) -> None:
-    """Edit params.yaml in place with ruamel's round trip, keeping its comments (keys must already exist)."""
-    from ruamel.yaml import YAML
-
-    yaml_rt = YAML()
-    params = yaml_rt.load((project / "params.yaml").read_text())
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = params
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    with open(project / "params.yaml", "w") as handle:
-        yaml_rt.dump(params, handle)
-
-
 def stage_seconds(measured: Measured) -> dict[str, float]:
     """Seconds from each `Running stage` line to the next one (or the end): the stage and DVC's bookkeeping of it."""
     starts = [(stamp, match.group(1)) for stamp, line in measured.lines
@@ -395,7 +350,7 @@ def measure_pipeline(config: argparse.Namespace, overrides: dict[str, Any], work
     probe_dir.mkdir(exist_ok=True)
     (probe_dir / "sitecustomize.py").write_text(SITECUSTOMIZE)
     probe = work / "tensorflow-probe.tsv"
-    env = child_env([project, probe_dir], BENCHMARK_TF_PROBE=str(probe))
+    env = project_env([project, probe_dir], BENCHMARK_TF_PROBE=str(probe))
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
 

@@ -8,18 +8,17 @@ typo passed with `dvc exp run -S` fails the stage with a did-you-mean instead of
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import MNIST_10K, ROOT
+from conftest import MNIST_10K
+
+from benchmarks.project_copy import copy_project, project_env, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -31,21 +30,8 @@ QUICK = {
 }
 
 
-def project_env(project: Path, **extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))}
-    env.update({
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        "PYTHONPATH": str(project),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
-        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
-    })
-    env.update(extra)
-    return env
-
-
 def sh(project: Path, *command: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=project, env=env or project_env(project), capture_output=True, text=True,
+    result = subprocess.run(command, cwd=project, env=env or project_env([project]), capture_output=True, text=True,
                             timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
@@ -53,42 +39,12 @@ def sh(project: Path, *command: str, env: dict | None = None, check: bool = True
     return result
 
 
-def set_param(project: Path, key: str, value) -> None:
-    from ruamel.yaml import YAML
-
-    yaml_rt = YAML()
-    params = yaml_rt.load((project / "params.yaml").read_text())
-    *parents, leaf = key.split(".")
-    node = params
-    for part in parents:
-        node = node[part]
-    node[leaf] = value
-    with open(project / "params.yaml", "w") as handle:
-        yaml_rt.dump(params, handle)
-
-
-def copy_project(destination: Path, overrides: dict) -> Path:
-    """A fresh git repository holding the project's tracked files, with params shrunk for a quick run."""
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
-    for name in filter(None, tracked.stdout.split("\0")):
-        source = ROOT / name
-        if source.is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / name)
-    for key, value in overrides.items():
-        set_param(destination, key, value)
-    sh(destination, "git", "init", "-q")
-    sh(destination, "git", "add", "-A")
-    sh(destination, "git", "commit", "-qm", "baseline")
-    return destination
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """The project after one traced `dvc repro` with MLflow on (store in the copy's own mlflow.db)."""
     path = copy_project(tmp_path_factory.mktemp("project"), QUICK)
     trace = path.parent / "params-trace.tsv"
-    result = sh(path, "dvc", "repro", env=project_env(path, STAGES_TRACE_PARAMS=str(trace)))
+    result = sh(path, "dvc", "repro", env=project_env([path], STAGES_TRACE_PARAMS=str(trace)))
     (path.parent / "repro.log").write_text(result.stdout + result.stderr)
     return path
 
@@ -142,12 +98,12 @@ def test_dvc_metrics_and_plots_render(project):
 
 def test_only_stages_whose_params_changed_rerun(project):
     try:
-        set_param(project, "plots.dpi", 60)
+        set_params(project, {"plots.dpi": 60})
         plots_only = sh(project, "dvc", "repro").stdout
         assert "Running stage 'plots'" in plots_only
         assert "Running stage 'train'" not in plots_only and "Running stage 'evaluate'" not in plots_only
 
-        set_param(project, "train.epochs", 2)
+        set_params(project, {"train.epochs": 2})
         status = json.loads(sh(project, "dvc", "status", "--json").stdout)
         assert set(status) == {"params", "train"}  # params: the validation stage reruns on any edit
     finally:

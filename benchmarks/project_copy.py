@@ -1,0 +1,58 @@
+"""A throwaway git copy of this project, shared by the benchmark and the end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def project_env(pythonpath: list[Path], **extra: str) -> dict[str, str]:
+    """The environment of a process run on a copy: the venv first on PATH, no inherited MLflow or DVC settings."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))}
+    env.update({
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        "PYTHONPATH": os.pathsep.join(str(path) for path in pythonpath),
+        "PYTHONUNBUFFERED": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "GIT_AUTHOR_NAME": "mnist-pipeline", "GIT_AUTHOR_EMAIL": "mnist-pipeline@example.com",
+        "GIT_COMMITTER_NAME": "mnist-pipeline", "GIT_COMMITTER_EMAIL": "mnist-pipeline@example.com",
+    })
+    env.update(extra)
+    return env
+
+
+def set_params(project: Path, overrides: dict[str, Any]) -> None:
+    """Edit params.yaml in place with ruamel's round trip, keeping its comments (keys must already exist)."""
+    from ruamel.yaml import YAML
+
+    yaml_rt = YAML()
+    params = yaml_rt.load((project / "params.yaml").read_text())
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = params
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    with open(project / "params.yaml", "w") as handle:
+        yaml_rt.dump(params, handle)
+
+
+def copy_project(destination: Path, overrides: dict[str, Any]) -> Path:
+    """A fresh git repository with the project's tracked files (as in the working tree) and params overridden."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for name in filter(None, tracked.stdout.split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    set_params(destination, overrides)
+    env = project_env([destination])
+    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "baseline"]):
+        subprocess.run(command, cwd=destination, env=env, check=True, capture_output=True)
+    return destination
