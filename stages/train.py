@@ -224,14 +224,13 @@ def fit(params: Params, train: tuple, val: tuple, resume_dir: Path, extra_callba
     )
     history_path = resume_dir / "history.csv"
     initial = pd.read_csv(history_path) if settings.resume and history_path.exists() else pd.DataFrame()
-    repair_backup(resume_dir / "backup")
     resume_dir.mkdir(parents=True, exist_ok=True)
     callbacks = make_callbacks(params, resume_dir, initial, list(extra_callbacks))
     backup = next((c for c in callbacks if isinstance(c, keras.callbacks.BackupAndRestore)), None)
-    if backup is not None and len(initial):
+    if backup is not None:
+        repair_backup(Path(backup.backup_dir))
         # Rows of an epoch whose backup never finished would be replayed: keep only backed-up epochs.
-        metadata = Path(backup.backup_dir) / "training_metadata.json"
-        finished = backed_up_epoch(metadata) or 0
+        finished = backed_up_epoch(Path(backup.backup_dir) / "training_metadata.json") or 0
         callbacks[0].rows = [row for row in callbacks[0].rows if row["epoch"] <= finished]
         if finished:
             print(f"resuming after epoch {finished} from {resume_dir}")
