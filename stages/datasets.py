@@ -3,11 +3,15 @@
 Every dataset here ships as the same four gzipped IDX files. A downloaded file counts as verified when the md5 or
 sha256 of its `.gz` bytes, or the sha256 of its unpacked IDX bytes, is one of the published values below; the
 content checksum is what lets a re-gzipped copy (Debian's Fashion-MNIST) count as official.
+
+`mnist_10k` is a sample of MNIST shipped inside this package (stages/mnist_10k/, provenance and licences in its
+README): the fallback when no MNIST mirror can be reached. Its held-out files come from MNIST's training set.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 CLASS_NAMES: dict[str, list[str]] = {
     "mnist": [str(digit) for digit in range(10)],
@@ -34,10 +38,13 @@ class DatasetSpec:
     mirrors: tuple[str, ...]
     # file name -> every published digest of it: md5 or sha256 of the .gz, or sha256 of the unpacked IDX bytes.
     known_digests: dict[str, frozenset[str]] = field(default_factory=dict)
+    folder: Path | None = None  # a copy shipped with the project, read instead of any mirror
+    sample_of: str | None = None  # the full dataset this is a sample of (same classes, fewer images)
+    test_split: str = "test"  # what its t10k files are: a sample's come from the full set's training images
 
     @property
     def class_names(self) -> list[str]:
-        return CLASS_NAMES[self.name]
+        return CLASS_NAMES[self.sample_of or self.name]
 
 
 def _digests(*values: str) -> frozenset[str]:
@@ -101,11 +108,42 @@ DATASETS: dict[str, DatasetSpec] = {
             ),
         },
     ),
+    "mnist_10k": DatasetSpec(
+        name="mnist_10k",
+        mirrors=(),
+        # The sha256 of each .gz and of its unpacked IDX bytes (stages/mnist_10k/README.md).
+        known_digests={
+            TRAIN_IMAGES: _digests(
+                "fc21abea1944badf7089ab0f58d365825697274618f7723d3d860bf833e86f0d",
+                "4277f514adc5512cc75af74303184c9ede647c90be69e83d947058265111c28e",
+            ),
+            TRAIN_LABELS: _digests(
+                "cf47ea6a71e70faa8ebd714008ee2093a45c743ee1751777909f7c1f76c31df9",
+                "43fc858174dbf1707bcfdd22a30770de1ca9d8d55fde2297602c6021e0f55161",
+            ),
+            TEST_IMAGES: _digests(
+                "920629920348e69142ca8f17798e63dcf14dff5104efb27a9ab7ccd5b098c1a9",
+                "d9712b78a6fc6e8703efa7108f6692067f2c8ca28237ca127a8ab2208387bf90",
+            ),
+            TEST_LABELS: _digests(
+                "398e33902f985b6a3b67e4a63a40db1d4d39da42f06fd1aa1f18a17516fb96c2",
+                "064e1d981dfdee57052d7869b9c2abfe73481254911be6808e621e2b74ce1262",
+            ),
+        },
+        folder=Path(__file__).parent / "mnist_10k",
+        sample_of="mnist",
+        test_split="held-out",
+    ),
 }
 
 
 def class_names(dataset: str) -> list[str]:
-    return CLASS_NAMES[dataset]
+    return dataset_spec(dataset).class_names
+
+
+def sample_of(dataset: str) -> DatasetSpec | None:
+    """The shipped sample standing in for `dataset` when its mirrors are out of reach, if there is one."""
+    return next((spec for spec in DATASETS.values() if spec.sample_of == dataset), None)
 
 
 def dataset_spec(dataset: str) -> DatasetSpec:

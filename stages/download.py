@@ -48,6 +48,7 @@ from stages.params import Params
 
 USER_AGENT = "mnist-pipeline/0.1 (+dvc pipeline; python-urllib)"
 MANIFEST_NAME = "manifest.json"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Backoff before retry n is RETRY_BASE_DELAY * 2**n seconds, capped so that even data.retries=10 stays short;
 # tests set it to 0.
 RETRY_BASE_DELAY = 0.5
@@ -98,6 +99,14 @@ class CheckedFile:
     verified: bool
 
 
+def shipped_label(folder: Path) -> str:
+    """A shipped folder as the manifest names it: relative to the project, so every clone writes the same bytes."""
+    try:
+        return str(folder.relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(folder)
+
+
 def resolve_origins(spec: DatasetSpec, source: str | None, root: str | None = None) -> list[Origin]:
     """The origins to try in order: the official mirrors, or the one place data.source names.
 
@@ -105,6 +114,8 @@ def resolve_origins(spec: DatasetSpec, source: str | None, root: str | None = No
     runs in a copy under .dvc/tmp/exps/ where `../shared/...` would point elsewhere.
     """
     if source is None:
+        if spec.folder is not None:
+            return [Origin(shipped_label(spec.folder), official=True, folder=spec.folder)]
         return [Origin(mirror, official=True) for mirror in spec.mirrors]
     scheme = urllib.parse.urlparse(source).scheme.lower() if "://" in source else ""
     if scheme in ("http", "https"):

@@ -24,7 +24,7 @@ from conftest import MNIST_10K, ROOT, set_dotted
 from ruamel.yaml import YAML
 
 from stages import download as download_stage
-from stages.datasets import DATASETS, FILE_NAMES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, DatasetSpec
+from stages.datasets import DATASETS, FILE_NAMES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, DatasetSpec, sample_of
 from stages.download import DownloadError, content_hash, download, resolve_origins
 from stages.idx import encode_idx, read_idx
 
@@ -396,12 +396,37 @@ def test_labels_where_images_belong_are_rejected(tmp_path):
 # --- registry and stage shell ---------------------------------------------------------------------------------------
 
 
-def test_registry_lists_two_mirrors_and_every_file_for_each_dataset():
+def test_registry_lists_two_mirrors_or_a_shipped_copy_and_every_file_for_each_dataset():
     for spec in DATASETS.values():
-        assert len(spec.mirrors) >= 2 and all(m.startswith(("http://", "https://")) for m in spec.mirrors)
+        if spec.folder is None:
+            assert len(spec.mirrors) >= 2 and all(m.startswith(("http://", "https://")) for m in spec.mirrors)
+        else:
+            assert not spec.mirrors and spec.sample_of in DATASETS
         assert set(spec.known_digests) == set(FILE_NAMES)
         assert all(len(digest) in (32, 64) for digests in spec.known_digests.values() for digest in digests)
         assert len(spec.class_names) == 10
+
+
+def test_the_shipped_sample_is_real_mnist_10k_and_matches_its_registry_checksums(tmp_path):
+    sample = DATASETS["mnist_10k"]
+    assert sample_of("mnist") is sample and sample_of("fashion_mnist") is None
+    assert sample.class_names == DATASETS["mnist"].class_names and sample.test_split != "test"
+    for name in FILE_NAMES:
+        gz_bytes = (sample.folder / name).read_bytes()
+        # Both published digests of each file: the .gz bytes and the unpacked IDX bytes.
+        assert sample.known_digests[name] == {sha256(gz_bytes), content_sha256(gz_bytes)}
+    # The same files as ../shared/data/mnist-10k, whose README documents where they come from.
+    assert all((sample.folder / name).read_bytes() == (MNIST_10K / name).read_bytes() for name in FILE_NAMES)
+    assert "CC BY-SA 3.0" in (sample.folder / "README.md").read_text()
+
+    manifest = download("mnist_10k", tmp_path / "raw" / "mnist_10k")
+    assert manifest["dataset"] == "mnist_10k"
+    assert all(entry["verified"] for entry in manifest["files"].values())
+    assert manifest["files"][TRAIN_IMAGES]["source"] == f"stages/mnist_10k/{TRAIN_IMAGES}"  # the same on every clone
+    train_labels = read_idx(tmp_path / "raw" / "mnist_10k" / TRAIN_LABELS)
+    test_labels = read_idx(tmp_path / "raw" / "mnist_10k" / TEST_LABELS)
+    assert (len(train_labels), len(test_labels)) == (8000, 2000)
+    assert set(np.unique(train_labels)) == set(np.unique(test_labels)) == set(range(10))
 
 
 def test_official_mirrors_are_tried_in_registry_order():
