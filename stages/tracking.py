@@ -12,6 +12,7 @@ here explicitly: FINISHED, FAILED (an exception) or KILLED (SIGINT/SIGTERM, or a
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import hashlib
@@ -32,6 +33,7 @@ from stages.params import Params
 
 RUN_FILE = "run.json"
 SQLITE_TIMEOUT_SECONDS = 60
+HEALTH_TIMEOUT_SECONDS = 10  # a busy server's first request opens its store
 
 
 def project_root() -> Path:
@@ -64,14 +66,33 @@ def store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def check_reachable(uri: str) -> None:
-    """Fail in seconds, not after MLflow's minutes of retries, when a tracking server is down."""
+def check_server(uri: str) -> None:
+    """Fail in seconds, before any training, when a tracking server is down or refuses our credentials.
+
+    MLflow would retry for minutes. `/health` answers without credentials, so the probe asks an endpoint that
+    basic auth protects, with the credentials MLflow's client would send.
+    """
     if not uri.startswith(("http://", "https://")):
         return
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+    elif user or password:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user or ''}:{password or ''}".encode()).decode())
     try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
-    except urllib.error.HTTPError:
-        return  # it answered: auth or routing is MLflow's business
+        urllib.request.urlopen(request, timeout=HEALTH_TIMEOUT_SECONDS).close()
+    except urllib.error.HTTPError as error:
+        if error.code == 401:
+            given = "were refused" if user or password else "are missing"
+            raise PipelineError(
+                f"MLflow tracking server {uri} requires a login and the credentials {given} (HTTP 401): set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to your account on that server"
+            ) from None
+        if error.code == 403:
+            raise PipelineError(
+                f"MLflow tracking server {uri}: user {user!r} may not use it (HTTP 403): ask its admin for access"
+            ) from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise PipelineError(
@@ -86,7 +107,7 @@ def connect(params: Params):
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri(params)
-    check_reachable(uri)
+    check_server(uri)
     user_uri = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)

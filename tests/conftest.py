@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from servers import mlflow_server, postgresql_server, sshd_server  # noqa: F401  (session fixtures)
 
 from stages.params import Params, parse_params, read_yaml
 
