@@ -9,6 +9,8 @@ import pytest
 from stages import tracking
 from stages.common import PipelineError
 
+pytestmark = pytest.mark.slow  # real servers: seconds to start each
+
 
 def test_servers_come_up(mlflow_server, sshd_server):
     tracking.check_server(mlflow_server.uri)
@@ -30,7 +32,6 @@ def auth_server(postgresql_server, tmp_path_factory):
         server.stop()
 
 
-@pytest.mark.slow
 def test_basic_auth_is_checked_before_training(auth_server, make_params, processed_dir, monkeypatch):
     from stages import train
 
