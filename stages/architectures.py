@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,19 @@ def resolve_spec(architecture: str, layers: list[dict[str, Any]] | None) -> tupl
     return architecture, presets()[architecture]
 
 
+def keras_reason(error: Exception) -> str:
+    """The line of a Keras error that says what is wrong.
+
+    Keras wraps an error raised in a layer's call in "Exception encountered when calling X.call()", with the real
+    reason on a later line in terminal bold, followed by the arguments received.
+    """
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line]
+    if len(lines) > 1 and lines[0].startswith("Exception encountered when calling"):
+        return lines[1]
+    return lines[0] if lines else type(error).__name__
+
+
 def build_model(layers: list[dict[str, Any]], name: str = "model", where: str = "model.layers"):
     """Build a keras.Sequential from a spec: 28x28x1 input, the spec's layers, then a float32 softmax."""
     import keras
@@ -76,7 +90,7 @@ def build_model(layers: list[dict[str, Any]], name: str = "model", where: str = 
         try:
             model.add(getattr(keras.layers, layer["type"])(**arguments))
         except (TypeError, ValueError) as error:
-            message = str(error).splitlines()[0]
+            message = keras_reason(error)
             raise SpecError(f"{where}[{index}] ({layer['type']}): {message}") from None
     if model.output_shape != (None, NUM_CLASSES):
         raise SpecError(

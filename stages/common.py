@@ -10,6 +10,8 @@ import shutil
 import sys
 import tempfile
 import threading
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,28 @@ def write_csv(path: str | os.PathLike, frame) -> None:
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         np.savez(tmp, **arrays)
+
+
+def load_npz(path: str | os.PathLike, keys: tuple[str, ...], writer: str) -> dict[str, np.ndarray]:
+    """The arrays `keys` of an .npz file that the `writer` stage saved with save_npz.
+
+    A missing, truncated or foreign file (e.g. one holding object arrays, which are never unpickled) is one
+    PipelineError naming the file and the stage to rerun, not a traceback from zipfile or NumPy.
+    """
+    path = Path(path)
+    rerun = f"rerun `dvc repro {writer}`"
+    if not path.is_file():
+        raise PipelineError(f"{path} not found (written by the {writer} stage): {rerun}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            absent = [key for key in keys if key not in archive.files]
+            if absent:
+                raise PipelineError(f"{path} lacks the array(s) {', '.join(absent)}: {rerun}")
+            return {key: archive[key] for key in keys}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise PipelineError(f"{path} is damaged or was not written by the {writer} stage ({reason}): "
+                            f"{rerun}") from None
 
 
 # Keras imports these at start-up for helpers no stage uses (scikit-learn wrappers, image galleries): ~1 s a stage.

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from stages import tracking
-from stages.common import PipelineError, require_files, save_npz, stage_main, write_csv, write_json
+from stages.common import PipelineError, load_npz, require_files, save_npz, stage_main, write_csv, write_json
 from stages.datasets import class_names
 
 REPORT_FILES = ("metrics.json", "predictions.csv", "confusion.csv", "per_class.csv")
@@ -34,11 +34,8 @@ EPSILON = 1e-7
 
 def load_test_set(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """The test images (N x 28 x 28 x 1 float32) and their integer labels, checked to match."""
-    with np.load(path) as archive:
-        absent = [key for key in ("x", "labels") if key not in archive]
-        if absent:
-            raise PipelineError(f"{path} lacks the array(s) {', '.join(absent)}; rerun `dvc repro preprocess`")
-        images, labels = archive["x"], archive["labels"].astype(np.int64)
+    arrays = load_npz(path, ("x", "labels"), writer="preprocess")
+    images, labels = arrays["x"], arrays["labels"].astype(np.int64)
     if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels) or len(labels) == 0:
         raise PipelineError(f"{path}: expected N x H x W x C images and N labels with N > 0, got images "
                             f"{images.shape} and labels {labels.shape}; rerun `dvc repro preprocess`")

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from stages import tracking
-from stages.common import PipelineError, atomic_path, require_files, stage_main
+from stages.common import PipelineError, atomic_path, load_npz, require_files, stage_main
 from stages.datasets import class_names
 
 HISTORY_CURVES = {"loss": ("loss", "val_loss"), "accuracy": ("accuracy", "val_accuracy")}
@@ -234,13 +234,11 @@ def run(params) -> list[Path]:
     history = read_table(history_path, ["epoch"], "train")
     predictions = read_table(predictions_path, PREDICTION_COLUMNS, "evaluate")
     confusion = read_table(confusion_path, ["actual", *names], "evaluate")[names].to_numpy()
-    with np.load(test_path) as archive:
-        images = archive["x"]
+    images = load_npz(test_path, ("x",), writer="preprocess")["x"]
     if predictions["index"].max() >= len(images) or len(confusion) != len(names):
         raise PipelineError(f"{predictions_path} and {confusion_path} do not match {test_path} and the "
                             f"{params.data.dataset} classes; rerun `dvc repro evaluate`")
-    with np.load(activations_path) as archive:
-        activation_arrays = {key: archive[key] for key in ("filters", "images", "labels", "activations")}
+    activation_arrays = load_npz(activations_path, ("filters", "images", "labels", "activations"), writer="evaluate")
 
     mistakes = most_confident_mistakes(predictions, settings.misclassified)
     total_mistakes = int((predictions["actual"] != predictions["predicted"]).sum())

@@ -23,7 +23,7 @@ import pandas as pd
 
 from stages import tracking
 from stages.architectures import SpecError, build_model, resolve_spec
-from stages.common import PipelineError, atomic_path, write_csv, write_text
+from stages.common import PipelineError, atomic_path, load_npz, write_csv, write_text
 from stages.params import Params
 
 RESUME_ROOT = Path(".resume")
@@ -32,11 +32,8 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def load_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    path = directory / f"{split}.npz"
-    if not path.exists():
-        raise PipelineError(f"{path} not found: run `dvc repro preprocess` first")
-    with np.load(path) as data:
-        return data["x"], data["y"]
+    arrays = load_npz(directory / f"{split}.npz", ("x", "y"), writer="preprocess")
+    return arrays["x"], arrays["y"]
 
 
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
@@ -85,14 +82,31 @@ def make_optimizer(params: Params, steps_per_epoch: int):
         raise PipelineError(f"train.optimizer.kwargs: {error} (optimizer {settings.name!r})") from None
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, shuffle: bool):
-    """A tf.data pipeline over in-memory arrays: seeded reshuffle each epoch, batched, prefetched."""
+def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int):
+    """A tf.data pipeline over in-memory arrays, in order: batched, prefetched (for validation)."""
     import tensorflow as tf
 
-    dataset = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle:
-        dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def make_training_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epochs: range):
+    """The batches of all `epochs` in one stream, each epoch shuffled by a permutation of (seed, epoch) alone.
+
+    tf.data's own reshuffle draws each epoch's order from how often the dataset was iterated before, so a resumed
+    run (a fresh iterator) would see epoch 1's order again; keyed by the epoch, a resume sees the same batches.
+    """
+    import tensorflow as tf
+
+    count = len(x)
+    images, labels = tf.constant(x), tf.constant(y)
+
+    def epoch_batches(epoch):
+        order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64),
+                                                         seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+    batches = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches)
+    return batches.map(lambda index: (tf.gather(images, index), tf.gather(labels, index))).prefetch(tf.data.AUTOTUNE)
 
 
 def content_hash(files: list[Path]) -> str:
@@ -144,16 +158,51 @@ def make_callbacks(params: Params, resume_dir: Path, initial_history: pd.DataFra
                 print(f"\n{self.monitor} reached {self.target}: stopping after epoch {epoch + 1}")
                 self.model.stop_training = True
 
+    class EpochSeeds(keras.callbacks.Callback):
+        """Reseeds dropout and augmentation from (seed, epoch, layer) at each epoch's start.
+
+        Their generators' states are not in the weights BackupAndRestore saves; a resumed run would draw epoch 1's
+        masks again. Keyed by the epoch, a resumed epoch draws what the uninterrupted one drew.
+        """
+
+        def __init__(self, seed: int):
+            super().__init__()
+            self.seed = seed
+
+        def on_epoch_begin(self, epoch, logs=None):
+            # Keras: `variables` are the weights plus the random seeds' states (metrics live elsewhere).
+            weights = {id(variable) for variable in self.model.weights}
+            states = [variable for variable in self.model.variables if id(variable) not in weights]
+            for index, state in enumerate(states):
+                start = np.random.SeedSequence((self.seed, epoch, index)).generate_state(1)[0]
+                state.assign(np.array([start, 0], dtype=state.dtype))
+
+    class BestCheckpoint(keras.callbacks.Callback):
+        """Keeps the best epoch's model by `monitor`, written atomically: ModelCheckpoint writes in place, and a
+        kill or a full disk during the write would leave a broken file that a resumed run then loads."""
+
+        def __init__(self, path: Path, monitor: str, best: float | None):
+            super().__init__()
+            self.path, self.monitor, self.lower_is_better = path, monitor, "loss" in monitor
+            self.best = best if best is not None else (np.inf if self.lower_is_better else -np.inf)
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get(self.monitor)
+            if value is None or not (value < self.best if self.lower_is_better else value > self.best):
+                return  # NaN never improves
+            with atomic_path(self.path) as tmp:
+                self.model.save(tmp)
+            self.best = float(value)
+
     settings = params.train
     monitor = settings.checkpoint_monitor
-    checkpoint = keras.callbacks.ModelCheckpoint(
-        resume_dir / "best.keras", monitor=monitor, mode="min" if "loss" in monitor else "max", save_best_only=True
-    )
+    best = None
     if monitor in initial_history and len(initial_history):
         # A resumed run must not overwrite the best checkpoint with a worse epoch.
         column = initial_history[monitor]
-        checkpoint.best = float(column.min() if "loss" in monitor else column.max())
-    callbacks = [EpochLog(resume_dir / "history.csv", initial_history), checkpoint]
+        best = float(column.min() if "loss" in monitor else column.max())
+    checkpoint = BestCheckpoint(resume_dir / "best.keras", monitor, best)
+    callbacks = [EpochLog(resume_dir / "history.csv", initial_history), EpochSeeds(params.seed), checkpoint]
     if settings.early_stopping.enabled:
         stopping = settings.early_stopping
         callbacks.append(keras.callbacks.EarlyStopping(
@@ -206,8 +255,8 @@ def repair_backup(backup: Path) -> None:
         shutil.rmtree(backup)
 
 
-def fit(params: Params, train: tuple, val: tuple, resume_dir: Path, extra_callbacks: list = ()):
-    """Build, compile and fit the model; returns (model trained to its best checkpoint, history frame)."""
+def build(params: Params, steps_per_epoch: int):
+    """The compiled model params describe; a bad layer, shape or optimizer argument raises PipelineError."""
     import keras
 
     name, layers = resolve_spec(params.model.architecture, params.model.layers)
@@ -215,18 +264,26 @@ def fit(params: Params, train: tuple, val: tuple, resume_dir: Path, extra_callba
         model = build_model(layers, name=name, where="model.layers" if params.model.layers else f"preset {name}")
     except SpecError as error:
         raise PipelineError(str(error)) from None
-    settings = params.train
-    steps_per_epoch = int(np.ceil(len(train[0]) / settings.batch_size))
     model.compile(
         optimizer=make_optimizer(params, steps_per_epoch),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=settings.label_smoothing),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=params.train.label_smoothing),
         metrics=["accuracy"],
     )
+    return model
+
+
+def fit(params: Params, model, train: tuple, val: tuple, resume_dir: Path, extra_callbacks: list = ()):
+    """Fit the compiled model, resuming if resume_dir holds a backup; returns (model at its best epoch, history)."""
+    import keras
+
+    settings = params.train
+    steps_per_epoch = int(np.ceil(len(train[0]) / settings.batch_size))
     history_path = resume_dir / "history.csv"
     initial = pd.read_csv(history_path) if settings.resume and history_path.exists() else pd.DataFrame()
     resume_dir.mkdir(parents=True, exist_ok=True)
     callbacks = make_callbacks(params, resume_dir, initial, list(extra_callbacks))
     backup = next((c for c in callbacks if isinstance(c, keras.callbacks.BackupAndRestore)), None)
+    finished = 0
     if backup is not None:
         repair_backup(Path(backup.backup_dir))
         # Rows of an epoch whose backup never finished would be replayed: keep only backed-up epochs.
@@ -235,10 +292,11 @@ def fit(params: Params, train: tuple, val: tuple, resume_dir: Path, extra_callba
         if finished:
             print(f"resuming after epoch {finished} from {resume_dir}")
     model.fit(
-        make_dataset(*train, settings.batch_size, params.seed, shuffle=True),
-        validation_data=make_dataset(*val, settings.batch_size, params.seed, shuffle=False),
+        make_training_dataset(*train, settings.batch_size, params.seed, range(finished, settings.epochs)),
+        validation_data=make_dataset(*val, settings.batch_size),
         epochs=settings.epochs,
-        shuffle=False,  # the tf.data pipeline already reshuffles with the seed
+        steps_per_epoch=steps_per_epoch,  # one stream for all epochs: Keras keeps its iterator across them
+        shuffle=False,  # the stream is already shuffled, per epoch
         callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,
     )
@@ -259,13 +317,15 @@ def run(params: Params) -> dict:
     processed, models = Path(params.paths.processed), Path(params.paths.models)
     train, val = load_split(processed, "train"), load_split(processed, "val")
     data_hash = content_hash([processed / "train.npz", processed / "val.npz"])
+    precision = configure(params)
+    # Built before the MLflow run opens: a configuration error leaves no run behind.
+    model = build(params, int(np.ceil(len(train[0]) / params.train.batch_size)))
     with tracking.training_run(params, data_hash) as run_handle:
-        precision = configure(params)
         resume_dir = RESUME_ROOT / resume_key(params, data_hash)
         if not params.train.resume:
             shutil.rmtree(resume_dir, ignore_errors=True)
         started = time.perf_counter()
-        model, history = fit(params, train, val, resume_dir, run_handle.keras_callbacks())
+        model, history = fit(params, model, train, val, resume_dir, run_handle.keras_callbacks())
         seconds = time.perf_counter() - started
 
         with atomic_path(models / "model.keras") as tmp:
