@@ -54,6 +54,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RETRY_BASE_DELAY = 0.5
 RETRY_MAX_DELAY = 4.0
 CHUNK_SIZE = 1 << 16
+# data.timeout bounds each wait for bytes; this bounds the whole body: after a grace of data.timeout a mirror must
+# have delivered this many bytes a second on average, so a file of N bytes gets at most data.timeout + N / rate
+# seconds however slowly a server trickles it (MNIST's largest file: ~10 min).
+MIN_BYTES_PER_SECOND = 16 * 1024
 # HTTP statuses that a later attempt may not get again; any other 4xx is final for that mirror.
 TRANSIENT_HTTP_STATUSES = frozenset({408, 425, 429})
 SOURCE_ADVICE = (
@@ -189,9 +193,17 @@ def http_get(url: str, timeout: float, label: str) -> bytes:
             expected = int(header) if header.isdigit() else None
             with tqdm(total=expected, desc=label, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
                       disable=not sys.stderr.isatty()) as progress:
-                while chunk := response.read(CHUNK_SIZE):
+                started, received = time.monotonic(), 0
+                # read1: whatever has arrived, so a trickle is noticed between bytes, not after a full chunk.
+                while chunk := response.read1(CHUNK_SIZE):
                     chunks.append(chunk)
+                    received += len(chunk)
                     progress.update(len(chunk))
+                    elapsed = time.monotonic() - started
+                    if elapsed > timeout + received / MIN_BYTES_PER_SECOND:
+                        raise FetchError(f"too slow: {received} of {expected or '?'} bytes in {elapsed:.0f} s (a "
+                                         f"mirror must average {MIN_BYTES_PER_SECOND // 1024} KiB/s after "
+                                         f"data.timeout = {timeout:g} s)")
     except urllib.error.HTTPError as error:
         transient = error.code >= 500 or error.code in TRANSIENT_HTTP_STATUSES
         raise FetchError(f"HTTP {error.code} {error.reason}", transient=transient) from None

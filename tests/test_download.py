@@ -78,6 +78,14 @@ class MirrorServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+def trickle(stream, body: bytes, bytes_per_second: float = 1.0) -> None:
+    """Send `body` a byte at a time, each in time to beat any per-read timeout, until the client hangs up."""
+    for byte in body:
+        stream.write(bytes([byte]))
+        stream.flush()
+        time.sleep(1 / bytes_per_second)
+
+
 class MirrorHandler(BaseHTTPRequestHandler):
     server: MirrorServer
 
@@ -106,6 +114,9 @@ class MirrorHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(declared))
         self.end_headers()
+        if behaviour == "trickle":
+            trickle(self.wfile, body)
+            return
         self.wfile.write(body)
 
     def log_message(self, format, *args):  # keep test output quiet
@@ -261,6 +272,15 @@ def test_stalled_server_times_out(server, tmp_path):
     with pytest.raises(DownloadError, match=r"no answer within 0.2 s \(data.timeout\)"):
         download(spec_with(server.url("slow")), raw / "mnist", timeout=0.2, retries=0)
     assert_clean(raw)
+
+
+def test_trickling_mirror_hits_the_overall_deadline(server, tmp_path):
+    # 1 byte/s never trips the 1.5 s per-read timeout; the deadline from the file's size does, within seconds.
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=r"too slow: \d+ of \d+ bytes in 2 s .*16 KiB/s after data.timeout = 1.5 s"):
+        download(spec_with(server.url("trickle")), tmp_path / "raw" / "mnist", timeout=1.5, retries=0)
+    assert time.monotonic() - started < 10
+    assert not (tmp_path / "raw" / "mnist").exists()
 
 
 def test_existing_download_is_kept_when_a_new_one_fails(server, tmp_path):
