@@ -200,6 +200,8 @@ def _describe(error: dict) -> str:
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Validate an already-parsed params mapping; raise ParamsError with one line per problem."""
+    if raw is None:
+        raise ParamsError(f"{source} is empty: restore it with `git checkout {source}` (every knob lives there)")
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
     try:

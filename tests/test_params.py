@@ -76,6 +76,9 @@ def test_missing_and_unparsable_files_are_clear(tmp_path):
     (tmp_path / "params.yaml").write_text("train: [unclosed\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("# emptied by mistake\n")
+    with pytest.raises(ParamsError, match=r"params.yaml is empty: restore it with `git checkout .*params.yaml`"):
+        load_params(tmp_path / "params.yaml")
 
 
 def test_params_are_frozen():
