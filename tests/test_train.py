@@ -191,3 +191,53 @@ def test_a_readable_backup_is_left_alone(tmp_path):
     assert train.backed_up_epoch(backup / "training_metadata.json") == 2
     assert len(fit([]).history["loss"]) == 3
 
+
+
+RANDOM_LAYERS = [{"type": "RandomTranslation", "height_factor": 0.1, "width_factor": 0.1},
+                 {"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"},
+                 {"type": "MaxPooling2D", "pool_size": 2}, {"type": "Flatten"}, {"type": "Dropout", "rate": 0.3},
+                 {"type": "Dense", "units": 10}]
+
+
+def test_resumed_fit_is_bit_identical_to_an_uninterrupted_one(make_params, processed_dir, tmp_path):
+    """Shuffle order, dropout and augmentation draws and the optimizer's step all continue where they stopped."""
+    import keras
+
+    params = make_params(model__layers=RANDOM_LAYERS, train__epochs=4, train__batch_size=32,
+                         train__precision="float32")
+    data = train.load_split(processed_dir, "train"), train.load_split(processed_dir, "val")
+    steps = int(np.ceil(len(data[0][0]) / params.train.batch_size))
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == 2:
+                raise RuntimeError("interrupted after epoch 2")
+
+    def fit(resume_dir, extra=()):
+        train.configure(params)
+        return train.fit(params, train.build(params, steps), *data, resume_dir, list(extra))
+
+    whole_model, whole_history = fit(tmp_path / "whole")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fit(tmp_path / "resumed", [Interrupt()])
+    resumed_model, resumed_history = fit(tmp_path / "resumed")
+
+    pd.testing.assert_frame_equal(whole_history.drop(columns="seconds"), resumed_history.drop(columns="seconds"),
+                                  check_exact=True)
+    for whole, resumed in zip(whole_model.get_weights(), resumed_model.get_weights(), strict=True):
+        np.testing.assert_array_equal(whole, resumed)
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    (lambda path: path.write_bytes(path.read_bytes()[:1000]), "File is not a zip file"),
+    (lambda path: np.savez(path, x=np.array([object()] * 2), y=np.zeros(2)), "Object arrays cannot be loaded"),
+])
+def test_a_damaged_split_is_one_line_naming_the_file(tmp_path, damage, reason):
+    path = tmp_path / "train.npz"
+    np.savez(path, x=np.zeros((2, 28, 28, 1), np.float32), y=np.zeros((2, 10), np.float32))
+    damage(path)
+    with pytest.raises(PipelineError) as caught:
+        train.load_split(tmp_path, "train")
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message and reason in message
+    assert message.endswith("rerun `dvc repro preprocess`")
