@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.project_copy import ROOT, copy_project, project_env, set_params
+from benchmarks.project_copy import ROOT, copy_project, paths_under, project_env, set_params
 
 FASHION_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 MNIST_10K_SOURCE = (ROOT / ".." / "shared" / "data" / "mnist-10k").resolve()
@@ -245,15 +245,14 @@ def prepare_data(source: Path, dataset: str, base: Path, limit: int | None = Non
     from stages.params import parse_params, read_yaml
 
     raw = read_yaml(ROOT / "params.yaml")
-    for key, value in {"paths.raw": str(base / "raw"), "paths.processed": str(base / "processed"),
-                       "paths.reports": str(base / "reports"), "data.source": str(source),
+    for key, value in {**paths_under(raw, base), "data.source": str(source),
                        "data.dataset": dataset, "preprocess.limit": limit}.items():
         set_dotted(raw, key, value)
     params = parse_params(raw)
     with contextlib.redirect_stdout(sys.stderr):
         download.run(params)
         preprocess.run(params)
-    return base / "processed"
+    return Path(params.paths.processed)
 
 
 # ---------------------------------------------------------------------------------------------------- sections
@@ -279,8 +278,7 @@ def measure_throughput(config: argparse.Namespace, params, work: Path) -> dict:
                 "overrides": {
                     **TUTORIAL_TRAINING,
                     "seed": params.seed, "data.dataset": dataset,
-                    "paths.processed": str(processed), "paths.models": str(work / "runs" / name / "models"),
-                    "paths.reports": str(work / "runs" / name / "reports"),
+                    **paths_under(params.model_dump(), work / "runs" / name), "paths.processed": str(processed),
                     "model.architecture": preset, "model.layers": None, "train.epochs": epochs,
                     "train.batch_size": params.train.batch_size, "train.precision": precision,
                     "tracking.enabled": False,
@@ -359,7 +357,9 @@ def measure_pipeline(config: argparse.Namespace, overrides: dict[str, Any], work
     full = check(run_measured(["dvc", "repro"], project, env, logs / "repro-full.log"), "dvc repro", logs)
     load_after = os.getloadavg()[0]
     loaded_full = read_probe(probe)
-    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    from stages.params import read_yaml
+
+    metrics = json.loads((project / read_yaml(project / "params.yaml")["paths"]["metrics"]).read_text())
     match = re.search(r"for (\d+) epochs in ([\d.]+) s", full.output)
     train_seconds = float(match.group(2)) if match else None
     per_stage = stage_seconds(full)
@@ -373,8 +373,6 @@ def measure_pipeline(config: argparse.Namespace, overrides: dict[str, Any], work
                      "up_to_date": "Data and pipelines are up to date" in run.output})
     read_probe(probe)
     print(f"  no-op repro: {[entry['seconds'] for entry in noop]} s", flush=True)
-
-    from stages.params import read_yaml
 
     dpi = read_yaml(project / "params.yaml")["plots"]["dpi"]
     set_params(project, {"plots.dpi": dpi + 20})
@@ -406,9 +404,8 @@ def measure_default_on_mnist(config: argparse.Namespace, params, overrides: dict
     """The default params (with --set) trained by the stage on the mnist-10k digits, tested on their test split."""
     processed = prepare_data(MNIST_10K_SOURCE, "mnist", work / "data-mnist-10k")
     name = "default-mnist-10k"
-    run_overrides = {**overrides, "data.dataset": "mnist", "paths.processed": str(processed),
-                     "paths.models": str(work / "runs" / name / "models"),
-                     "paths.reports": str(work / "runs" / name / "reports"), "tracking.enabled": False}
+    run_overrides = {**overrides, "data.dataset": "mnist", **paths_under(params.model_dump(), work / "runs" / name),
+                     "paths.processed": str(processed), "tracking.enabled": False}
     if config.quick:
         run_overrides["train.epochs"] = 1
     print("default params on mnist-10k", flush=True)

@@ -83,7 +83,7 @@ def run_stage(spec: dict) -> dict:
     params = parse_params(raw)
     workdir = Path(spec["workdir"])
     workdir.mkdir(parents=True, exist_ok=True)
-    os.chdir(workdir)  # the stage keeps its resume state in ./.resume
+    os.chdir(workdir)  # relative paths (the resume state among them) land in the run's own folder
 
     clock = epoch_clock()
     make_callbacks = train.make_callbacks
@@ -93,7 +93,7 @@ def run_stage(spec: dict) -> dict:
 
     train.make_callbacks = callbacks_then_clock
     result = train.run(params)
-    model = keras.models.load_model(Path(params.paths.models) / "model.keras")
+    model = keras.models.load_model(params.paths.model)
     accuracy, loss = evaluate_on_test(model, Path(params.paths.processed) / "test.npz")
     with np.load(Path(params.paths.processed) / "train.npz") as data:
         train_images = len(data["y"])

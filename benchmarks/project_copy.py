@@ -27,6 +27,11 @@ def project_env(pythonpath: list[Path], **extra: str) -> dict[str, str]:
     return env
 
 
+def paths_under(raw_params: dict, base: Path) -> dict[str, str]:
+    """Dotted overrides that move every `paths.*` of params.yaml under `base`, keeping the layout below it."""
+    return {f"paths.{key}": str(base / value) for key, value in raw_params["paths"].items()}
+
+
 def set_params(project: Path, overrides: dict[str, Any]) -> None:
     """Edit params.yaml in place with ruamel's round trip, keeping its comments (keys must already exist)."""
     from ruamel.yaml import YAML

@@ -1,18 +1,16 @@
-"""Helpers every stage shares: the user-facing error type, atomic writes and the stage entry point."""
+"""The bottom layer every module may import: the user-facing error types and atomic writes. It imports nothing
+from this package (the stage entry point is stages/entry.py)."""
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
 import shutil
-import sys
 import tempfile
-import threading
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ class PipelineError(Exception):
 
 
 class Terminated(BaseException):
-    """Raised in the main thread on SIGTERM so a stage can clean up (and close its MLflow run as KILLED)."""
+    """Raised in the main thread on SIGTERM (see stages/entry.py) so a stage cleans up as it does on Ctrl-C."""
 
 
 def _umask() -> int:
@@ -110,52 +108,3 @@ def load_npz(path: str | os.PathLike, keys: tuple[str, ...], writer: str) -> dic
         raise PipelineError(f"{path} is damaged or was not written by the {writer} stage ({reason}): "
                             f"{rerun}") from None
 
-
-# Keras imports these at start-up for helpers no stage uses (scikit-learn wrappers, image galleries): ~1 s a stage.
-KERAS_UNUSED_IMPORTS = ("sklearn", "matplotlib")
-
-
-def stage_main(run: Callable[[Any], Any], params_path: str = "params.yaml", *, uses_keras: bool = False) -> None:
-    """Load params, run the stage, and turn a PipelineError into one message and exit code 1."""
-    from stages.params import load_params
-
-    as_program = run.__module__ == "__main__"  # `python -m stages.X`, not a test calling main()
-    if as_program and uses_keras:
-        for name in KERAS_UNUSED_IMPORTS:
-            sys.modules.setdefault(name, None)  # Keras catches the ImportError and skips them
-    try:
-        run(load_params(params_path))
-        code = 0
-    except PipelineError as error:
-        print(f"error: {error}", file=sys.stderr)
-        code = 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        code = 130
-    except Terminated:
-        print("terminated", file=sys.stderr)
-        code = 143
-    if as_program:
-        exit_without_teardown(code)
-    if code:
-        sys.exit(code)
-
-
-def exit_without_teardown(code: int) -> None:
-    """End the process as Python would (exit handlers run, streams flushed) but without unloading every module.
-
-    Unloading TensorFlow, MLflow or matplotlib module by module costs 1-2 s a stage, and every output is already
-    written atomically and closed. Returns, leaving the usual exit to Python, while another non-daemon thread runs
-    (Python joins those first) or where CPython's exit-handler runner is missing.
-    """
-    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
-    current = threading.current_thread()
-    if run_exit_handlers is None or any(
-        thread is not current and not thread.daemon and thread.is_alive() for thread in threading.enumerate()
-    ):
-        return
-    run_exit_handlers()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)

@@ -1,20 +1,19 @@
 """Compare every MLflow run of the experiment: which architecture and optimizer did best?
 
 Reads the MLflow experiment `tracking.experiment` (with mlflow.search_runs, through stages.tracking).
-Writes {paths.reports}/compare.md (one row per finished run, best test accuracy first) and compare.png
+Writes {paths.compare} (one row per finished run, best test accuracy first) and {paths.compare_plot}
 (test accuracy by architecture, one bar per optimizer).
 Run: python -m stages.compare  (not a DVC stage: it reads the tracking store, which DVC does not version)
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
 from stages import tracking
-from stages.common import PipelineError, atomic_path, stage_main, write_text
+from stages.common import PipelineError, atomic_path, write_text
+from stages.entry import stage_main
 from stages.params import Params
 
 COLUMNS = {
@@ -87,17 +86,16 @@ def run(params: Params) -> pd.DataFrame:
     if not params.tracking.enabled:
         raise PipelineError("tracking.enabled is false: there are no MLflow runs to compare")
     table = comparison_table(tracking.search_runs(params))
-    reports = Path(params.paths.reports)
-    write_text(reports / "compare.md", markdown(table, params.tracking.experiment))
+    write_text(params.paths.compare, markdown(table, params.tracking.experiment))
     if not table.empty:
-        with atomic_path(reports / "compare.png") as tmp:
+        with atomic_path(params.paths.compare_plot) as tmp:
             accuracy_figure(table).savefig(tmp, format="png")
     print(markdown(table, params.tracking.experiment))
     return table
 
 
 def main() -> None:
-    stage_main(run)
+    stage_main(run, fast_exit=True)
 
 
 if __name__ == "__main__":

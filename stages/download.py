@@ -32,7 +32,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stages.common import PipelineError, atomic_path, stage_main
+from stages.common import PipelineError, atomic_path
 from stages.datasets import (
     FILE_NAMES,
     IMAGE_FILES,
@@ -43,6 +43,7 @@ from stages.datasets import (
     DatasetSpec,
     dataset_spec,
 )
+from stages.entry import stage_main
 from stages.idx import IdxError, load_images_labels, parse_idx, unpack
 from stages.params import Params
 
@@ -362,7 +363,7 @@ def run(params: Params) -> dict:
 
 
 def main() -> None:
-    stage_main(run)
+    stage_main(run, fast_exit=True)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """Evaluate stage: score the trained model on the test set and save what the plots stage draws.
 
-Reads `{paths.processed}/test.npz` and `{paths.models}/model.keras`; params `evaluate.*`, `data.dataset`, `paths.*`.
-Writes, each atomically, under `{paths.reports}`:
-  metrics.json     test_loss, test_accuracy, macro_f1, macro_precision, macro_recall, throughput_images_per_s,
+Reads `{paths.processed}/test.npz` and `{paths.model}`; params `evaluate.*`, `data.dataset`, `paths.*`.
+Writes, each atomically, to the `paths.*` key of the same name:
+  metrics          test_loss, test_accuracy, macro_f1, macro_precision, macro_recall, throughput_images_per_s,
                    test_images (flat, so `dvc metrics show` lists them)
-  predictions.csv  index, actual, predicted, confidence, prob_0..prob_9 (one row per test image)
-  confusion.csv    counts, rows = actual class, columns = predicted class
-  per_class.csv    class, name, precision, recall, f1, support
-  activations.npz  the first Conv2D layer's filters and its outputs for the first `evaluate.activation_images`
+  predictions      index, actual, predicted, confidence, prob_0..prob_9 (one row per test image)
+  confusion        counts, rows = actual class, columns = predicted class
+  per_class        class, name, precision, recall, f1, support
+  activations      the first Conv2D layer's filters and its outputs for the first `evaluate.activation_images`
                    test images, so plots can draw feature maps without TensorFlow
 
 Run alone with `python -m stages.evaluate` (after `dvc repro train`).
@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 
 from stages import tracking
-from stages.common import PipelineError, load_npz, require_files, save_npz, stage_main, write_csv, write_json
+from stages.common import PipelineError, load_npz, require_files, save_npz, write_csv, write_json
 from stages.datasets import class_names
+from stages.entry import KERAS_UNUSED_IMPORTS, stage_main
 
-REPORT_FILES = ("metrics.json", "predictions.csv", "confusion.csv", "per_class.csv")
 # Keras clips probabilities to [epsilon, 1 - epsilon] before the log (keras.config.epsilon()); the same clip here
 # keeps a confidently wrong prediction from giving an infinite loss and matches model.evaluate.
 EPSILON = 1e-7
@@ -190,8 +190,8 @@ def conv_activations(model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 def run(params) -> dict[str, float | int]:
     """Evaluate the trained model on the test set, write the reports, and return the metrics."""
-    processed, models, reports = Path(params.paths.processed), Path(params.paths.models), Path(params.paths.reports)
-    test_path, model_path = processed / "test.npz", models / "model.keras"
+    paths = params.paths
+    test_path, model_path = Path(paths.processed) / "test.npz", Path(paths.model)
     require_files({test_path: "preprocess", model_path: "train"})
     names = class_names(params.data.dataset)
 
@@ -210,21 +210,22 @@ def run(params) -> dict[str, float | int]:
     count = min(params.evaluate.activation_images, len(images))
     filters, activations = conv_activations(model, images[:count])
 
-    write_csv(reports / "predictions.csv", predictions_table(labels, probabilities))
-    write_csv(reports / "confusion.csv", confusion_table(confusion, names))
-    write_csv(reports / "per_class.csv", per_class_table(confusion, names))
-    save_npz(reports / "activations.npz", filters=filters, images=images[:count, :, :, 0],
+    write_csv(paths.predictions, predictions_table(labels, probabilities))
+    write_csv(paths.confusion, confusion_table(confusion, names))
+    write_csv(paths.per_class, per_class_table(confusion, names))
+    save_npz(paths.activations, filters=filters, images=images[:count, :, :, 0],
              labels=labels[:count], activations=activations)
     # metrics.json last: its presence means every other report of this run is complete.
-    write_json(reports / "metrics.json", metrics)
-    tracking.log_evaluation(params, metrics, [reports / name for name in REPORT_FILES])
+    write_json(paths.metrics, metrics)
+    tracking.log_evaluation(params, metrics, [Path(path) for path in (paths.metrics, paths.predictions,
+                                                                       paths.confusion, paths.per_class)])
     print(f"test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f}, macro F1 "
           f"{metrics['macro_f1']:.4f} on {test_images:,} images; {images_per_second:,.0f} images/s")
     return metrics
 
 
 def main() -> None:
-    stage_main(run, uses_keras=True)
+    stage_main(run, skip_imports=KERAS_UNUSED_IMPORTS, fast_exit=True)
 
 
 if __name__ == "__main__":

@@ -49,27 +49,43 @@ class Section(BaseModel):
 
 
 class Paths(Section):
-    raw: str = "data/raw"
-    processed: str = "data/processed"
-    models: str = "models"
-    reports: str = "reports"
+    """Every file or folder the stages read or write (see params.yaml for what each holds)."""
+
+    params_check: str
+    raw: str
+    processed: str
+    data_summary: str
+    model: str
+    history: str
+    summary: str
+    run: str
+    tensorboard: str
+    resume: str
+    metrics: str
+    predictions: str
+    confusion: str
+    per_class: str
+    activations: str
+    plots: str
+    compare: str
+    compare_plot: str
 
 
 class Data(Section):
-    dataset: Literal["mnist", "fashion_mnist"] = "mnist"
-    source: str | None = None
-    timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
-    retries: Annotated[int, Field(ge=0, le=10)] = 2
+    dataset: Literal["mnist", "fashion_mnist"]
+    source: str | None
+    timeout: Annotated[float, Field(gt=0, le=600)]
+    retries: Annotated[int, Field(ge=0, le=10)]
 
 
 class Preprocess(Section):
-    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
-    limit: Annotated[int, Field(ge=20)] | None = None
+    val_fraction: Annotated[float, Field(gt=0, lt=1)]
+    limit: Annotated[int, Field(ge=20)] | None
 
 
 class Model(Section):
-    architecture: str = "lenet"
-    layers: list[dict[str, Any]] | None = None
+    architecture: str
+    layers: list[dict[str, Any]] | None
 
     @field_validator("architecture")
     @classmethod
@@ -92,65 +108,65 @@ class Model(Section):
 
 
 class Optimizer(Section):
-    name: Literal[OPTIMIZERS] = "adam"
-    learning_rate: Annotated[float, Field(gt=0, le=10)] = 1e-3
-    kwargs: dict[str, Any] = {}
+    name: Literal[OPTIMIZERS]
+    learning_rate: Annotated[float, Field(gt=0, le=10)]
+    kwargs: dict[str, Any]
 
 
 class EarlyStopping(Section):
-    enabled: bool = False
-    monitor: Literal[MONITORS] = "val_loss"
-    patience: Annotated[int, Field(ge=0)] = 2
-    restore_best_weights: bool = True
+    enabled: bool
+    monitor: Literal[MONITORS]
+    patience: Annotated[int, Field(ge=0)]
+    restore_best_weights: bool
 
 
 class Train(Section):
-    epochs: Annotated[int, Field(ge=1, le=10_000)] = 12
-    batch_size: Annotated[int, Field(ge=1, le=65_536)] = 128
-    optimizer: Optimizer = Optimizer()
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
-    deterministic: bool = True
-    early_stopping: EarlyStopping = EarlyStopping()
-    target_accuracy: Annotated[float, Field(gt=0, le=1)] | None = None
-    target_monitor: Literal[ACCURACY_MONITORS] = "accuracy"
-    checkpoint_monitor: Literal[MONITORS] = "val_accuracy"
-    resume: bool = True
-    tensorboard: bool = False
+    epochs: Annotated[int, Field(ge=1, le=10_000)]
+    batch_size: Annotated[int, Field(ge=1, le=65_536)]
+    optimizer: Optimizer
+    lr_schedule: Literal["constant", "cosine"]
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)]
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
+    deterministic: bool
+    early_stopping: EarlyStopping
+    target_accuracy: Annotated[float, Field(gt=0, le=1)] | None
+    target_monitor: Literal[ACCURACY_MONITORS]
+    checkpoint_monitor: Literal[MONITORS]
+    resume: bool
+    tensorboard: bool
 
 
 class Evaluate(Section):
-    batch_size: Annotated[int, Field(ge=1, le=65_536)] = 512
-    activation_images: Annotated[int, Field(ge=1, le=32)] = 4
+    batch_size: Annotated[int, Field(ge=1, le=65_536)]
+    activation_images: Annotated[int, Field(ge=1, le=32)]
 
 
 class Plots(Section):
-    dpi: Annotated[int, Field(ge=20, le=600)] = 100
-    width: Annotated[float, Field(gt=0, le=50)] = 10.0
-    height: Annotated[float, Field(gt=0, le=50)] = 8.0
-    cmap: str = "Blues"
-    misclassified: Annotated[int, Field(ge=1, le=100)] = 16
-    feature_maps: Annotated[int, Field(ge=1, le=64)] = 8
+    dpi: Annotated[int, Field(ge=20, le=600)]
+    width: Annotated[float, Field(gt=0, le=50)]
+    height: Annotated[float, Field(gt=0, le=50)]
+    cmap: str
+    misclassified: Annotated[int, Field(ge=1, le=100)]
+    feature_maps: Annotated[int, Field(ge=1, le=64)]
 
 
 class Tracking(Section):
-    enabled: bool = True
-    uri: str | None = None
-    experiment: Annotated[str, Field(min_length=1)] = "mnist"
-    registered_model: Annotated[str, Field(min_length=1)] = "mnist-cnn"
+    enabled: bool
+    uri: str | None
+    experiment: Annotated[str, Field(min_length=1)]
+    registered_model: Annotated[str, Field(min_length=1)]
 
 
 class Params(Section):
-    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 42
-    paths: Paths = Paths()
-    data: Data = Data()
-    preprocess: Preprocess = Preprocess()
-    model: Model = Model()
-    train: Train = Train()
-    evaluate: Evaluate = Evaluate()
-    plots: Plots = Plots()
-    tracking: Tracking = Tracking()
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)]
+    paths: Paths
+    data: Data
+    preprocess: Preprocess
+    model: Model
+    train: Train
+    evaluate: Evaluate
+    plots: Plots
+    tracking: Tracking
 
 
 def _did_you_mean(word: str, choices) -> str:
@@ -256,16 +272,16 @@ def run(params: Params) -> None:
     no stage declares (which `dvc exp run -S +section.typo=1` adds silently) still stops `dvc repro`."""
     from stages.common import write_text
 
-    # Constant content: downstream stages depend on this file and must not rerun because it was rewritten.
-    write_text(Path(params.paths.raw) / "params.ok", "params.yaml is valid\n")
+    # Constant content: download depends on this file and must not rerun because it was rewritten; a cached
+    # output (not `cache: false`), so it reaches a DVC remote and a teammate's `dvc pull` leaves the stage clean.
+    write_text(params.paths.params_check, "params.yaml is valid\n")
     print("params.yaml is valid")
 
 
-def main() -> None:
-    from stages.common import stage_main
-
-    stage_main(run)
-
-
 if __name__ == "__main__":
-    main()
+    # `python -m stages.params` runs this file as __main__: register it under its package name so that the entry
+    # module's `import stages.params` finds this copy instead of running the schema a second time.
+    sys.modules["stages.params"] = sys.modules["__main__"]
+    from stages.entry import stage_main
+
+    stage_main(run, fast_exit=True)

@@ -1,8 +1,8 @@
 """Plots stage: draw the training curves, confusion matrix, worst mistakes and first-layer feature maps as PNGs.
 
-Reads `{paths.models}/history.csv`, `{paths.reports}/predictions.csv`, `confusion.csv`, `activations.npz` and
+Reads `{paths.history}`, `{paths.predictions}`, `{paths.confusion}`, `{paths.activations}` and
 `{paths.processed}/test.npz`; params `plots.*`, `data.dataset` (class names) and `paths.*`.
-Writes, each atomically and exactly plots.width x plots.height inches at plots.dpi, under `{paths.reports}/plots/`:
+Writes, each atomically and exactly plots.width x plots.height inches at plots.dpi, under `{paths.plots}/`:
   curves.png            loss and accuracy by epoch, training vs validation
   confusion_matrix.png  annotated counts and the row-normalised matrix (recall per class) side by side
   misclassified.png     the most confident mistakes, each titled true / predicted / probability
@@ -26,8 +26,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from stages import tracking
-from stages.common import PipelineError, atomic_path, load_npz, require_files, stage_main
+from stages.common import PipelineError, atomic_path, load_npz, require_files
 from stages.datasets import class_names
+from stages.entry import stage_main
 
 HISTORY_CURVES = {"loss": ("loss", "val_loss"), "accuracy": ("accuracy", "val_accuracy")}
 PREDICTION_COLUMNS = ("index", "actual", "predicted", "confidence")
@@ -220,10 +221,10 @@ def save_figure(figure: Figure, path: Path) -> Path:
 
 def run(params) -> list[Path]:
     """Draw every figure from the files evaluate and train wrote, and return the paths of the PNGs."""
-    processed, models, reports = Path(params.paths.processed), Path(params.paths.models), Path(params.paths.reports)
-    history_path, test_path = models / "history.csv", processed / "test.npz"
-    predictions_path, confusion_path = reports / "predictions.csv", reports / "confusion.csv"
-    activations_path = reports / "activations.npz"
+    paths = params.paths
+    history_path, test_path = Path(paths.history), Path(paths.processed) / "test.npz"
+    predictions_path, confusion_path = Path(paths.predictions), Path(paths.confusion)
+    activations_path = Path(paths.activations)
     require_files({history_path: "train", test_path: "preprocess", predictions_path: "evaluate",
                    confusion_path: "evaluate", activations_path: "evaluate"})
     settings = params.plots
@@ -242,7 +243,7 @@ def run(params) -> list[Path]:
 
     mistakes = most_confident_mistakes(predictions, settings.misclassified)
     total_mistakes = int((predictions["actual"] != predictions["predicted"]).sum())
-    plots = reports / "plots"
+    plots = Path(paths.plots)
     figures = {
         "curves.png": curves_figure(history, figsize, dpi),
         "confusion_matrix.png": confusion_figure(confusion, names, cmap, figsize, dpi),
@@ -258,7 +259,7 @@ def run(params) -> list[Path]:
 
 
 def main() -> None:
-    stage_main(run)
+    stage_main(run, fast_exit=True)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ edge is scaled to 28 and the item is centred by its bounding box.
 Prints the predicted class with its confidence and the top-k classes per image (`--json`: one JSON object per
 line). `--save-preprocessed DIR` writes the 28x28 images the model saw.
 
-The model defaults to `{paths.models}/model.keras` and the class names to `data.dataset`, both from params.yaml
+The model defaults to `paths.model` and the class names to `data.dataset`, both from params.yaml
 in the working directory (`models/model.keras` and MNIST when there is none).
 
 Exit codes: 0 all images predicted; 1 at least one image could not be read (the others are still predicted);
@@ -372,7 +372,7 @@ def defaults_from_params(params_path: str | os.PathLike = "params.yaml") -> tupl
         print(f"warning: ignoring {params_path} ({first_line}); using {DEFAULT_MODEL} and {DEFAULT_DATASET}",
               file=sys.stderr)
         return DEFAULT_MODEL, DEFAULT_DATASET
-    return Path(params.paths.models) / "model.keras", params.data.dataset
+    return Path(params.paths.model), params.data.dataset
 
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -385,7 +385,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP, GIF or WebP files")
     parser.add_argument("--model", type=Path, default=None,
-                        help="the .keras model (default: {paths.models}/model.keras from params.yaml)")
+                        help="the .keras model (default: paths.model from params.yaml)")
     parser.add_argument("--top", type=int, default=3, help="how many of the most likely classes to list (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per line per image")
     parser.add_argument("--save-preprocessed", type=Path, metavar="DIR",

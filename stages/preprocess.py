@@ -1,9 +1,9 @@
 """preprocess stage: turn the raw IDX files into normalized, one-hot, split arrays ready for Keras.
 
 Reads params: seed, data.dataset, preprocess.val_fraction, preprocess.limit, paths.raw, paths.processed,
-paths.reports. Reads `{paths.raw}/{dataset}/` (written by the download stage).
+paths.data_summary. Reads `{paths.raw}/{dataset}/` (written by the download stage).
 Writes `{paths.processed}/train.npz`, `val.npz`, `test.npz`, each with `x` (float32 N x 28 x 28 x 1 in [0, 1]),
-`y` (float32 one-hot N x 10) and `labels` (uint8 N), and `{paths.reports}/data.csv` (images per class and split).
+`y` (float32 one-hot N x 10) and `labels` (uint8 N), and `{paths.data_summary}` (images per class and split).
 Run alone: `python -m stages.preprocess` from the project root.
 
 The validation set is split off the training images (after `preprocess.limit` keeps the first N of them),
@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.common import PipelineError, save_npz, stage_main, write_csv
+from stages.common import PipelineError, save_npz, write_csv
 from stages.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, class_names
+from stages.entry import stage_main
 from stages.idx import IdxError, load_images_labels
 from stages.params import Params
 
@@ -102,7 +103,6 @@ def run(params: Params) -> dict[str, int]:
     limit = params.preprocess.limit
     raw_dir = Path(params.paths.raw) / dataset
     processed_dir = Path(params.paths.processed)
-    reports_dir = Path(params.paths.reports)
 
     train_images, train_labels = load_pair(raw_dir, TRAIN_IMAGES, TRAIN_LABELS)
     test_images, test_labels = load_pair(raw_dir, TEST_IMAGES, TEST_LABELS)
@@ -119,7 +119,7 @@ def run(params: Params) -> dict[str, int]:
     for split, (images, labels) in splits.items():
         save_npz(processed_dir / f"{split}.npz", x=normalize(images), y=one_hot(labels), labels=labels)
     table = class_counts({split: labels for split, (_, labels) in splits.items()}, class_names(dataset))
-    write_csv(reports_dir / "data.csv", table)
+    write_csv(params.paths.data_summary, table)
 
     sizes = {split: len(labels) for split, (_, labels) in splits.items()}
     note = f" (first {len(train_labels)} of {available} training images)" if limit is not None else ""
@@ -129,7 +129,7 @@ def run(params: Params) -> dict[str, int]:
 
 
 def main() -> None:
-    stage_main(run)
+    stage_main(run, fast_exit=True)
 
 
 if __name__ == "__main__":

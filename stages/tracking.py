@@ -1,7 +1,7 @@
 """MLflow tracking, the only module that imports mlflow.
 
 One MLflow run per trained model: train opens it (`training_run`), evaluate and plots attach to it through the
-run id in {paths.models}/run.json. The default store is MLflow's SQLite file `mlflow.db` at the project root with
+run id in {paths.run}. The default store is MLflow's SQLite file `mlflow.db` at the project root with
 artifacts in `mlartifacts/` beside it; runs made by `dvc exp run --temp/--queue` in a temporary copy still land
 there because DVC sets DVC_ROOT to the original repository. `tracking.uri` or MLFLOW_TRACKING_URI selects a
 tracking server instead.
@@ -18,7 +18,6 @@ import fcntl
 import hashlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -31,7 +30,6 @@ from typing import Any
 from stages.common import PipelineError, Terminated, write_json
 from stages.params import Params
 
-RUN_FILE = "run.json"
 SQLITE_TIMEOUT_SECONDS = 60
 HEALTH_TIMEOUT_SECONDS = 10  # a busy server's first request opens its store
 
@@ -192,8 +190,8 @@ class NullRun:
     def keras_callbacks(self) -> list:
         return []
 
-    def log_training(self, params, model, result, models_dir: Path, example) -> None:
-        write_json(models_dir / RUN_FILE, {"run_id": None})
+    def log_training(self, params, model, result, example) -> None:
+        write_json(params.paths.run, {"run_id": None})
 
 
 class TrainingRun:
@@ -217,7 +215,7 @@ class TrainingRun:
 
         return [EpochMetrics()]
 
-    def log_training(self, params: Params, model, result: dict, models_dir: Path, example) -> None:
+    def log_training(self, params: Params, model, result: dict, example) -> None:
         import keras
         import mlflow
         import tensorflow as tf
@@ -229,8 +227,8 @@ class TrainingRun:
         for key in ("train_seconds", "epochs_run", "best_val_accuracy"):
             self.client.log_metric(self.run_id, key, float(result[key]))
         self.client.set_tag(self.run_id, "precision", result["precision"])
-        for name in ("summary.txt", "history.csv"):
-            self.client.log_artifact(self.run_id, str(models_dir / name), "model_outputs")
+        for path in (params.paths.summary, params.paths.history):
+            self.client.log_artifact(self.run_id, path, "model_outputs")
         if Path("params.yaml").exists():
             self.client.log_artifact(self.run_id, "params.yaml")
         signature = infer_signature(example, model.predict(example, verbose=0))
@@ -244,7 +242,7 @@ class TrainingRun:
                 pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
                                   f"mlflow=={mlflow.__version__}"],
             )
-        write_json(models_dir / RUN_FILE, {
+        write_json(params.paths.run, {
             "run_id": self.run_id, "experiment": params.tracking.experiment, "model_uri": info.model_uri,
             "registered_model": params.tracking.registered_model,
             "model_version": str(info.registered_model_version) if info.registered_model_version else None,
@@ -270,10 +268,6 @@ def training_run(params: Params, data_hash: str = "") -> Iterator[NullRun | Trai
     client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000])
                                      for k, v in flatten(params.model_dump()).items()])
 
-    def on_sigterm(signum, frame):
-        raise Terminated(signum)
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
     status = "FAILED"
     try:
         yield TrainingRun(client, run_id, tracking_uri(params))
@@ -282,7 +276,6 @@ def training_run(params: Params, data_hash: str = "") -> Iterator[NullRun | Trai
         status = "KILLED"
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
         mlflow.end_run(status=status)
         print(f"MLflow run {run_name} ({run_id}) {status} in experiment {params.tracking.experiment!r}")
 
@@ -291,7 +284,7 @@ def _attached_run(params: Params):
     """(client, run id) of the training's run from run.json, or None when there is nothing to attach to."""
     if not params.tracking.enabled:
         return None
-    path = Path(params.paths.models) / RUN_FILE
+    path = Path(params.paths.run)
     if not path.exists():
         return None
     run_id = json.loads(path.read_text()).get("run_id")

@@ -1,10 +1,10 @@
 """Train stage: build the Keras model params.yaml describes and fit it on the processed data.
 
 Reads  {paths.processed}/train.npz, val.npz; params seed, model.*, train.*, tracking.*
-Writes {paths.models}/model.keras (best epoch by train.checkpoint_monitor), history.csv, summary.txt, run.json
+Writes {paths.model} (best epoch by train.checkpoint_monitor), {paths.history}, {paths.summary}, {paths.run}
 Run alone: python -m stages.train
 
-An interrupted run resumes from its last finished epoch: the state lives in .resume/<key>/ (outside DVC's outs,
+An interrupted run resumes from its last finished epoch: the state lives in {paths.resume}/<key>/ (outside DVC's outs,
 which DVC deletes before rerunning the stage), keyed by the model, training params and data, and is removed once
 training completes.
 """
@@ -24,9 +24,9 @@ import pandas as pd
 from stages import tracking
 from stages.architectures import SpecError, build_model, resolve_spec
 from stages.common import PipelineError, atomic_path, load_npz, write_csv, write_text
+from stages.entry import KERAS_UNUSED_IMPORTS, stage_main
 from stages.params import Params
 
-RESUME_ROOT = Path(".resume")
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"]
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -211,7 +211,7 @@ def make_callbacks(params: Params, resume_dir: Path, initial_history: pd.DataFra
     if settings.target_accuracy is not None:
         callbacks.append(StopAtAccuracy(settings.target_monitor, settings.target_accuracy))
     if settings.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(Path(params.paths.models) / "tensorboard")))
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=params.paths.tensorboard))
     callbacks.extend(extra)
     if settings.resume:
         # Last, so the epoch's history row and checkpoint exist before the epoch counts as finished.
@@ -314,24 +314,25 @@ def summary_text(model) -> str:
 
 
 def run(params: Params) -> dict:
-    processed, models = Path(params.paths.processed), Path(params.paths.models)
+    paths = params.paths
+    processed = Path(paths.processed)
     train, val = load_split(processed, "train"), load_split(processed, "val")
     data_hash = content_hash([processed / "train.npz", processed / "val.npz"])
     precision = configure(params)
     # Built before the MLflow run opens: a configuration error leaves no run behind.
     model = build(params, int(np.ceil(len(train[0]) / params.train.batch_size)))
     with tracking.training_run(params, data_hash) as run_handle:
-        resume_dir = RESUME_ROOT / resume_key(params, data_hash)
+        resume_dir = Path(paths.resume) / resume_key(params, data_hash)
         if not params.train.resume:
             shutil.rmtree(resume_dir, ignore_errors=True)
         started = time.perf_counter()
         model, history = fit(params, model, train, val, resume_dir, run_handle.keras_callbacks())
         seconds = time.perf_counter() - started
 
-        with atomic_path(models / "model.keras") as tmp:
+        with atomic_path(paths.model) as tmp:
             model.save(tmp)
-        write_csv(models / "history.csv", history)
-        write_text(models / "summary.txt", summary_text(model))
+        write_csv(paths.history, history)
+        write_text(paths.summary, summary_text(model))
         result = {
             "architecture": resolve_spec(params.model.architecture, params.model.layers)[0],
             "parameters": int(model.count_params()),
@@ -340,7 +341,7 @@ def run(params: Params) -> dict:
             "train_seconds": round(seconds, 2),
             "best_val_accuracy": float(history["val_accuracy"].max()),
         }
-        run_handle.log_training(params, model, result, models, example=val[0][:5])
+        run_handle.log_training(params, model, result, example=val[0][:5])
         shutil.rmtree(resume_dir, ignore_errors=True)
     print(f"trained {result['architecture']} ({result['parameters']:,} parameters, {precision}) for "
           f"{result['epochs_run']} epochs in {seconds:.1f} s; best val_accuracy {result['best_val_accuracy']:.4f}")
@@ -348,9 +349,7 @@ def run(params: Params) -> dict:
 
 
 def main() -> None:
-    from stages.common import stage_main
-
-    stage_main(run, uses_keras=True)
+    stage_main(run, skip_imports=KERAS_UNUSED_IMPORTS, fast_exit=True)
 
 
 if __name__ == "__main__":

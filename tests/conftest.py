@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from servers import mlflow_server, postgresql_server, sshd_server  # noqa: F401  (session fixtures)
 
+from benchmarks.project_copy import paths_under
 from stages.params import Params, parse_params, read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,11 +40,8 @@ def set_dotted(raw: dict, key: str, value) -> None:
 
 
 @pytest.fixture(autouse=True)
-def isolated_process_state(monkeypatch, tmp_path):
-    """What a test changes process-wide must not reach the next one: resume state, proxies, the Keras dtype policy."""
-    from stages import train
-
-    monkeypatch.setattr(train, "RESUME_ROOT", tmp_path / ".resume")  # not the checkout's .resume
+def isolated_process_state(monkeypatch):
+    """What a test changes process-wide must not reach the next one: proxies, the Keras dtype policy."""
     for proxy in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         monkeypatch.delenv(proxy, raising=False)  # the tests' servers are on 127.0.0.1
     keras = sys.modules.get("keras")
@@ -61,17 +59,14 @@ def raw_params() -> dict:
 
 
 def shrunk_params(raw_params: dict, base: Path, **overrides) -> Params:
-    """The real params.yaml with outputs under `base`, shrunk for tests, plus dotted-key overrides.
+    """The real params.yaml with every path under `base`, shrunk for tests, plus dotted-key overrides.
 
     Defaults for tests: 1 epoch, tracking off, data from ../shared/data/mnist-10k, 400 training images.
     Keyword names use `__` for dots: shrunk_params(raw, base, train__epochs=2).
     """
     raw = copy.deepcopy(raw_params)
     defaults = {
-        "paths.raw": str(base / "data" / "raw"),
-        "paths.processed": str(base / "data" / "processed"),
-        "paths.models": str(base / "models"),
-        "paths.reports": str(base / "reports"),
+        **paths_under(raw_params, base),
         "data.source": str(MNIST_10K),
         "preprocess.limit": 400,
         "train.epochs": 1,

@@ -462,18 +462,16 @@ def test_run_writes_the_dataset_folder(make_params):
     assert json.loads((Path(params.paths.raw) / "mnist" / "manifest.json").read_text()) == manifest
 
 
-def test_main_reports_a_bad_source_in_one_line(tmp_path, monkeypatch, capsys, raw_params):
+def test_main_reports_a_bad_source_in_one_line(tmp_path, raw_params):
     raw = json.loads(json.dumps(raw_params))
     set_dotted(raw, "data.source", str(tmp_path / "nowhere"))
     set_dotted(raw, "paths.raw", str(tmp_path / "raw"))
     with open(tmp_path / "params.yaml", "w") as file:
         YAML(typ="safe", pure=True).dump(raw, file)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("DVC_ROOT", raising=False)
-    with pytest.raises(SystemExit) as exit_info:
-        download_stage.main()
-    assert exit_info.value.code == 1
-    assert capsys.readouterr().err.startswith("error: data.source")
+    result = subprocess.run([sys.executable, "-m", "stages.download"], cwd=tmp_path, capture_output=True, text=True,
+                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: data.source") and len(result.stderr.splitlines()) == 1
     assert_clean(tmp_path / "raw")
 
 

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from stages.params import Params, ParamsError, load_params, parse_params, read_yaml
 
@@ -25,11 +27,43 @@ def broken(raw_params: dict, key: str, value) -> dict:
     return raw
 
 
-def test_shipped_params_load_and_match_the_schema_defaults():
+def test_shipped_params_load():
     params = load_params(ROOT / "params.yaml")
     assert isinstance(params, Params)
     assert params.data.dataset in ("mnist", "fashion_mnist")
     assert isinstance(params.train.optimizer.learning_rate, float)
+
+
+def schema_fields(section: type[BaseModel] = Params, prefix: str = "") -> dict[str, FieldInfo]:
+    """Every leaf field of the schema by dotted key."""
+    fields = {}
+    for name, info in section.model_fields.items():
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            fields.update(schema_fields(info.annotation, f"{prefix}{name}."))
+        else:
+            fields[f"{prefix}{name}"] = info
+    return fields
+
+
+def dotted_keys(raw: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in raw.items():
+        keys |= dotted_keys(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}"}
+    return keys
+
+
+def test_params_yaml_sets_every_field_and_the_schema_repeats_no_value(raw_params):
+    fields = schema_fields()
+    assert dotted_keys(raw_params) == set(fields), "params.yaml and the schema name different keys"
+    with_defaults = sorted(key for key, info in fields.items() if not info.is_required())
+    assert not with_defaults, f"a default belongs in params.yaml only, not in the schema: {with_defaults}"
+
+
+def test_a_key_missing_from_params_yaml_is_named(raw_params):
+    raw = copy.deepcopy(raw_params)
+    del raw["train"]["optimizer"]["learning_rate"]
+    with pytest.raises(ParamsError, match=r"train\.optimizer\.learning_rate: required key is missing"):
+        parse_params(raw)
 
 
 def test_every_params_key_has_a_comment():

@@ -298,7 +298,7 @@ def test_defaults_come_from_params_yaml(tmp_path, monkeypatch, raw_params, capsy
     assert predict.defaults_from_params() == (Path("models") / "model.keras", "mnist")
     from ruamel.yaml import YAML
 
-    raw = {**raw_params, "paths": {**raw_params["paths"], "models": "elsewhere"},
+    raw = {**raw_params, "paths": {**raw_params["paths"], "model": "elsewhere/model.keras"},
            "data": {**raw_params["data"], "dataset": "fashion_mnist"}}
     with open("params.yaml", "w") as file:
         YAML(typ="safe", pure=True).dump(raw, file)

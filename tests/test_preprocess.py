@@ -155,7 +155,7 @@ def test_run_writes_normalized_one_hot_splits(make_params):
     np.testing.assert_array_equal(np.rint(splits["test"]["x"][..., 0] * 255), test_images)
     np.testing.assert_array_equal(splits["test"]["labels"], test_labels)
 
-    table = pd.read_csv(Path(params.paths.reports) / "data.csv")
+    table = pd.read_csv(params.paths.data_summary)
     assert table.groupby("split")["count"].sum().to_dict() == {"test": 30, "train": 160, "val": 40}
     val_counts = table[table["split"] == "val"].sort_values("class")["count"].to_numpy()
     assert np.all(np.abs(val_counts - np.array(CLASS_SIZES) * 0.2) < 1)
@@ -204,14 +204,14 @@ def test_corrupt_labels_fail_with_a_clear_error_and_no_outputs(make_params):
     write_idx(raw_dir / TRAIN_LABELS, train_labels)
     with pytest.raises(IdxError, match="label 11 outside 0-9"):
         preprocess.run(params)
-    assert not Path(params.paths.processed).exists() and not Path(params.paths.reports).exists()
+    assert not Path(params.paths.processed).exists() and not Path(params.paths.data_summary).exists()
 
 
 def test_fashion_mnist_class_names_reach_the_report(make_params):
     params = make_params(data__dataset="fashion_mnist", preprocess__limit=None)
     write_raw(Path(params.paths.raw) / "fashion_mnist")
     preprocess.run(params)
-    table = pd.read_csv(Path(params.paths.reports) / "data.csv")
+    table = pd.read_csv(params.paths.data_summary)
     assert table.loc[table["class"] == 9, "name"].unique().tolist() == ["Ankle boot"]
 
 

@@ -81,7 +81,7 @@ def test_pipeline_run_is_recorded_completely(make_params, processed_dir, store):
     model_uri = f"models:/{params.tracking.registered_model}/{version.version}"
     assert mlflow.models.get_model_info(model_uri).signature is not None
     images = np.load(processed_dir / "test.npz")["x"][:16]
-    expected = keras.saving.load_model(Path(params.paths.models) / "model.keras").predict(images, verbose=0)
+    expected = keras.saving.load_model(params.paths.model).predict(images, verbose=0)
     np.testing.assert_allclose(np.asarray(mlflow.pyfunc.load_model(model_uri).predict(images)), expected,
                                rtol=1e-5, atol=1e-6)
 
@@ -98,7 +98,7 @@ def test_a_training_that_raises_ends_failed(make_params, processed_dir, store, m
     with pytest.raises(RuntimeError, match="boom"):
         train.run(params)
     assert only_run(client_for(store)).info.status == "FAILED"
-    assert not (Path(params.paths.models) / "model.keras").exists()
+    assert not Path(params.paths.model).exists()
 
 
 def test_unreachable_tracking_server_fails_before_training(make_params, processed_dir, monkeypatch):
@@ -112,7 +112,7 @@ def test_unreachable_tracking_server_fails_before_training(make_params, processe
     with pytest.raises(PipelineError, match=f"MLflow tracking server {uri} is unreachable"):
         train.run(params)
     assert time.monotonic() - started < 15
-    assert not Path(params.paths.models).exists()
+    assert not Path(params.paths.model).parent.exists()
 
 
 @pytest.mark.slow
@@ -128,7 +128,7 @@ def test_sigterm_ends_killed_and_a_sigkilled_orphan_is_closed_by_the_next_train(
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             deadline = time.monotonic() + 240
-            while not list(store.glob(".resume/*/backup/training_metadata.json")):
+            while not list(Path(params.paths.resume).glob("*/backup/training_metadata.json")):
                 assert process.poll() is None, process.stdout.read()[-3000:]
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
@@ -146,7 +146,7 @@ def test_sigterm_ends_killed_and_a_sigkilled_orphan_is_closed_by_the_next_train(
     [orphan_run] = client.search_runs([experiment_id])
     assert orphan_run.info.status == "RUNNING"  # what MLflow leaves behind
 
-    shutil.rmtree(store / ".resume")  # else the next run's backup exists before it starts
+    shutil.rmtree(params.paths.resume)  # else the next run's backup exists before it starts
     terminated = start_and_signal(signal.SIGTERM)
     output = terminated.stdout.read()
     assert terminated.returncode == 143, output[-3000:]

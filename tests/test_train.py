@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import ROOT, shrunk_params
 
 from stages import train
 from stages.architectures import SpecError, build_model, presets
 from stages.common import PipelineError
 from stages.params import ParamsError
 
-ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_PARAMETERS = {"single_conv": 217_610, "lenet": 1_256_080}
 
 
@@ -81,13 +81,13 @@ def test_one_epoch_lowers_the_loss_and_writes_outputs(make_params, processed_dir
 
     result = train.run(params)
 
-    models = Path(params.paths.models)
-    history = pd.read_csv(models / "history.csv")
+    paths = params.paths
+    history = pd.read_csv(paths.history)
     assert list(history.columns) == train.HISTORY_COLUMNS
     assert history["val_loss"].iloc[-1] < initial_loss
-    assert result["parameters"] == keras.saving.load_model(models / "model.keras", safe_mode=True).count_params()
-    assert "Total params" in (models / "summary.txt").read_text()
-    assert not any(models.glob(".*tmp*")), "no temp files left behind"
+    assert result["parameters"] == keras.saving.load_model(paths.model, safe_mode=True).count_params()
+    assert "Total params" in Path(paths.summary).read_text()
+    assert not any(Path(paths.model).parent.glob(".*tmp*")), "no temp files left behind"
 
 
 def test_target_accuracy_stops_training_early(make_params, processed_dir):
@@ -104,16 +104,16 @@ def test_early_stopping_stops_a_diverging_run(make_params, processed_dir):
     assert train.run(params)["epochs_run"] < 8
 
 
-def test_same_seed_gives_identical_history_and_weights(make_params, processed_dir, tmp_path):
+def test_same_seed_gives_identical_history_and_weights(raw_params, processed_dir, tmp_path):
     import keras
 
     runs = []
     for name in ("first", "second"):
-        params = make_params(paths__processed=str(processed_dir), paths__models=str(tmp_path / name),
-                             model__architecture="conv10", train__epochs=2)
+        params = shrunk_params(raw_params, tmp_path / name, paths__processed=str(processed_dir),
+                               model__architecture="conv10", train__epochs=2)
         train.run(params)
-        history = pd.read_csv(tmp_path / name / "history.csv").drop(columns="seconds")
-        weights = keras.saving.load_model(tmp_path / name / "model.keras").get_weights()
+        history = pd.read_csv(params.paths.history).drop(columns="seconds")
+        weights = keras.saving.load_model(params.paths.model).get_weights()
         runs.append((history, weights))
     pd.testing.assert_frame_equal(runs[0][0], runs[1][0], check_exact=True)
     for first, second in zip(runs[0][1], runs[1][1], strict=True):
@@ -132,23 +132,23 @@ def test_resume_after_kill_continues_from_last_finished_epoch(make_params, proce
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
-        while not any(train.backed_up_epoch(path) for path in tmp_path.glob(".resume/*/backup/training_metadata.json")):
+        while not any(train.backed_up_epoch(path) for path in Path(params.paths.resume).glob("*/backup/training_metadata.json")):
             assert process.poll() is None, "training ended before its first epoch was backed up"
             assert time.monotonic() < deadline, "no backup after 240 s"
             time.sleep(0.05)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    interrupted = pd.read_csv(next(tmp_path.glob(".resume/*/history.csv")))
+    interrupted = pd.read_csv(next(Path(params.paths.resume).glob("*/history.csv")))
     assert 1 <= len(interrupted) < epochs
 
     rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resuming after epoch" in rerun.stdout
-    history = pd.read_csv(Path(params.paths.models) / "history.csv")
+    history = pd.read_csv(params.paths.history)
     assert history["epoch"].tolist() == list(range(1, epochs + 1))
     assert history["loss"].iloc[0] == pytest.approx(interrupted["loss"].iloc[0])
-    assert not list(tmp_path.glob(".resume/*")), "resume state is cleared once training completes"
+    assert not list(Path(params.paths.resume).glob("*")), "resume state is cleared once training completes"
 
 
 def interrupted_backup(backup: Path, epochs_done: int):

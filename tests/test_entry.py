@@ -1,4 +1,4 @@
-"""stage_main run as a program: exit codes, flushed output and every exit handler survive the fast exit."""
+"""stage_main run as a program: exit codes, one line per way of ending, and every exit handler survives the fast exit."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 from conftest import ROOT
 
 STAGE = """
-import atexit, sys
-from stages.common import PipelineError, stage_main
+import atexit, os, signal, sys
+from stages.common import PipelineError
+from stages.entry import KERAS_UNUSED_IMPORTS, stage_main
 
 atexit.register(print, "early exit handler ran")
 
@@ -19,14 +20,14 @@ def run(params):
     atexit.register(print, "exit handler ran")
     {body}
 
-stage_main(run, params_path={params!r}, uses_keras={uses_keras})
+stage_main(run, params_path={params!r}, skip_imports={skip_imports}, fast_exit=True)
 """
 HANDLERS = "exit handler ran\nearly exit handler ran\n"  # last registered runs first, as at any Python exit
 
 
-def run_stage(tmp_path, body: str, uses_keras: bool = False) -> subprocess.CompletedProcess:
+def run_stage(tmp_path, body: str, skip_imports: str = "()") -> subprocess.CompletedProcess:
     params = ROOT / "params.yaml"
-    script = textwrap.dedent(STAGE).format(body=body, params=str(params), uses_keras=uses_keras)
+    script = textwrap.dedent(STAGE).format(body=body, params=str(params), skip_imports=skip_imports)
     return subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
 
@@ -40,6 +41,7 @@ def test_success_flushes_buffered_output_and_runs_exit_handlers(tmp_path):
 @pytest.mark.parametrize(("body", "code", "stderr"), [
     ("raise PipelineError('data.source: no such folder')", 1, "error: data.source: no such folder\n"),
     ("raise KeyboardInterrupt", 130, "interrupted\n"),
+    ("os.kill(os.getpid(), signal.SIGTERM); signal.pause()", 143, "terminated\n"),
     ("sys.exit(3)", 3, ""),
     ("sys.exit()", 0, ""),
 ])
@@ -60,7 +62,7 @@ def test_keras_stage_builds_a_model_without_the_imports_it_skips(tmp_path):
             "name, layers = resolve_spec(params.model.architecture, params.model.layers); "
             "model = build_model(layers, name); "
             "print(model.count_params(), sorted(n for n in ('sklearn', 'matplotlib') if sys.modules.get(n)))")
-    result = run_stage(tmp_path, body, uses_keras=True)
+    result = run_stage(tmp_path, body, skip_imports="KERAS_UNUSED_IMPORTS")
     assert result.returncode == 0, result.stderr[-2000:]
     parameters, skipped = result.stdout.splitlines()[0].split(" ", 1)
     assert int(parameters) > 0 and skipped == "[]"
