@@ -51,7 +51,7 @@ def test_basic_auth_is_checked_before_training(auth_server, make_params, process
     params = make_params(paths__processed=str(processed_dir), tracking__enabled=True, tracking__uri=uri)
     with pytest.raises(PipelineError, match=f"{uri} requires a login and the credentials were refused"):
         train.run(params)
-    assert not Path(params.paths.models).exists()
+    assert not Path(params.paths.model).parent.exists()
 
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "team-admin-secret")
     tracking.check_server(uri)  # the right credentials pass
