@@ -65,7 +65,7 @@ def store_lock(uri: str) -> Iterator[None]:
 
 
 def check_server(uri: str) -> None:
-    """Fail in seconds, before any training, when a tracking server is down or refuses our credentials.
+    """Fail in seconds, before any training, when a tracking server is down, failing or refuses our credentials.
 
     MLflow would retry for minutes. `/health` answers without credentials, so the probe asks an endpoint that
     basic auth protects, with the credentials MLflow's client would send.
@@ -91,12 +91,25 @@ def check_server(uri: str) -> None:
             raise PipelineError(
                 f"MLflow tracking server {uri}: user {user!r} may not use it (HTTP 403): ask its admin for access"
             ) from None
+        # Anything else would become minutes of MLflow's retries (5xx) or an error deep inside a training.
+        advice = ("it runs but fails: see the server's log (often its backend store is down)" if error.code >= 500
+                  else "is this an MLflow tracking server? Fix tracking.uri / MLFLOW_TRACKING_URI")
+        raise PipelineError(
+            f"MLflow tracking server {uri} answers HTTP {error.code} ({error.reason}): {advice}, or set "
+            "tracking.enabled: false"
+        ) from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise PipelineError(
             f"MLflow tracking server {uri} is unreachable ({reason}): start it, or fix tracking.uri / "
             "MLFLOW_TRACKING_URI, or set tracking.enabled: false"
         ) from None
+
+
+def check_tracking(params: Params) -> None:
+    """Before any slow work: fail when tracking is on and its server is down, failing or refuses us."""
+    if params.tracking.enabled:
+        check_server(tracking_uri(params))
 
 
 def connect(params: Params):

@@ -318,6 +318,7 @@ def run(params: Params) -> dict:
     processed = Path(paths.processed)
     train, val = load_split(processed, "train"), load_split(processed, "val")
     data_hash = content_hash([processed / "train.npz", processed / "val.npz"])
+    tracking.check_tracking(params)  # seconds, before TensorFlow starts
     precision = configure(params)
     # Built before the MLflow run opens: a configuration error leaves no run behind.
     model = build(params, int(np.ceil(len(train[0]) / params.train.batch_size)))

@@ -115,6 +115,34 @@ def test_unreachable_tracking_server_fails_before_training(make_params, processe
     assert not Path(params.paths.model).parent.exists()
 
 
+def test_a_server_answering_500_fails_in_seconds(monkeypatch):
+    """/health or not, a server that fails every request is not healthy: one line, no minutes of retries."""
+    import http.server
+    import threading
+
+    class Failing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(500, "Internal Server Error")
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    started = time.monotonic()
+    try:
+        with pytest.raises(PipelineError, match=f"MLflow tracking server {uri} answers HTTP 500 .*see the server's log"):
+            tracking.check_server(uri)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert time.monotonic() - started < 5
+
+
 @pytest.mark.slow
 def test_sigterm_ends_killed_and_a_sigkilled_orphan_is_closed_by_the_next_train(make_params, processed_dir, store):
     params = make_params(paths__processed=str(processed_dir), model__architecture="lenet", train__epochs=30,
