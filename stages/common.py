@@ -4,6 +4,7 @@ from this package (the stage entry point is stages/entry.py)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -25,6 +26,10 @@ class Terminated(BaseException):
     """Raised in the main thread on SIGTERM (see stages/entry.py) so a stage cleans up as it does on Ctrl-C."""
 
 
+# A full disk, a file-size limit (`ulimit -f`) or a quota: the user's to fix, so one line rather than a traceback.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -40,23 +45,27 @@ def atomic_path(target: str | os.PathLike, directory: bool = False) -> Iterator[
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{target.stem}.tmp-"
-    if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=prefix, suffix=target.suffix, dir=target.parent)
-        os.close(fd)
-        tmp = Path(name)
-        tmp.chmod(0o666 & ~_umask())  # mkstemp makes files owner-only; outputs get the usual permissions
-    try:
+    tmp: Path | None = None
+    try:  # from the temp's creation on, so that a signal arriving at any point still removes it
+        if directory:
+            tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=prefix, suffix=target.suffix, dir=target.parent)
+            tmp = Path(name)
+            os.close(fd)
+            tmp.chmod(0o666 & ~_umask())  # mkstemp makes files owner-only; outputs get the usual permissions
         yield tmp
         if directory and target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
-    except BaseException:
-        if tmp.is_dir():
+    except BaseException as error:
+        if tmp is not None and tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
-        else:
+        elif tmp is not None:
             tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            raise PipelineError(f"cannot write {target}: {os.strerror(error.errno)}; free some space (or raise "
+                                "the file-size limit) and rerun") from None
         raise
 
 

@@ -2,7 +2,8 @@
 
 With FAULTS_PAUSE="<module>:<text>:<n>", a process started as `python -m <module>` stops at its n-th open of a
 path containing <text> once the file or folder named by that part of the path exists (a temp file being written,
-a file inside a temp folder): it writes the path to the file FAULTS_MARKER names and sleeps until a signal ends it.
+a file inside a temp folder): it writes its pid and that path to the file FAULTS_MARKER names, then sleeps until a
+signal ends it.
 The test waits for the marker, so its signal lands at a known moment instead of after a guessed sleep.
 """
 
@@ -32,7 +33,7 @@ def _install(module: str, text: str, count: int, marker: str) -> None:
             return
         seen += 1  # the marker's own open below must not count
         with open(marker + ".part", "w") as handle:
-            handle.write(path)
+            handle.write(f"{os.getpid()}\n{path}\n")
         os.replace(marker + ".part", marker)
         while True:
             time.sleep(0.05)  # a signal's handler runs here and its exception leaves through open()
