@@ -30,6 +30,11 @@ class Terminated(BaseException):
 DISK_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 
 
+def project_root() -> Path:
+    """The project: DVC_ROOT when DVC runs the stage (also from an experiment's temporary copy), else the cwd."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

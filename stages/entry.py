@@ -2,14 +2,18 @@
 
 `stage_main` loads params.yaml, runs the stage and turns what ended it into one line on stderr and an exit code:
 
-  PipelineError   `error: <what is wrong, what to do>`   1
-  Ctrl-C          `interrupted`                            130
-  SIGTERM         `terminated`                             143
-  any other bug   Python's traceback                       1
+  PipelineError         `error: <what is wrong, what to do>`                                    1
+  Ctrl-C / SIGINT       `interrupted (SIGINT); ...`                                              130
+  SIGTERM               `terminated (SIGTERM); ...`                                              143
+  the parent is gone    `terminated: the process that started this stage (dvc, pid N) is gone`   143
+  any other bug         Python's traceback                                                       1
 
-SIGTERM raises `Terminated` in the main thread for the whole stage, so `finally` blocks and context managers clean
-up (tracking ends its MLflow run KILLED) as they do for Ctrl-C. What a stage does beyond that is an argument at its
-call site, never guessed:
+One signal policy for every stage: SIGTERM raises `Terminated` and SIGINT `KeyboardInterrupt` in the main thread, so
+`finally` blocks and context managers clean up (the atomic writer removes its temp file, tracking ends the MLflow
+run KILLED); further signals are ignored until that cleanup is done. A stage also leaves when the process that
+started it is gone (`dvc repro` killed): it would otherwise finish as an orphan and write outputs dvc.lock never
+records. Before any work, every `paths.*` must lie inside the project (DVC tracks only outputs inside the repository).
+What a stage does beyond that is an argument at its call site, never guessed:
 
   skip_imports  modules made unimportable before the stage starts (see KERAS_UNUSED_IMPORTS)
   fast_exit     end the process with `exit_without_teardown` instead of returning: for `main()` only, since it
@@ -25,9 +29,12 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
-from stages.common import PipelineError, Terminated
+import psutil
+
+from stages.common import PipelineError, Terminated, project_root
 from stages.params import load_params
 
 # Keras imports these at start-up for helpers no stage uses (scikit-learn wrappers, image galleries): ~1 s a stage.
@@ -44,18 +51,23 @@ def stage_main(
     """Run `run(load_params(params_path))`; exit with the code above (0 on success when fast_exit)."""
     for name in skip_imports:
         sys.modules.setdefault(name, None)  # an ImportError on import, which Keras catches and skips
+    policy = SignalPolicy()
     try:
-        with terminate_on_sigterm():
-            run(load_params(params_path))
+        with policy.installed(), leave_when_parent_is_gone(policy):
+            params = load_params(params_path)
+            check_paths_inside(params.paths.model_dump(), project_root())
+            run(params)
         code = 0
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"interrupted (SIGINT); {CONTINUE}", file=sys.stderr)
         code = 130
     except Terminated:
-        print("terminated", file=sys.stderr)
+        reason = policy.parent_gone
+        print(f"terminated: the process that started this stage ({reason}) is gone; {CONTINUE}" if reason else
+              f"terminated (SIGTERM); {CONTINUE}", file=sys.stderr)
         code = 143
     if fast_exit:
         exit_without_teardown(code)
@@ -63,22 +75,99 @@ def stage_main(
         sys.exit(code)
 
 
-@contextlib.contextmanager
-def terminate_on_sigterm() -> Iterator[None]:
-    """Within the block, SIGTERM raises Terminated in the main thread (Python's default would end the process
-    without running `finally` blocks); the previous handler comes back afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
+CONTINUE = "nothing half-written was left; rerun `dvc repro` to continue"
 
-    def on_sigterm(signum, frame):
+
+class SignalPolicy:
+    """SIGTERM raises Terminated and SIGINT KeyboardInterrupt in the main thread, once: Python's default for SIGTERM
+    would end the process without running `finally` blocks, and a second signal must not cut the cleanup short."""
+
+    def __init__(self):
+        self.parent_gone: str | None = None  # set by the parent watch before it sends SIGTERM
+
+    def on_signal(self, signum, frame):
+        for handled in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(handled, signal.SIG_IGN)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise Terminated(signum)
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """The policy within the block; the previous handlers come back afterwards."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set from the main thread
+            return
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+        for signum, handler in previous.items():
+            if handler is not signal.SIG_IGN:  # a SIGINT ignored by the caller (a background job) stays ignored
+                signal.signal(signum, self.on_signal)
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+# DVC runs a stage's command as `$SHELL -c "<cmd>"`: the process that started the stage is the one behind that shell.
+SHELLS = frozenset({"sh", "bash", "dash", "zsh", "fish", "ksh"})
+PARENT_POLL_SECONDS = 0.5
+
+
+def starter() -> psutil.Process | None:
+    """The process that started this one, looking through the `sh -c` DVC runs a command in; None for init."""
+    parent = psutil.Process().parent()
+    with contextlib.suppress(psutil.Error):
+        if parent is not None and parent.name() in SHELLS and "-c" in parent.cmdline()[1:]:
+            parent = parent.parent() or parent
+    return parent if parent is not None and parent.pid != 1 else None
+
+
+@contextlib.contextmanager
+def leave_when_parent_is_gone(policy: SignalPolicy) -> Iterator[None]:
+    """Within the block, SIGTERM this process once the one that started it has gone (killed `dvc repro`, closed
+    queue worker): the signal policy then cleans up as for any SIGTERM. Polls, since Linux's parent-death signal
+    would follow the `sh -c` in between and not dvc."""
+    try:
+        watched = starter()
+        description = f"{watched.name()}, pid {watched.pid}" if watched else ""
+    except psutil.Error:
+        watched = None
+    if watched is None:
+        yield
+        return
+
+    def gone() -> bool:
+        try:
+            return not watched.is_running() or watched.status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return True
+
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(PARENT_POLL_SECONDS):
+            if gone():
+                policy.parent_gone = description
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    thread.start()
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        stop.set()
+
+
+def check_paths_inside(paths: dict[str, str], root: Path) -> None:
+    """Refuse `paths.*` outside the project before any work: DVC (>= 3.0) tracks only outputs inside the
+    repository, so such a stage would run to the end, write there, and only then fail."""
+    outside = [f"paths.{key}: {value}" for key, value in paths.items()
+               if not Path(value).resolve().is_relative_to(root)]
+    if outside:
+        raise PipelineError(f"{'; '.join(outside)} {'is' if len(outside) == 1 else 'are'} outside the project "
+                            f"({root}): DVC tracks only outputs inside the repository; use a path inside it")
 
 
 def exit_without_teardown(code: int) -> None:

@@ -27,15 +27,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from stages.common import PipelineError, Terminated, write_json
+from stages.common import PipelineError, Terminated, project_root, write_json
 from stages.params import Params
 
 SQLITE_TIMEOUT_SECONDS = 60
 HEALTH_TIMEOUT_SECONDS = 10  # a busy server's first request opens its store
-
-
-def project_root() -> Path:
-    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
 
 
 def tracking_uri(params: Params) -> str:

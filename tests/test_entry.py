@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
 
+import psutil
 import pytest
-from conftest import ROOT
+import yaml
+from conftest import ROOT, set_dotted
+
+from stages.entry import CONTINUE
+from stages.params import read_yaml
 
 STAGE = """
 import atexit, os, signal, sys
@@ -25,8 +31,15 @@ stage_main(run, params_path={params!r}, skip_imports={skip_imports}, fast_exit=T
 HANDLERS = "exit handler ran\nearly exit handler ran\n"  # last registered runs first, as at any Python exit
 
 
-def run_stage(tmp_path, body: str, skip_imports: str = "()") -> subprocess.CompletedProcess:
+def run_stage(tmp_path, body: str, skip_imports: str = "()", params_edit: dict | None = None
+              ) -> subprocess.CompletedProcess:
     params = ROOT / "params.yaml"
+    if params_edit:
+        raw = read_yaml(params)
+        for key, value in params_edit.items():
+            set_dotted(raw, key, value)
+        params = tmp_path / "params.yaml"
+        params.write_text(yaml.safe_dump(raw))
     script = textwrap.dedent(STAGE).format(body=body, params=str(params), skip_imports=skip_imports)
     return subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
@@ -40,15 +53,53 @@ def test_success_flushes_buffered_output_and_runs_exit_handlers(tmp_path):
 
 @pytest.mark.parametrize(("body", "code", "stderr"), [
     ("raise PipelineError('data.source: no such folder')", 1, "error: data.source: no such folder\n"),
-    ("raise KeyboardInterrupt", 130, "interrupted\n"),
-    ("os.kill(os.getpid(), signal.SIGTERM); signal.pause()", 143, "terminated\n"),
+    ("os.kill(os.getpid(), signal.SIGINT); signal.pause()", 130, f"interrupted (SIGINT); {CONTINUE}\n"),
+    ("os.kill(os.getpid(), signal.SIGTERM); signal.pause()", 143, f"terminated (SIGTERM); {CONTINUE}\n"),
+    # A second signal while the first one's cleanup runs is ignored: the cleanup finishes.
+    ("try:\n        os.kill(os.getpid(), signal.SIGTERM); signal.pause()\n    finally:\n"
+     "        os.kill(os.getpid(), signal.SIGTERM); os.kill(os.getpid(), signal.SIGINT); print('cleaned up')",
+     143, f"terminated (SIGTERM); {CONTINUE}\n"),
     ("sys.exit(3)", 3, ""),
     ("sys.exit()", 0, ""),
 ])
 def test_exit_codes(tmp_path, body, code, stderr):
     result = run_stage(tmp_path, body)
     assert (result.returncode, result.stderr) == (code, stderr)
-    assert result.stdout == HANDLERS
+    assert result.stdout.removeprefix("cleaned up\n") == HANDLERS
+
+
+def test_a_stage_leaves_when_the_process_that_started_it_is_gone(tmp_path):
+    """As when `dvc repro` is killed: the stage cleans up and exits instead of finishing as an orphan."""
+    stage = textwrap.dedent(STAGE).format(body="print('started', flush=True); signal.pause()",
+                                          params=str(ROOT / "params.yaml"), skip_imports="()")
+    # A stand-in for dvc: it starts the stage through `sh -c` as DVC does (a shell that stays, not one that execs),
+    # then dies without a word to it.
+    starter = (f"import subprocess, sys, time; subprocess.Popen(['sh', '-c', '\"$0\" -c \"$1\"; exit $?', "
+               f"sys.executable, {stage!r}]); time.sleep(600)")
+    process = subprocess.Popen([sys.executable, "-c", starter], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    try:
+        assert process.stdout.readline() == "started\n"
+        [stage_process] = [child for child in psutil.Process(process.pid).children(recursive=True)
+                           if child.cmdline()[:2] == [sys.executable, "-c"]]
+        process.kill()
+        process.wait()
+        stage_process.wait(timeout=30)
+        # The pipes close once the stage, which holds them too, has exited.
+        assert process.stdout.read() == HANDLERS
+        assert re.fullmatch(rf"terminated: the process that started this stage \(python3?[\d.]*, pid {process.pid}\) "
+                            rf"is gone; {re.escape(CONTINUE)}\n", process.stderr.read())
+    finally:
+        for child in psutil.Process().children(recursive=True):
+            child.kill()
+
+
+def test_paths_outside_the_project_are_refused_before_the_stage_runs(tmp_path):
+    result = run_stage(tmp_path, "print('the stage ran')", params_edit={"paths.model": "../outside/model.keras"})
+    assert result.returncode == 1
+    assert result.stderr == (f"error: paths.model: ../outside/model.keras is outside the project ({tmp_path.resolve()})"
+                             ": DVC tracks only outputs inside the repository; use a path inside it\n")
+    assert "the stage ran" not in result.stdout
 
 
 def test_unexpected_exception_prints_its_traceback_and_exits_1(tmp_path):

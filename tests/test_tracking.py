@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from stages import compare, evaluate, plots, tracking, train
 from stages.common import PipelineError
@@ -141,46 +135,6 @@ def test_a_server_answering_500_fails_in_seconds(monkeypatch):
         server.shutdown()
         server.server_close()
     assert time.monotonic() - started < 5
-
-
-@pytest.mark.slow
-def test_sigterm_ends_killed_and_a_sigkilled_orphan_is_closed_by_the_next_train(make_params, processed_dir, store):
-    params = make_params(paths__processed=str(processed_dir), model__architecture="lenet", train__epochs=30,
-                         tracking__enabled=True, train__precision="float32")
-    (store / "params.yaml").write_text(yaml.safe_dump(params.model_dump()))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    client = client_for(store)
-
-    def start_and_signal(sig: int) -> subprocess.Popen:
-        process = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=store, env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            deadline = time.monotonic() + 240
-            while not list(Path(params.paths.resume).glob("*/backup/training_metadata.json")):
-                assert process.poll() is None, process.stdout.read()[-3000:]
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-            process.send_signal(sig)
-            process.wait(timeout=120)
-        finally:
-            if process.poll() is None:  # a failed check must not leave a training behind for the next tests
-                process.kill()
-                process.wait()
-        return process
-
-    orphan = start_and_signal(signal.SIGKILL)
-    assert orphan.returncode == -signal.SIGKILL
-    experiment_id = client.get_experiment_by_name("mnist").experiment_id
-    [orphan_run] = client.search_runs([experiment_id])
-    assert orphan_run.info.status == "RUNNING"  # what MLflow leaves behind
-
-    shutil.rmtree(params.paths.resume)  # else the next run's backup exists before it starts
-    terminated = start_and_signal(signal.SIGTERM)
-    output = terminated.stdout.read()
-    assert terminated.returncode == 143, output[-3000:]
-    statuses = {run.info.run_id: run.info.status for run in client.search_runs([experiment_id])}
-    assert statuses.pop(orphan_run.info.run_id) == "KILLED"
-    assert list(statuses.values()) == ["KILLED"]
 
 
 def test_flatten_gives_dotted_keys():

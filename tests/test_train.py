@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from conftest import ROOT, shrunk_params
+from conftest import shrunk_params
 
 from stages import train
 from stages.architectures import SpecError, build_model, presets
@@ -118,37 +112,6 @@ def test_same_seed_gives_identical_history_and_weights(raw_params, processed_dir
     pd.testing.assert_frame_equal(runs[0][0], runs[1][0], check_exact=True)
     for first, second in zip(runs[0][1], runs[1][1], strict=True):
         np.testing.assert_array_equal(first, second)
-
-
-@pytest.mark.slow
-def test_resume_after_kill_continues_from_last_finished_epoch(make_params, processed_dir, tmp_path):
-    epochs = 6
-    params = make_params(paths__processed=str(processed_dir), model__architecture="lenet", train__epochs=epochs,
-                         train__precision="float32")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump()))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    command = [sys.executable, "-m", "stages.train"]
-
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 240
-        while not any(train.backed_up_epoch(path) for path in Path(params.paths.resume).glob("*/backup/training_metadata.json")):
-            assert process.poll() is None, "training ended before its first epoch was backed up"
-            assert time.monotonic() < deadline, "no backup after 240 s"
-            time.sleep(0.05)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    interrupted = pd.read_csv(next(Path(params.paths.resume).glob("*/history.csv")))
-    assert 1 <= len(interrupted) < epochs
-
-    rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert "resuming after epoch" in rerun.stdout
-    history = pd.read_csv(params.paths.history)
-    assert history["epoch"].tolist() == list(range(1, epochs + 1))
-    assert history["loss"].iloc[0] == pytest.approx(interrupted["loss"].iloc[0])
-    assert not list(Path(params.paths.resume).glob("*")), "resume state is cleared once training completes"
 
 
 def interrupted_backup(backup: Path, epochs_done: int):
