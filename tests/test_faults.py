@@ -10,6 +10,7 @@ anywhere in the project, the MLflow run's status, and that the next `dvc repro` 
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import re
@@ -156,6 +157,21 @@ def project(tmp_path_factory) -> Path:
     shutil.copy(path / paths.history, reference / "history.csv")
     shutil.copy(path / paths.model, reference / "model.keras")
     return path
+
+
+@pytest.fixture(autouse=True)
+def no_stage_left_running(project):
+    """After each fault no stage of the project may still run (an orphan would write outputs dvc.lock never records);
+    one that does is killed so the next test starts clean, and the test fails."""
+    yield
+    left = []
+    for process in psutil.process_iter(["cwd", "cmdline"]):
+        cwd, cmdline = process.info["cwd"], " ".join(process.info["cmdline"] or ())
+        if cwd and Path(cwd).is_relative_to(project) and "stages." in cmdline:
+            left.append(cmdline)
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+    assert not left, f"still running after the test: {left}"
 
 
 def assert_same_training(project: Path) -> None:
