@@ -123,6 +123,7 @@ class EarlyStopping(Section):
 class Train(Section):
     epochs: Annotated[int, Field(ge=1, le=10_000)]
     batch_size: Annotated[int, Field(ge=1, le=65_536)]
+    distribute: Literal["auto", "off", "mirrored"]
     optimizer: Optimizer
     lr_schedule: Literal["constant", "cosine"]
     label_smoothing: Annotated[float, Field(ge=0, lt=1)]

@@ -236,6 +236,7 @@ class TrainingRun:
         for key in ("train_seconds", "epochs_run", "best_val_accuracy"):
             self.client.log_metric(self.run_id, key, float(result[key]))
         self.client.set_tag(self.run_id, "precision", result["precision"])
+        self.client.set_tag(self.run_id, "replicas", str(result["replicas"]))
         for path in (params.paths.summary, params.paths.history):
             self.client.log_artifact(self.run_id, path, "model_outputs")
         if Path("params.yaml").exists():

@@ -7,12 +7,21 @@ Run alone: python -m stages.train
 An interrupted run resumes from its last finished epoch: the state lives in {paths.resume}/<key>/ (outside DVC's outs,
 which DVC deletes before rerunning the stage), keyed by the model, training params and data, and is removed once
 training completes.
+
+Environment, read before TensorFlow starts and kept out of params, the resume key and DVC's run-cache (they change
+how fast a run goes, not what it computes):
+  STAGES_JOBS=N               N trainings share this machine's cores (`dvc queue start -j N`, N search workers):
+                              TensorFlow's intra- and inter-op thread pools get cores / N threads each
+  STAGES_TEST_CPU_DEVICES=N   test hook: split the CPU into N logical devices, so `train.distribute: mirrored`
+                              has N replicas on a machine without GPUs
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -29,6 +38,8 @@ from stages.params import Params
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"]
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+JOBS_VARIABLE = "STAGES_JOBS"
+TEST_CPU_DEVICES_VARIABLE = "STAGES_TEST_CPU_DEVICES"
 
 
 def load_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -60,6 +71,43 @@ def choose_precision(requested: str) -> str:
         if capability >= (8, 0):
             return "mixed_bfloat16"
     return "mixed_bfloat16" if cpu_has_native_bf16() else "float32"
+
+
+def thread_share(jobs: str | None, cores: int) -> int | None:
+    """Threads per pool for one of `jobs` trainings sharing `cores`; None keeps TensorFlow's default (every core)."""
+    if not jobs:
+        return None
+    if not jobs.isdigit() or int(jobs) < 1:
+        raise PipelineError(f"{JOBS_VARIABLE}={jobs!r}: expected the number of parallel trainings, e.g. {JOBS_VARIABLE}=2")
+    return max(1, cores // int(jobs))
+
+
+def configure_devices() -> None:
+    """What TensorFlow accepts only before it starts: the thread pools' size and the tests' split of the CPU."""
+    import tensorflow as tf
+
+    share = thread_share(os.environ.get(JOBS_VARIABLE), len(os.sched_getaffinity(0)))
+    if share:
+        # Each of N jobs would otherwise start a pool per core, and N pools fight over the same cores.
+        tf.config.threading.set_intra_op_parallelism_threads(share)
+        tf.config.threading.set_inter_op_parallelism_threads(share)
+    replicas = int(os.environ.get(TEST_CPU_DEVICES_VARIABLE) or 1)
+    if replicas > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+
+
+def choose_strategy(requested: str):
+    """A MirroredStrategy over the local accelerators, or None for Keras' default single device."""
+    import tensorflow as tf
+
+    if requested == "off":
+        return None
+    gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
+    if requested == "auto" and len(gpus) < 2:
+        return None
+    # Without GPUs: the CPU's logical devices (one, unless the test hook split it).
+    return tf.distribute.MirroredStrategy(gpus or [device.name for device in tf.config.list_logical_devices("CPU")])
 
 
 def make_optimizer(params: Params, steps_per_epoch: int):
@@ -255,25 +303,31 @@ def repair_backup(backup: Path) -> None:
         shutil.rmtree(backup)
 
 
-def build(params: Params, steps_per_epoch: int):
-    """The compiled model params describe; a bad layer, shape or optimizer argument raises PipelineError."""
+def build(params: Params, steps_per_epoch: int, strategy=None):
+    """The compiled model params describe, its variables placed by `strategy` if any; a bad layer, shape or
+    optimizer argument raises PipelineError."""
     import keras
 
     name, layers = resolve_spec(params.model.architecture, params.model.layers)
-    try:
-        model = build_model(layers, name=name, where="model.layers" if params.model.layers else f"preset {name}")
-    except SpecError as error:
-        raise PipelineError(str(error)) from None
-    model.compile(
-        optimizer=make_optimizer(params, steps_per_epoch),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=params.train.label_smoothing),
-        metrics=["accuracy"],
-    )
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        try:
+            model = build_model(layers, name=name, where="model.layers" if params.model.layers else f"preset {name}")
+        except SpecError as error:
+            raise PipelineError(str(error)) from None
+        model.compile(
+            optimizer=make_optimizer(params, steps_per_epoch),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=params.train.label_smoothing),
+            metrics=["accuracy"],
+        )
     return model
 
 
 def fit(params: Params, model, train: tuple, val: tuple, resume_dir: Path, extra_callbacks: list = ()):
-    """Fit the compiled model, resuming if resume_dir holds a backup; returns (model at its best epoch, history)."""
+    """Fit the compiled model, resuming if resume_dir holds a backup; returns (model at its best epoch, history).
+
+    One process drives every replica of a MirroredStrategy and Keras calls each callback once per epoch with the
+    replicas' metrics already combined: the history, checkpoint, backup and MLflow callbacks each write once.
+    """
     import keras
 
     settings = params.train
@@ -291,6 +345,7 @@ def fit(params: Params, model, train: tuple, val: tuple, resume_dir: Path, extra
         callbacks[0].rows = [row for row in callbacks[0].rows if row["epoch"] <= finished]
         if finished:
             print(f"resuming after epoch {finished} from {resume_dir}")
+    # Batches of the global batch_size: the strategy splits each across its replicas.
     model.fit(
         make_training_dataset(*train, settings.batch_size, params.seed, range(finished, settings.epochs)),
         validation_data=make_dataset(*val, settings.batch_size),
@@ -314,14 +369,16 @@ def summary_text(model) -> str:
 
 
 def run(params: Params) -> dict:
+    configure_devices()
     paths = params.paths
     processed = Path(paths.processed)
     train, val = load_split(processed, "train"), load_split(processed, "val")
     data_hash = content_hash([processed / "train.npz", processed / "val.npz"])
     tracking.check_tracking(params)  # seconds, before TensorFlow starts
     precision = configure(params)
+    strategy = choose_strategy(params.train.distribute)
     # Built before the MLflow run opens: a configuration error leaves no run behind.
-    model = build(params, int(np.ceil(len(train[0]) / params.train.batch_size)))
+    model = build(params, int(np.ceil(len(train[0]) / params.train.batch_size)), strategy)
     with tracking.training_run(params, data_hash) as run_handle:
         resume_dir = Path(paths.resume) / resume_key(params, data_hash)
         if not params.train.resume:
@@ -338,13 +395,15 @@ def run(params: Params) -> dict:
             "architecture": resolve_spec(params.model.architecture, params.model.layers)[0],
             "parameters": int(model.count_params()),
             "precision": precision,
+            "replicas": strategy.num_replicas_in_sync if strategy else 1,
             "epochs_run": len(history),
             "train_seconds": round(seconds, 2),
             "best_val_accuracy": float(history["val_accuracy"].max()),
         }
         run_handle.log_training(params, model, result, example=val[0][:5])
         shutil.rmtree(resume_dir, ignore_errors=True)
-    print(f"trained {result['architecture']} ({result['parameters']:,} parameters, {precision}) for "
+    print(f"trained {result['architecture']} ({result['parameters']:,} parameters, {precision}, "
+          f"{result['replicas']} replica{'s' if result['replicas'] > 1 else ''}) for "
           f"{result['epochs_run']} epochs in {seconds:.1f} s; best val_accuracy {result['best_val_accuracy']:.4f}")
     return result
 

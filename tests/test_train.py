@@ -204,3 +204,59 @@ def test_a_damaged_split_is_one_line_naming_the_file(tmp_path, damage, reason):
     message = str(caught.value)
     assert "\n" not in message and str(path) in message and reason in message
     assert message.endswith("rerun `dvc repro preprocess`")
+
+
+@pytest.mark.slow
+def test_two_replicas_on_two_logical_cpus_match_one_and_write_one_set_of_outputs(raw_params, tmp_path):
+    """train.distribute: mirrored on the CPU split in two (the test hook) against one replica, same seed and batch."""
+    import keras
+    import mlflow
+    from conftest import shrunk_params
+
+    from stages import download, preprocess
+
+    data = shrunk_params(raw_params, tmp_path / "data", preprocess__limit=2000)
+    download.run(data)
+    preprocess.run(data)
+    accuracies = {}
+    for replicas in (1, 2):
+        folder = tmp_path / f"replicas-{replicas}"
+        folder.mkdir()
+        params = shrunk_params(
+            raw_params, folder, paths__processed=data.paths.processed, model__architecture="lenet", train__epochs=3,
+            preprocess__limit=2000, train__batch_size=32, train__precision="float32",
+            train__distribute="mirrored" if replicas > 1 else "off",
+            tracking__enabled=replicas > 1, tracking__uri=f"sqlite:///{folder / 'mlflow.db'}",
+        )
+        (folder / "params.yaml").write_text(yaml.safe_dump(params.model_dump()))
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
+               train.TEST_CPU_DEVICES_VARIABLE: str(replicas)}
+        result = subprocess.run([sys.executable, "-m", "stages.train"], cwd=folder, env=env, capture_output=True,
+                                text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"{replicas} replica" in result.stdout
+
+        history = pd.read_csv(params.paths.history)
+        assert history["epoch"].tolist() == [1, 2, 3], "one history row per epoch, not per replica"
+        model = keras.saving.load_model(params.paths.model)
+        x_test, y_test = train.load_split(Path(data.paths.processed), "test")
+        accuracies[replicas] = float(np.mean(model.predict(x_test, verbose=0).argmax(1) == y_test.argmax(1)))
+        assert not list(Path(params.paths.resume).glob("*")), "resume state cleared once training completed"
+
+    assert sorted(p.name for p in Path(params.paths.model).parent.iterdir()) == \
+        ["history.csv", "model.keras", "run.json", "summary.txt"]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'replicas-2' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(params.tracking.experiment).experiment_id])
+    assert [(run.info.status, run.data.tags.get("replicas")) for run in runs] == [("FINISHED", "2")]
+    assert accuracies[1] > 0.8, accuracies
+    assert abs(accuracies[2] - accuracies[1]) <= 0.01, accuracies
+
+
+def test_parallel_jobs_share_the_cores():
+    assert train.thread_share(None, 8) is None  # TensorFlow's default: every core
+    assert train.thread_share("2", 8) == 4
+    assert train.thread_share("3", 2) == 1
+    with pytest.raises(PipelineError, match=r"STAGES_JOBS='two': expected the number of parallel trainings"):
+        train.thread_share("two", 8)
+    with pytest.raises(PipelineError, match=r"STAGES_JOBS='0'"):
+        train.thread_share("0", 8)
