@@ -41,10 +41,39 @@ lint: setup
 bench: setup
 	$(BIN)/python -m benchmarks.benchmark
 
-# Re-pin every dependency after editing pyproject.toml.
+# Re-pin every dependency after editing pyproject.toml. Only what the project and its dev extra require is pinned:
+# an optional extra installed beside them (bench: PyTorch) stays out of the lock.
 lock: setup
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -m pip freeze --all --exclude-editable | grep -v '^pip==' > requirements.lock
+	$(BIN)/python -m pip freeze --all --exclude-editable | grep -v '^pip==' | $(BIN)/python -c "$$REQUIRED_ONLY" > requirements.lock
+
+# stdin: `pip freeze` lines; stdout: those of pyproject's dependencies, its dev extra and what they require, recursively.
+define REQUIRED_ONLY
+import sys, tomllib
+from importlib.metadata import PackageNotFoundError, distribution
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name as canonical
+
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+needed = {"setuptools", "wheel"}
+todo = [Requirement(text) for text in project["dependencies"] + project["optional-dependencies"]["dev"]]
+while todo:
+    requirement = todo.pop()
+    name = canonical(requirement.name)
+    keys = {name} | {(name, extra) for extra in requirement.extras}
+    if keys <= needed:
+        continue
+    needed |= keys
+    try:
+        requires = distribution(name).requires or []
+    except PackageNotFoundError:
+        continue
+    for child in map(Requirement, requires):
+        if child.marker is None or any(child.marker.evaluate({"extra": extra}) for extra in {"", *requirement.extras}):
+            todo.append(child)
+sys.stdout.writelines(line for line in sys.stdin if canonical(line.split("==")[0].split(" @ ")[0].strip()) in needed)
+endef
+export REQUIRED_ONLY
 
 clean:
 	rm -rf $(VENV)

@@ -2,6 +2,7 @@
 
     python -m benchmarks.children stage SPEC.json OUT.json   # the train stage: stages.train.run(params)
     python -m benchmarks.children keras SPEC.json OUT.json   # the tutorials' way: model.fit on numpy arrays, float32
+    python -m benchmarks.children torch SPEC.json OUT.json   # the same preset in plain PyTorch (optional extra)
 
 A separate process per measurement keeps precision policies, op determinism and TensorFlow's thread pools from
 leaking between runs. Both kinds time each epoch the same way, with one callback that runs after every other
@@ -137,7 +138,12 @@ def run_keras(spec: dict) -> dict:
 def main() -> None:
     kind, spec_path, out_path = sys.argv[1:4]
     spec = json.loads(Path(spec_path).read_text())
-    result = {"stage": run_stage, "keras": run_keras}[kind](spec)
+    if kind == "torch":
+        from benchmarks.torch_baseline import run_torch
+
+        result = run_torch(spec)
+    else:
+        result = {"stage": run_stage, "keras": run_keras}[kind](spec)
     result["child_max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     Path(out_path).write_text(json.dumps(result, indent=2) + "\n")
 
