@@ -1,19 +1,8 @@
 """Classify your own images with the trained model: `python -m stages.predict IMAGE [IMAGE ...]`.
 
-Reads PNG, JPEG, BMP, GIF (first frame), WebP and anything else Pillow opens, of any size and mode (grayscale,
-RGB, RGBA, palette, 16-bit), and brings each one to MNIST form the way MNIST itself was made:
-
-1. grayscale; transparent pixels are resolved first: when the visible pixels are all one colour (black strokes on
-   a transparent canvas, the usual export of a drawing app) the alpha channel is the ink; otherwise the image is
-   composited onto white, as image viewers show it;
-2. invert when the background, estimated from the border pixels, is light (dark ink on paper -> light ink on
-   black), subtract the background level and stretch the ink to [0, 1];
-3. crop to the ink's bounding box (pixels above a fraction of the strongest ink);
-4. scale to fit a 20x20 box keeping the aspect ratio (Lanczos, antialiased);
-5. paste into 28x28 so the centre of mass lands on the centre pixel (14, 14), the way MNIST was centred.
-
-For Fashion-MNIST (`--dataset fashion_mnist`) steps 4-5 follow that dataset's own recipe instead: the longest
-edge is scaled to 28 and the item is centred by its bounding box.
+Reads PNG, JPEG, BMP, GIF, WebP and anything else Pillow opens, from clean drawings to photos and scans of paper,
+and brings each one to MNIST form the way MNIST itself was made (see stages/images.py: the paper, its lighting and
+its rules removed, then cropped to the ink, fitted in 20x20 and centred by mass at (14, 14)).
 
 Prints the predicted class with its confidence and the top-k classes per image (`--json`: one JSON object per
 line). `--save-preprocessed DIR` writes the 28x28 images the model saw.
@@ -31,46 +20,19 @@ import argparse
 import json
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from stages.common import PipelineError, atomic_path
+from stages.images import CANVAS_SIZE, MAX_IMAGE_PIXELS, ImageError, load_image, preprocess, to_png_image
 
-# Far above any photo of a digit (a 24-megapixel camera frame is 24 million), far below what would exhaust memory:
-# a crafted PNG of a few kilobytes can claim billions of pixels.
-MAX_IMAGE_PIXELS = 40_000_000
-# Images are shrunk to this long side before float processing: a digit is at most 20 pixels tall in the end, so
-# this keeps even a digit covering a twentieth of a large photo at 50 pixels, and bounds the memory per image.
-WORKING_SIZE = 1024
-# A pixel counts as ink for the bounding box above this fraction of the strongest ink. Low, so the faint rim of a
-# stroke stays inside the box: an MNIST digit then comes back unchanged (at 0.3 half of them lose a rim pixel).
-# Not lower, so JPEG ringing and paper grain do not widen it; on digits drawn 10x larger and saved as PNG, JPEG or
-# WebP, every value from 0.05 to 0.4 agreed with the model on the originals within one percent.
-INK_THRESHOLD = 0.1
-# Strongest ink minus background below this (on a 0-1 scale) means there is nothing to classify.
-MIN_CONTRAST = 0.1
-# Visible pixels whose lightness spreads less than this are one colour: the drawing lives in the alpha channel.
-FLAT_COLOUR_SPREAD = 0.25
-# Share of each side taken as the border when estimating the background.
-BORDER_FRACTION = 0.02
-CANVAS_SIZE = 28
-# How each dataset framed its items in the 28x28 canvas: (box the item is scaled to fit, how it is centred).
-FRAMING = {"mnist": (20, "mass"), "fashion_mnist": (28, "box")}
-# ITU-R 601-2 luma, the weights Pillow's own convert("L") uses.
-LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 DEFAULT_MODEL = Path("models") / "model.keras"
 DEFAULT_DATASET = "mnist"
 
 EXIT_OK, EXIT_BAD_IMAGE, EXIT_BAD_MODEL = 0, 1, 2
-
-
-class ImageError(PipelineError):
-    """One input image cannot be classified; the message says why, without the file name."""
 
 
 class ModelError(PipelineError):
@@ -110,164 +72,6 @@ class Prediction:
         ranked = ", ".join(f"{entry['label']} {entry['probability']:.1%}" for entry in self.top(count))
         confidence = float(self.probabilities[self.predicted])
         return f"{self.file}: {self.class_names[self.predicted]} ({confidence:.1%})  top {count}: {ranked}"
-
-
-def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open and decode an image file, upright per its EXIF orientation; raise ImageError for anything unreadable."""
-    path = Path(path)
-    if not path.exists():
-        raise ImageError("file not found")
-    if path.is_dir():
-        raise ImageError("is a folder, not an image file")
-    # Pillow only warns between its own limit and twice that; an image that large is refused here all the same.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise ImageError(f"{width}x{height} pixels is over the limit of {max_pixels:,} pixels")
-                image.load()
-                return ImageOps.exif_transpose(image)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise ImageError(f"over Pillow's pixel limit, refused as a possible decompression bomb ({error})") from None
-        except UnidentifiedImageError:
-            raise ImageError("not an image Pillow can read (PNG, JPEG, BMP, GIF, WebP, ...)") from None
-        except PermissionError:
-            raise ImageError("permission denied") from None
-        # Pillow's decoders report a damaged file with any of these, depending on the format.
-        except (OSError, ValueError, SyntaxError, EOFError) as error:
-            raise ImageError(f"corrupt or truncated image ({error})") from None
-
-
-def shrink(image: Image.Image, longest_side: int = WORKING_SIZE) -> Image.Image:
-    """A copy no longer than `longest_side` on either side; modes are normalised first so resizing can filter."""
-    if image.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
-        image = image.convert("RGB" if image.mode != "1" else "L")
-    elif image.mode in ("P", "PA"):
-        # Palette resizing is nearest-neighbour only, and the palette may carry transparency.
-        has_alpha = image.mode == "PA" or "transparency" in image.info
-        image = image.convert("RGBA" if has_alpha else "RGB")
-    elif image.mode.startswith("I") or image.mode == "F":
-        image = image.convert("F")
-    if max(image.size) > longest_side:
-        image = image.copy()
-        # thumbnail() premultiplies alpha while filtering, so transparent pixels' colour does not bleed in.
-        image.thumbnail((longest_side, longest_side), Image.Resampling.LANCZOS)
-    return image
-
-
-def image_to_arrays(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-    """Lightness in [0, 1] and alpha in [0, 1], or None for alpha when every pixel is opaque."""
-    if image.mode == "F":
-        # 16- and 32-bit images have no fixed white level: use their own range.
-        values = np.asarray(image, dtype=np.float32)
-        low, high = float(values.min()), float(values.max())
-        return (values - low) / (high - low) if high > low else np.zeros_like(values), None
-    if image.mode in ("LA", "La", "RGBA", "RGBa") or "transparency" in image.info:
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255
-        alpha = rgba[..., 3]
-        return rgba[..., :3] @ LUMA_WEIGHTS, (alpha if alpha.min() < 1 else None)
-    if image.mode == "L":
-        return np.asarray(image, dtype=np.float32) / 255, None
-    return (np.asarray(image.convert("RGB"), dtype=np.float32) / 255) @ LUMA_WEIGHTS, None
-
-
-def resolve_transparency(lightness: np.ndarray, alpha: np.ndarray | None) -> tuple[np.ndarray, bool]:
-    """(array, is_ink): the alpha channel itself when it carries the drawing, else the image composited on white.
-
-    A drawing exported on a transparent canvas has one stroke colour and the shape only in alpha; whether that
-    colour is black or white, compositing would lose the strokes on one of the two backgrounds.
-    """
-    if alpha is None:
-        return lightness, False
-    visible = lightness[alpha >= 0.5]
-    if visible.size == 0:
-        return np.zeros_like(alpha), True
-    low, high = np.percentile(visible, [2, 98])
-    if high - low < FLAT_COLOUR_SPREAD:
-        return alpha, True
-    return lightness * alpha + (1 - alpha), False
-
-
-def border_values(array: np.ndarray) -> np.ndarray:
-    thickness = max(1, round(BORDER_FRACTION * min(array.shape)))
-    return np.concatenate([
-        array[:thickness].ravel(), array[-thickness:].ravel(),
-        array[:, :thickness].ravel(), array[:, -thickness:].ravel(),
-    ])
-
-
-def ink_map(lightness: np.ndarray, alpha: np.ndarray | None = None) -> np.ndarray:
-    """Ink strength in [0, 1]: 0 on the background, 1 on the strongest stroke, whatever the colours were."""
-    array, is_ink = resolve_transparency(lightness, alpha)
-    if not is_ink and np.median(border_values(array)) > 0.5:
-        array = 1 - array
-    # The median ignores strokes that touch the edge; subtracting it turns grey paper into MNIST's pure black.
-    background = float(np.median(border_values(array)))
-    peak = float(array.max())
-    if peak - background < MIN_CONTRAST:
-        raise ImageError("blank image: no ink stands out from the background")
-    return np.clip((array - background) / (peak - background), 0, 1).astype(np.float32)
-
-
-def ink_bounding_box(ink: np.ndarray, threshold: float = INK_THRESHOLD) -> tuple[slice, slice]:
-    strong = ink > threshold * float(ink.max())
-    rows, columns = np.flatnonzero(strong.any(axis=1)), np.flatnonzero(strong.any(axis=0))
-    if rows.size == 0:
-        raise ImageError("blank image: no ink stands out from the background")
-    return slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1)
-
-
-def fit_in_box(ink: np.ndarray, box: int) -> np.ndarray:
-    """Scale so the longest side is `box` pixels, keeping the aspect ratio."""
-    height, width = ink.shape
-    scale = box / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    resized = Image.fromarray(ink.astype(np.float32), mode="F").resize(size, Image.Resampling.LANCZOS)
-    # Lanczos overshoots around sharp edges; MNIST has no values outside [0, 1].
-    return np.clip(np.asarray(resized, dtype=np.float32), 0, 1)
-
-
-def centre_of_mass(array: np.ndarray) -> tuple[float, float]:
-    total = float(array.sum())
-    rows, columns = np.indices(array.shape)
-    return float((rows * array).sum() / total), float((columns * array).sum() / total)
-
-
-def place_on_canvas(patch: np.ndarray, centring: str, size: int = CANVAS_SIZE) -> np.ndarray:
-    """Paste `patch` into a size x size black canvas, centred by its centre of mass ("mass") or its box ("box").
-
-    The shift is in whole pixels, so the patch is never blurred and an MNIST digit lands back where it was; it is
-    clamped so no ink falls off the canvas when a lopsided digit would need more than the 4-pixel margin.
-    """
-    height, width = patch.shape
-    if centring == "mass":
-        row, column = centre_of_mass(patch)
-        top, left = round(size / 2 - row), round(size / 2 - column)
-    else:
-        top, left = (size - height) // 2, (size - width) // 2
-    top, left = min(max(top, 0), size - height), min(max(left, 0), size - width)
-    canvas = np.zeros((size, size), dtype=np.float32)
-    canvas[top:top + height, left:left + width] = patch
-    return canvas
-
-
-def preprocess(image: Image.Image, dataset: str = DEFAULT_DATASET) -> np.ndarray:
-    """An image of any size and mode as the model's input: float32 in [0, 1], shape 28x28x1, light ink on black."""
-    box, centring = FRAMING[dataset]
-    ink = ink_map(*image_to_arrays(shrink(image)))
-    rows, columns = ink_bounding_box(ink)
-    patch = fit_in_box(ink[rows, columns], box)
-    if patch.max() <= 0:
-        raise ImageError("blank image: the ink vanished when scaled down to 28x28")
-    # A thin pen on a big canvas comes out faint once scaled down; MNIST strokes reach full white.
-    patch /= patch.max()
-    return place_on_canvas(patch, centring)[..., np.newaxis]
-
-
-def to_png_image(array: np.ndarray) -> Image.Image:
-    return Image.fromarray(np.round(array[..., 0] * 255).astype(np.uint8), mode="L")
 
 
 def prepare_files(

@@ -97,3 +97,51 @@ def processed_dir(raw_params, tmp_path_factory) -> Path:
     download.run(params)
     preprocess.run(params)
     return Path(params.paths.processed)
+
+
+# --- one small trained model per session, shared by every test that classifies real digits ----------------------
+
+def train_small_model(path: Path) -> Path:
+    """LeNet, 3 epochs of adam on the 8,000 mnist-10k training digits (about 15 s on two cores)."""
+    import keras
+    import numpy as np
+
+    from stages.architectures import build_model, presets
+    from stages.idx import load_images_labels
+
+    digits, labels = load_images_labels(MNIST_10K / "train-images-idx3-ubyte.gz",
+                                        MNIST_10K / "train-labels-idx1-ubyte.gz")
+    keras.utils.set_random_seed(0)
+    model = build_model(presets()["lenet"])
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    model.fit((digits / 255).astype(np.float32)[..., np.newaxis], keras.utils.to_categorical(labels, 10),
+              epochs=3, batch_size=128, verbose=0)
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def test_digits():
+    """The 2,000 test digits of mnist-10k, uint8 28x28 (white on black)."""
+    from stages.idx import read_idx
+
+    return read_idx(MNIST_10K / "t10k-images-idx3-ubyte.gz")
+
+
+@pytest.fixture(scope="session")
+def test_labels():
+    from stages.idx import read_idx
+
+    return read_idx(MNIST_10K / "t10k-labels-idx1-ubyte.gz")
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory) -> Path:
+    return train_small_model(tmp_path_factory.mktemp("model") / "model.keras")
+
+
+@pytest.fixture(scope="session")
+def model(model_path):
+    from stages.predict import load_classifier
+
+    return load_classifier(model_path, 10)

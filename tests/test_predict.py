@@ -23,12 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MNIST_10K
 from PIL import Image
 
-from stages import predict
+from stages import images, predict
 from stages.datasets import class_names
-from stages.idx import load_images_labels, read_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,40 +85,6 @@ def render_files(form: str, digits: np.ndarray, folder: Path) -> list[Path]:
     return paths
 
 
-def train_small_model(path: Path) -> Path:
-    """LeNet, 3 epochs of adam on the 8,000 mnist-10k training digits (about 15 s on two cores)."""
-    import keras
-
-    from stages.architectures import build_model, presets
-
-    images, labels = load_images_labels(MNIST_10K / "train-images-idx3-ubyte.gz",
-                                        MNIST_10K / "train-labels-idx1-ubyte.gz")
-    keras.utils.set_random_seed(0)
-    model = build_model(presets()["lenet"])
-    model.compile(optimizer="adam", loss="categorical_crossentropy")
-    model.fit((images / 255).astype(np.float32)[..., np.newaxis], keras.utils.to_categorical(labels, 10),
-              epochs=3, batch_size=128, verbose=0)
-    model.save(path)
-    return path
-
-
-# --- fixtures ---------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def test_digits() -> np.ndarray:
-    return read_idx(MNIST_10K / "t10k-images-idx3-ubyte.gz")
-
-
-@pytest.fixture(scope="session")
-def model_path(tmp_path_factory) -> Path:
-    return train_small_model(tmp_path_factory.mktemp("model") / "model.keras")
-
-
-@pytest.fixture(scope="session")
-def model(model_path):
-    return predict.load_classifier(model_path, 10)
-
-
 @pytest.fixture
 def digit_file(tmp_path, test_digits) -> Path:
     path = tmp_path / "digit.png"
@@ -151,7 +115,7 @@ def saved(image: Image.Image, format: str = "PNG", **arguments) -> Image.Image:
 def test_an_mnist_digit_comes_back_unchanged(test_digits):
     """MNIST's own procedure made these digits, so applying it again is (nearly) the identity."""
     digits = test_digits[:50]
-    outputs = np.stack([predict.preprocess(Image.fromarray(digit)) for digit in digits])
+    outputs = np.stack([images.preprocess(Image.fromarray(digit)) for digit in digits])
     assert outputs.shape == (50, 28, 28, 1) and outputs.dtype == np.float32
     assert outputs.min() >= 0 and outputs.max() == 1
     # At most one pixel's worth of ink moves: the faintest rim pixels fall below the bounding-box threshold.
@@ -172,8 +136,8 @@ def test_an_mnist_digit_comes_back_unchanged(test_digits):
 ])
 def test_every_colour_scheme_gives_light_ink_on_black(test_digits, image_of):
     digit = test_digits[0]
-    expected = predict.preprocess(Image.fromarray(digit))
-    output = predict.preprocess(image_of(digit))
+    expected = images.preprocess(Image.fromarray(digit))
+    output = images.preprocess(image_of(digit))
     # Grey paper rounds each pixel once more, which can tip the centre of mass by a pixel; JPEG adds its noise.
     assert min(np.abs(output - np.roll(expected, shift, axis=0)).max() for shift in (-1, 0, 1)) < 0.05
 
@@ -184,8 +148,8 @@ def test_transparent_margin_around_a_white_card_counts_as_paper(test_digits):
     card = np.zeros((60, 50, 4), dtype=np.uint8)
     card[16:44, 11:39, :3] = (255 - digit)[..., np.newaxis]
     card[16:44, 11:39, 3] = 255
-    output = predict.preprocess(Image.fromarray(card, mode="RGBA"))
-    assert np.abs(output - predict.preprocess(Image.fromarray(digit))).max() < 0.03
+    output = images.preprocess(Image.fromarray(card, mode="RGBA"))
+    assert np.abs(output - images.preprocess(Image.fromarray(digit))).max() < 0.03
 
 
 def test_exif_orientation_is_applied(tmp_path, test_digits):
@@ -193,29 +157,22 @@ def test_exif_orientation_is_applied(tmp_path, test_digits):
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     on_paper(test_digits[0]).rotate(90, expand=True).save(path, quality=95, exif=exif)
-    output = predict.preprocess(predict.load_image(path))
-    assert np.abs(output - predict.preprocess(Image.fromarray(test_digits[0]))).mean() < 0.01
-
-
-def test_ink_map_removes_the_paper_and_stretches_the_ink():
-    lightness = np.full((40, 40), 0.8, dtype=np.float32)
-    lightness[10:30, 18:22] = 0.3
-    ink = predict.ink_map(lightness)
-    assert ink[0, 0] == 0 and ink[20, 20] == pytest.approx(1)
+    output = images.preprocess(images.load_image(path))
+    assert np.abs(output - images.preprocess(Image.fromarray(test_digits[0]))).mean() < 0.01
 
 
 def test_bounding_box_ignores_faint_noise():
     ink = np.zeros((50, 50), dtype=np.float32)
     ink[10:40, 20:30] = 1.0
     ink[2, 2] = ink[47, 47] = 0.1
-    rows, columns = predict.ink_bounding_box(ink)
+    rows, columns = images.ink_bounding_box(ink)
     assert (rows, columns) == (slice(10, 40), slice(20, 30))
 
 
 @pytest.mark.parametrize(("shape", "box", "expected"), [((100, 50), 20, (20, 10)), ((30, 300), 20, (2, 20)),
                                                         ((7, 5), 20, (20, 14)), ((100, 50), 28, (28, 14))])
 def test_fit_in_box_keeps_the_aspect_ratio(shape, box, expected):
-    patch = predict.fit_in_box(np.ones(shape, dtype=np.float32), box)
+    patch = images.fit_in_box(np.ones(shape, dtype=np.float32), box)
     assert patch.shape == expected and patch.min() >= 0 and patch.max() <= 1
 
 
@@ -223,8 +180,8 @@ def test_centre_of_mass_lands_on_the_centre():
     patch = np.zeros((20, 12), dtype=np.float32)
     patch[:, :3] = 1.0
     patch[15:, :] = 1.0
-    canvas = predict.place_on_canvas(patch, "mass")
-    row, column = predict.centre_of_mass(canvas)
+    canvas = images.place_on_canvas(patch, "mass")
+    row, column = images.centre_of_mass(canvas)
     assert abs(row - 14) <= 0.5 and abs(column - 14) <= 0.5
     assert canvas.sum() == patch.sum()
 
@@ -232,7 +189,7 @@ def test_centre_of_mass_lands_on_the_centre():
 def test_a_lopsided_patch_is_clamped_rather_than_cut():
     patch = np.zeros((20, 20), dtype=np.float32)
     patch[0, 0], patch[19, 19] = 1.0, 0.01
-    canvas = predict.place_on_canvas(patch, "mass")
+    canvas = images.place_on_canvas(patch, "mass")
     # The centre of mass asks for a 14-pixel shift; 8 is the most that keeps the far corner on the canvas.
     assert canvas[8, 8] == 1.0 and canvas[27, 27] == pytest.approx(0.01)
 
@@ -241,7 +198,7 @@ def test_fashion_items_fill_the_canvas_centred_by_their_box():
     image = Image.new("L", (300, 200), 255)
     image.paste(0, (100, 50, 200, 150))
     image.paste(0, (100, 150, 140, 170))
-    output = predict.preprocess(image, "fashion_mnist")[..., 0]
+    output = images.preprocess(image, "fashion_mnist")[..., 0]
     rows, columns = np.flatnonzero(output.any(axis=1)), np.flatnonzero(output.any(axis=0))
     assert rows[-1] - rows[0] + 1 == 28
     assert abs(columns[0] - (27 - columns[-1])) <= 1 and columns[-1] - columns[0] + 1 == 23
@@ -250,8 +207,8 @@ def test_fashion_items_fill_the_canvas_centred_by_their_box():
 def test_large_images_are_shrunk_before_processing():
     image = Image.new("L", (3000, 2000), 255)
     image.paste(0, (1400, 600, 1600, 1400))
-    assert max(predict.shrink(image).size) == predict.WORKING_SIZE
-    output = predict.preprocess(image)[..., 0]
+    assert max(images.shrink(image).size) == images.WORKING_SIZE
+    output = images.preprocess(image)[..., 0]
     assert np.flatnonzero(output.any(axis=1)).size == 20
 
 
@@ -262,8 +219,8 @@ def test_large_images_are_shrunk_before_processing():
     pytest.param(Image.effect_noise((50, 50), 1).point(lambda value: 200 + value // 64), id="paper-grain"),
 ])
 def test_blank_images_are_refused(image):
-    with pytest.raises(predict.ImageError, match="blank image"):
-        predict.preprocess(image)
+    with pytest.raises(images.ImageError, match="blank image"):
+        images.preprocess(image)
 
 
 def test_load_image_messages(tmp_path):
@@ -275,8 +232,8 @@ def test_load_image_messages(tmp_path):
     expectations = {"missing.png": "file not found", "notes.png": "not an image", "cut.png": "corrupt or truncated",
                     "big.png": "over the limit of 9,999 pixels", ".": "is a folder"}
     for name, message in expectations.items():
-        with pytest.raises(predict.ImageError, match=message):
-            predict.load_image(tmp_path / name, max_pixels=9_999)
+        with pytest.raises(images.ImageError, match=message):
+            images.load_image(tmp_path / name, max_pixels=9_999)
 
 
 @pytest.mark.parametrize("pillow_limit", [6_000, 4_000], ids=["warning", "error"])
@@ -284,8 +241,8 @@ def test_pillow_decompression_bomb_checks_become_errors(tmp_path, monkeypatch, p
     """Pillow warns between its limit and twice that, and raises beyond: both refuse the file."""
     Image.new("L", (100, 100)).save(tmp_path / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pillow_limit)
-    with pytest.raises(predict.ImageError, match="decompression bomb"):
-        predict.load_image(tmp_path / "bomb.png", max_pixels=10**9)
+    with pytest.raises(images.ImageError, match="decompression bomb"):
+        images.load_image(tmp_path / "bomb.png", max_pixels=10**9)
 
 
 def test_preprocessed_names_never_collide():
@@ -397,7 +354,7 @@ def test_save_preprocessed_writes_what_the_model_saw(tmp_path, test_digits, mode
     for path in paths:
         written = Image.open(out / f"{path.stem}-28x28.png")
         assert written.size == (28, 28) and written.mode == "L"
-        fed = predict.preprocess(predict.load_image(path))
+        fed = images.preprocess(images.load_image(path))
         assert np.array_equal(np.asarray(written), np.round(fed[..., 0] * 255).astype(np.uint8))
     assert len(capsys.readouterr().out.splitlines()) == 3
 

@@ -1,0 +1,183 @@
+"""Real MNIST test digits rendered the ways people capture handwriting: photos and scans of paper, whole numbers.
+
+Every form starts from a digit of mnist-10k (white on black, 28x28), enlarged and laid on a page with Pillow and
+NumPy; what the form adds (grey grainy paper, a lighting gradient, a shadow, faint pencil, a thick marker, a small
+digit on a large page, a few degrees of rotation, ruled or squared paper) is the only difference from the original.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+INK = 0.12  # lightness of pen ink on white paper
+
+
+def enlarged(digit: np.ndarray, height: int) -> np.ndarray:
+    """Ink coverage in [0, 1] of the 28x28 digit drawn `height` pixels tall (28 -> height, bicubic)."""
+    size = max(28, round(height))
+    image = Image.fromarray(digit).resize((size, size), Image.Resampling.BICUBIC)
+    return np.clip(np.asarray(image, dtype=np.float32) / 255, 0, 1)
+
+
+def paste_ink(page: np.ndarray, coverage: np.ndarray, top: int, left: int, ink: float | np.ndarray = INK) -> None:
+    """Lay ink on the page (lightness), in place: each pixel mixes paper and ink by the coverage."""
+    height, width = coverage.shape
+    region = page[top:top + height, left:left + width]
+    region[...] = region * (1 - coverage) + ink * coverage
+
+
+def grain(rng: np.random.Generator, shape: tuple[int, int], sigma: float, blotches: float = 0.0) -> np.ndarray:
+    """Paper texture: pixel noise plus, optionally, soft blotches a few percent of the page wide."""
+    noise = rng.normal(0, sigma, shape).astype(np.float32)
+    if blotches:
+        coarse = rng.normal(0, 1, (max(2, shape[0] // 16), max(2, shape[1] // 16))).astype(np.float32)
+        smooth = Image.fromarray(coarse, mode="F").resize((shape[1], shape[0]), Image.Resampling.BICUBIC)
+        noise += blotches * np.asarray(smooth, dtype=np.float32)
+    return noise
+
+
+def as_photo(page: np.ndarray, format: str = "JPEG", quality: int = 85) -> Image.Image:
+    """The page lightness as a decoded 8-bit file, the way the reader sees it."""
+    image = Image.fromarray(np.round(np.clip(page, 0, 1) * 255).astype(np.uint8), mode="L")
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **({"quality": quality} if format == "JPEG" else {}))
+    buffer.seek(0)
+    return Image.open(buffer)
+
+
+def digit_on_page(digit, rng, *, size=(480, 360), height=120, paper=0.93, ink=INK, place="centre") -> np.ndarray:
+    page = np.full((size[1], size[0]), paper, dtype=np.float32)
+    coverage = enlarged(digit, height)
+    if place == "centre":
+        top, left = (size[1] - coverage.shape[0]) // 2, (size[0] - coverage.shape[1]) // 2
+    else:
+        top = int(rng.integers(0, size[1] - coverage.shape[0]))
+        left = int(rng.integers(0, size[0] - coverage.shape[1]))
+    paste_ink(page, coverage, top, left, ink)
+    return page
+
+
+def grey_noisy_paper(digit, rng):
+    page = digit_on_page(digit, rng, paper=float(rng.uniform(0.55, 0.75)), ink=0.08, place="random")
+    return as_photo(page + grain(rng, page.shape, 0.05, blotches=0.04), quality=75)
+
+
+def lighting_gradient(digit, rng):
+    page = digit_on_page(digit, rng, place="random")
+    rows, columns = np.indices(page.shape, dtype=np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    along = (np.cos(angle) * columns + np.sin(angle) * rows) / max(page.shape)
+    light = 1 - 0.45 * (along - along.min()) / (along.max() - along.min())  # full light to 55% across the page
+    return as_photo(page * light + grain(rng, page.shape, 0.015))
+
+
+def shadow(digit, rng):
+    page = digit_on_page(digit, rng)
+    rows, columns = np.indices(page.shape, dtype=np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    # A soft-edged shadow (a hand, a phone) whose edge runs near the digit's centre.
+    side = np.cos(angle) * (columns - page.shape[1] / 2) + np.sin(angle) * (rows - page.shape[0] / 2)
+    side += rng.uniform(-30, 30)
+    darkness = 0.4 / (1 + np.exp(-side / 12))
+    return as_photo(page * (1 - darkness) + grain(rng, page.shape, 0.015))
+
+
+def faint_pencil(digit, rng):
+    page = digit_on_page(digit, rng, ink=float(rng.uniform(0.65, 0.75)), place="random")
+    return as_photo(page + grain(rng, page.shape, 0.02), quality=90)
+
+
+def thick_marker(digit, rng):
+    # Strokes half again as wide as the digit's own (about 12 pixels at this size): spread by a 7x7 maximum.
+    page = np.full((360, 480), 0.93, dtype=np.float32)
+    coverage = np.asarray(Image.fromarray(enlarged(digit, 120), mode="F").filter(ImageFilter.MaxFilter(7)))
+    paste_ink(page, coverage, 120, 180, ink=0.02)
+    return as_photo(page + grain(rng, page.shape, 0.01))
+
+
+def small_on_large_page(digit, rng):
+    page = digit_on_page(digit, rng, size=(1600, 1200), height=int(rng.integers(60, 90)), place="random")
+    return as_photo(page + grain(rng, page.shape, 0.02))
+
+
+def rotated(digit, rng):
+    page = digit_on_page(digit, rng)
+    image = Image.fromarray(np.round(page * 255).astype(np.uint8), mode="L")
+    turned = image.rotate(float(rng.choice([-1, 1]) * rng.uniform(3, 6)), Image.Resampling.BICUBIC, fillcolor=237)
+    return as_photo(np.asarray(turned, dtype=np.float32) / 255 + grain(rng, page.shape, 0.015))
+
+
+def ruled(page: np.ndarray, rng: np.random.Generator, spacing: float, vertical: bool, lightness: float) -> None:
+    """Draw notebook rules, 2 pixels wide, every `spacing` pixels, in place."""
+    offset = rng.uniform(0, spacing)
+    for position in np.arange(offset, page.shape[0], spacing).astype(int):
+        page[position:position + 2] = np.minimum(page[position:position + 2], lightness)
+    if vertical:
+        for position in np.arange(offset, page.shape[1], spacing).astype(int):
+            page[:, position:position + 2] = np.minimum(page[:, position:position + 2], lightness)
+
+
+def on_rules(digit, rng, vertical: bool):
+    page = np.full((360, 480), 0.93, dtype=np.float32)
+    height = 120
+    ruled(page, rng, spacing=height * (0.33 if vertical else 0.6), vertical=vertical, lightness=0.62)
+    coverage = enlarged(digit, height)
+    top = int(rng.integers(0, 360 - height))
+    left = int(rng.integers(0, 480 - height))
+    paste_ink(page, coverage, top, left)
+    return as_photo(page + grain(rng, page.shape, 0.015))
+
+
+# form -> renderer(digit, rng) returning the decoded image
+FORMS = {
+    "grey_noisy_paper": grey_noisy_paper,
+    "lighting_gradient": lighting_gradient,
+    "shadow": shadow,
+    "faint_pencil": faint_pencil,
+    "thick_marker": thick_marker,
+    "small_on_large_page": small_on_large_page,
+    "rotated": rotated,
+    "ruled_paper": lambda digit, rng: on_rules(digit, rng, vertical=False),
+    "squared_paper": lambda digit, rng: on_rules(digit, rng, vertical=True),
+}
+
+
+# --- numbers ----------------------------------------------------------------------------------------------------
+
+def ink_box(coverage: np.ndarray, threshold: float = 0.05) -> tuple[int, int, int, int]:
+    rows, columns = np.flatnonzero((coverage > threshold).any(axis=1)), np.flatnonzero((coverage > threshold).any(axis=0))
+    return int(rows[0]), int(columns[0]), int(rows[-1]) + 1, int(columns[-1]) + 1
+
+
+def written_number(digits: list[np.ndarray], rng: np.random.Generator) -> tuple[Image.Image, list[tuple]]:
+    """Digits written side by side on paper: unequal heights, a wavy baseline, spacing from slight box overlap to a
+    gap; the ink of two digits never touches (a pixel of paper at least between them). Returns the photo and each
+    digit's ink box (x, y, width, height)."""
+    height = 90
+    pieces = []
+    for digit in digits:
+        coverage = enlarged(digit, height * rng.uniform(0.8, 1.2))
+        top, left, bottom, right = ink_box(coverage)
+        pieces.append(coverage[top:bottom, left:right])
+    width = sum(piece.shape[1] for piece in pieces) + 60 * len(pieces) + 120
+    canvas = np.zeros((int(height * 1.6) + 80, width), dtype=np.float32)
+    boxes, x = [], 60
+    for piece in pieces:
+        y = int(canvas.shape[0] / 2 - piece.shape[0] / 2 + rng.uniform(-8, 8))
+        gap = int(round(rng.uniform(-0.15, 0.35) * height * 0.6))
+        start = max(60, x + gap) if boxes else x
+        # Move right until the new ink keeps one pixel of paper from the ink already laid (8-neighbourhood).
+        while True:
+            grown = np.asarray(Image.fromarray(canvas).filter(ImageFilter.MaxFilter(5)))
+            if not (grown[y:y + piece.shape[0], start:start + piece.shape[1]] > 0.05).__and__(piece > 0.05).any():
+                break
+            start += 1
+        canvas[y:y + piece.shape[0], start:start + piece.shape[1]] = np.maximum(
+            canvas[y:y + piece.shape[0], start:start + piece.shape[1]], piece)
+        boxes.append((start, y, piece.shape[1], piece.shape[0]))
+        x = start + piece.shape[1]
+    page = 0.93 * (1 - canvas) + INK * canvas
+    return as_photo(page + grain(rng, page.shape, 0.015)), boxes

@@ -1,0 +1,158 @@
+"""Tests of stages.images on photos and scans of paper, and on whole numbers.
+
+The oracle is the model itself on the original digits: each digit of mnist-10k, rendered the way people capture
+handwriting (tests/handwriting.py), must be classified about as well as the original 28x28 array. The model is
+the session's small LeNet (conftest.py). `pytest tests/test_images.py -s -k "forms or numbers"` prints the
+accuracy per form and the exact-number accuracy (IMAGES_FORM_DIGITS=<n> for another digit count than 200).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from handwriting import FORMS, as_photo, ruled, written_number
+from PIL import Image
+
+from stages import images
+from stages.predict import predict_arrays
+
+FORM_DIGITS = int(os.environ.get("IMAGES_FORM_DIGITS", "200"))
+MAX_ACCURACY_LOSS = 0.02
+NUMBERS = 50
+
+
+def page(height: int = 300, width: int = 400, paper: float = 0.9) -> np.ndarray:
+    return np.full((height, width), paper, dtype=np.float32)
+
+
+def bar(array: np.ndarray, top: int, left: int, height: int, width: int, lightness: float = 0.1) -> None:
+    array[top:top + height, left:left + width] = lightness
+
+
+def assert_just_the_bar(ink: images.Ink, height: int, width: int) -> None:
+    """The ink is cropped to the bar, its blurred edge and a 2-pixel rim: nothing else on the page was kept."""
+    assert height + 2 <= ink.strength.shape[0] <= height + 6 and width + 2 <= ink.strength.shape[1] <= width + 6
+
+
+# --- finding the ink --------------------------------------------------------------------------------------------
+
+def test_grey_paper_under_a_lighting_gradient_goes_to_zero():
+    lightness = page() * np.linspace(1.0, 0.55, 400, dtype=np.float32)  # lamp on the left
+    bar(lightness, 100, 300, 100, 12, lightness=0.08)  # a 1 in the dark half
+    ink = images.find_ink(as_photo(lightness, "PNG"))
+    assert_just_the_bar(ink, 100, 12)
+    assert ink.strength.max() == 1 and ink.strength[:, :2].max() < 0.1
+
+
+def test_a_speck_far_from_the_digit_is_ignored():
+    lightness = page()
+    bar(lightness, 100, 100, 80, 10)
+    bar(lightness, 10, 380, 6, 6)  # dirt in the corner
+    assert_just_the_bar(images.find_ink(as_photo(lightness, "PNG")), 80, 10)
+
+
+def test_rules_of_notebook_paper_are_erased_but_the_digit_crossing_them_is_not():
+    lightness = page()
+    ruled(lightness, np.random.default_rng(0), spacing=40, vertical=True, lightness=0.6)
+    bar(lightness, 95, 200, 110, 10)
+    ink = images.find_ink(as_photo(lightness, "PNG"))
+    assert_just_the_bar(ink, 110, 10)
+    # Where the bar crosses a rule its pixels stay ink: the bar is one mark, top to bottom.
+    middle = ink.strength.shape[1] // 2
+    assert len(ink.marks) == 1 and (ink.strength[4:-4, middle - 2:middle + 2] > 0.5).all()
+
+
+def test_one_long_stroke_is_not_a_rule():
+    lightness = page()
+    bar(lightness, 20, 100, 260, 10)  # a tall 1, as long as the page
+    assert_just_the_bar(images.find_ink(as_photo(lightness, "PNG")), 260, 10)
+
+
+@pytest.mark.parametrize("lightness", [
+    pytest.param(page() + np.random.default_rng(0).normal(0, 0.05, (300, 400)).astype(np.float32), id="grainy-paper"),
+    pytest.param(page() * np.linspace(1.0, 0.5, 400, dtype=np.float32), id="gradient"),
+    pytest.param(np.pad(page(200, 300), 50, constant_values=0.3), id="dark-margin-round-the-paper"),
+])
+def test_blank_pages_are_refused(lightness):
+    with pytest.raises(images.ImageError, match="blank image"):
+        print(images.find_ink(as_photo(lightness, "PNG")).strength.shape)
+
+
+# --- numbers ----------------------------------------------------------------------------------------------------
+
+def test_a_digit_in_two_strokes_stays_one_digit():
+    lightness = page()
+    bar(lightness, 100, 100, 8, 50)  # a 5's flag, not touching its body
+    bar(lightness, 112, 100, 40, 8)
+    bar(lightness, 150, 100, 8, 45)
+    bar(lightness, 150, 140, 50, 8)
+    bar(lightness, 100, 220, 100, 10)  # then a 1
+    digits = images.split_number(as_photo(lightness, "PNG"))
+    # Boxes hold the strokes' blurred edge: a pixel more each side.
+    assert len(digits) == 2
+    for digit, expected in zip(digits, [(100, 100, 50, 100), (220, 100, 10, 100)], strict=True):
+        assert np.abs(np.subtract(digit.box, expected)).max() <= 2
+    assert all(digit.array.shape == (28, 28, 1) for digit in digits)
+
+
+def test_boxes_are_in_the_original_image_pixels():
+    lightness = page(1500, 2000)
+    bar(lightness, 600, 400, 300, 40)
+    bar(lightness, 600, 800, 300, 40)
+    boxes = [digit.box for digit in images.split_number(as_photo(lightness, "PNG"))]
+    assert len(boxes) == 2
+    # Found at half size (the working size is 1024), so the blurred edge is two pixels a side here.
+    for box, expected in zip(boxes, [(400, 600, 40, 300), (800, 600, 40, 300)], strict=True):
+        assert np.abs(np.subtract(box, expected)).max() <= 6
+
+
+# --- real digits, rendered: accuracy against the originals -----------------------------------------------------
+
+@pytest.fixture(scope="session")
+def clean_accuracy(model, test_digits, test_labels) -> float:
+    """The model's accuracy on the original 28x28 arrays of the digits every form renders."""
+    arrays = list((test_digits[:FORM_DIGITS] / 255).astype(np.float32)[..., np.newaxis])
+    return float(np.mean(predict_arrays(model, arrays).argmax(axis=1) == test_labels[:FORM_DIGITS]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", list(FORMS))
+def test_forms_of_paper_keep_the_accuracy(form, model, test_digits, test_labels, clean_accuracy):
+    rng = np.random.default_rng(0)
+    arrays = [images.preprocess(FORMS[form](digit, rng)) for digit in test_digits[:FORM_DIGITS]]
+    accuracy = float(np.mean(predict_arrays(model, arrays).argmax(axis=1) == test_labels[:FORM_DIGITS]))
+    print(f"\naccuracy {form:20s} {accuracy:6.1%} (originals {clean_accuracy:.1%}) on {FORM_DIGITS} digits")
+    assert accuracy >= clean_accuracy - MAX_ACCURACY_LOSS
+
+
+@pytest.mark.slow
+def test_written_numbers_are_read_digit_by_digit(model, test_digits, test_labels, clean_accuracy):
+    rng = np.random.default_rng(1)
+    exact, expected, found = 0, [], 0
+    for _ in range(NUMBERS):
+        length = int(rng.integers(2, 7))
+        chosen = rng.choice(FORM_DIGITS, size=length, replace=False)
+        photo, boxes = written_number(list(test_digits[chosen]), rng)
+        digits = images.split_number(photo)
+        found += len(digits) == length
+        if len(digits) == length:
+            read = predict_arrays(model, [digit.array for digit in digits]).argmax(axis=1)
+            exact += bool(np.array_equal(read, test_labels[chosen]))
+            for digit, box in zip(digits, boxes, strict=True):
+                assert np.abs(np.subtract(digit.box, box)).max() <= 4
+        expected.append(clean_accuracy ** length)
+    bound = 0.9 * float(np.mean(expected))
+    print(f"\nnumbers: {exact}/{NUMBERS} read exactly ({exact / NUMBERS:.0%}); split right {found}/{NUMBERS}; "
+          f"digit accuracy {clean_accuracy:.1%} predicts {np.mean(expected):.0%}, bound {bound:.0%}")
+    assert exact / NUMBERS >= bound
+
+
+def test_save_a_rendered_form(tmp_path, test_digits):
+    """Every form renders a decodable image with the digit in it (a quick check that needs no model)."""
+    rng = np.random.default_rng(0)
+    for form, render in FORMS.items():
+        image = render(test_digits[0], rng)
+        assert isinstance(image, Image.Image) and min(image.size) >= 300, form
+        assert images.preprocess(image).max() == 1
