@@ -216,7 +216,9 @@ def paper_level(array: np.ndarray) -> np.ndarray | float:
     shape = tuple(max(1, round(side * PAPER_SIZE / max(array.shape))) for side in array.shape)
     small = resized(array, shape, Image.Resampling.BOX)
     radius = max(1, round(PAPER_DISK * PAPER_SIZE))
-    paper = filters.gaussian(morphology.opening(small, morphology.disk(radius)), sigma=radius / 2)
+    # The disk as a sequence of small footprints: the same opening, several times faster.
+    disk = morphology.disk(radius, decomposition="sequence")
+    paper = filters.gaussian(morphology.opening(small, disk), sigma=radius / 2)
     return resized(paper, array.shape, Image.Resampling.BILINEAR)
 
 
@@ -284,7 +286,7 @@ class Ink:
 
 def find_ink(image: Image.Image, reach: float = DIGIT_REACH) -> Ink:
     """The ink of an image: paper, grain, lighting and rules removed; specks and far-away marks dropped."""
-    from skimage import filters, measure, morphology, segmentation
+    from skimage import filters, measure, morphology
 
     working = shrink(image)
     array = light_on_dark(*image_to_arrays(working))
@@ -328,8 +330,9 @@ def find_ink(image: Image.Image, reach: float = DIGIT_REACH) -> Ink:
     right = max(mark.bbox[3] for mark in marks) + rim
     labels, ink = labels[top:bottom, left:right], ink[top:bottom, left:right]
     kept = np.isin(labels, [mark.label for mark in marks])
-    # The rim of a stroke (antialiasing, a soft pencil edge) is ink too: each mark takes the pixels next to it.
-    labels = segmentation.expand_labels(np.where(kept, labels, 0), distance=rim)
+    # The rim of a stroke (antialiasing, a soft pencil edge) is ink too: each mark takes the pixels next to it
+    # (where the rims of two marks meet, the higher label takes the pixel).
+    labels = morphology.dilation(np.where(kept, labels, 0), morphology.disk(rim))
     if small:
         ink = ink / max(float(ink[kept].max()), 1e-6)
     else:

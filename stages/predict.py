@@ -7,6 +7,10 @@ its rules removed, then cropped to the ink, fitted in 20x20 and centred by mass 
 Prints the predicted class with its confidence and the top-k classes per image (`--json`: one JSON object per
 line). `--save-preprocessed DIR` writes the 28x28 images the model saw.
 
+`--number` reads each image as a written number: its digits left to right, each with its probability (`--json`
+adds each digit's box in the image's pixels). `--serve` serves a page to draw digits and numbers on
+(stages/drawing_page.py) at http://127.0.0.1:8000 instead (`--port` for another port).
+
 The model defaults to `paths.model` and the class names to `data.dataset`, both from params.yaml
 in the working directory (`models/model.keras` and MNIST when there is none).
 
@@ -27,7 +31,15 @@ from pathlib import Path
 import numpy as np
 
 from stages.common import PipelineError, atomic_path
-from stages.images import CANVAS_SIZE, MAX_IMAGE_PIXELS, ImageError, load_image, preprocess, to_png_image
+from stages.images import (
+    CANVAS_SIZE,
+    MAX_IMAGE_PIXELS,
+    ImageError,
+    load_image,
+    preprocess,
+    split_number,
+    to_png_image,
+)
 
 DEFAULT_MODEL = Path("models") / "model.keras"
 DEFAULT_DATASET = "mnist"
@@ -163,6 +175,64 @@ def predict_files(
     return predictions, failed
 
 
+# eq=False: a reading holds arrays.
+@dataclass(frozen=True, eq=False)
+class NumberReading:
+    """A written number: one Prediction per digit, left to right, and each digit's box (x, y, width, height)."""
+
+    file: str
+    digits: list[Prediction]
+    boxes: list[tuple[int, int, int, int]]
+
+    @property
+    def number(self) -> str:
+        return "".join(digit.class_names[digit.predicted] for digit in self.digits)
+
+    def as_json(self, count: int) -> dict:
+        digits = []
+        for digit, (x, y, width, height) in zip(self.digits, self.boxes, strict=True):
+            record = digit.as_json(count)
+            del record["file"]
+            digits.append({**record, "box": {"x": x, "y": y, "width": width, "height": height}})
+        return {"file": self.file, "number": self.number, "digits": digits}
+
+    def as_text(self, count: int) -> str:
+        ranked = ", ".join(
+            f"{digit.class_names[digit.predicted]} {float(digit.probabilities[digit.predicted]):.1%}"
+            for digit in self.digits)
+        return f"{self.file}: {self.number}  ({ranked})"
+
+
+def read_number_files(
+    paths: Sequence[str | os.PathLike],
+    model,
+    class_names: list[str],
+    dataset: str = DEFAULT_DATASET,
+    save_dir: str | os.PathLike | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> tuple[list[NumberReading], list[tuple[str, str]]]:
+    """`--number`: each image's digits, left to right, and (file, reason) for the images that cannot be read."""
+    found, failed = [], []
+    for path in paths:
+        try:
+            found.append((str(path), split_number(load_image(path, max_pixels), dataset)))
+        except ImageError as error:
+            failed.append((str(path), str(error)))
+    # Each digit is saved as <stem>-<position>-28x28.png.
+    prepared = [(f"{Path(file).with_suffix('')}-{position}", digit.array)
+                for file, digits in found for position, digit in enumerate(digits, start=1)]
+    if save_dir is not None and prepared:
+        save_preprocessed(prepared, save_dir)
+    if not prepared:
+        return [], failed
+    rows = iter(predict_arrays(model, [array for _, array in prepared]))
+    readings = [
+        NumberReading(file, [Prediction(file, next(rows), class_names) for _ in digits], [d.box for d in digits])
+        for file, digits in found
+    ]
+    return readings, failed
+
+
 def defaults_from_params(params_path: str | os.PathLike = "params.yaml") -> tuple[Path, str]:
     """(model path, dataset) from params.yaml, or the shipped defaults when it is absent or invalid."""
     if not Path(params_path).is_file():
@@ -187,7 +257,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Classify image files (your own handwriting, photos, drawings) with the trained model.",
         epilog="Exit codes: 0 all predicted; 1 some image could not be read; 2 model missing or unusable.",
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP, GIF or WebP files")
+    parser.add_argument("images", nargs="*", metavar="IMAGE", help="PNG, JPEG, BMP, GIF or WebP files")
     parser.add_argument("--model", type=Path, default=None,
                         help="the .keras model (default: paths.model from params.yaml)")
     parser.add_argument("--top", type=int, default=3, help="how many of the most likely classes to list (default 3)")
@@ -196,7 +266,14 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="write the 28x28 images the model saw into DIR")
     parser.add_argument("--dataset", choices=sorted(CLASS_NAMES),
                         help="whose class names and framing to use (default: data.dataset from params.yaml)")
+    parser.add_argument("--number", action="store_true",
+                        help="read each image as a written number: its digits left to right")
+    parser.add_argument("--serve", action="store_true",
+                        help="serve a page to draw digits and numbers on, at http://127.0.0.1:PORT")
+    parser.add_argument("--port", type=int, default=8000, help="the drawing page's port (default 8000)")
     arguments = parser.parse_args(argv)
+    if arguments.serve == bool(arguments.images):
+        parser.error("give IMAGE files to classify, or --serve for the drawing page (not both)")
     if not 1 <= arguments.top <= len(CLASS_NAMES[arguments.dataset or DEFAULT_DATASET]):
         parser.error(f"--top must be between 1 and the number of classes, got {arguments.top}")
     return arguments
@@ -216,9 +293,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             arguments.dataset = arguments.dataset or default_dataset
         names = class_names(arguments.dataset)
         model = load_classifier(arguments.model, len(names))
-        predictions, failed = predict_files(
-            arguments.images, model, names, arguments.dataset, arguments.save_preprocessed
-        )
+        if arguments.serve:
+            from stages import drawing_page
+
+            drawing_page.serve(model, names, arguments.dataset, arguments.port)
+            return EXIT_OK
+        read = read_number_files if arguments.number else predict_files
+        predictions, failed = read(arguments.images, model, names, arguments.dataset, arguments.save_preprocessed)
     except ModelError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_MODEL

@@ -181,3 +181,50 @@ def written_number(digits: list[np.ndarray], rng: np.random.Generator) -> tuple[
         x = start + piece.shape[1]
     page = 0.93 * (1 - canvas) + INK * canvas
     return as_photo(page + grain(rng, page.shape, 0.015)), boxes
+
+
+# --- strokes: a digit as a pen would draw it -----------------------------------------------------------------------
+
+def pen_strokes(digit: np.ndarray) -> list[list[tuple[float, float]]]:
+    """The digit's skeleton as pen strokes in 28x28 pixel coordinates (x, y of pixel centres), each a polyline.
+
+    Walks the skeleton from its ends: every pixel is drawn once, a branch point starts a new stroke.
+    """
+    from skimage.morphology import skeletonize
+
+    skeleton = skeletonize(digit > 100)
+    left = {(int(row), int(column)) for row, column in zip(*np.nonzero(skeleton), strict=True)}
+
+    def neighbours(pixel):
+        row, column = pixel
+        around = [(row + dr, column + dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc]
+        # Straight neighbours first, so a walk does not cut corners it will have to come back for.
+        return sorted((p for p in around if p in left), key=lambda p: abs(p[0] - row) + abs(p[1] - column))
+
+    strokes = []
+    while left:
+        ends = [pixel for pixel in left if len(neighbours(pixel)) <= 1]
+        pixel = min(ends or left)
+        stroke = [pixel]
+        left.discard(pixel)
+        while nexts := neighbours(pixel):
+            pixel = nexts[0]
+            stroke.append(pixel)
+            left.discard(pixel)
+        strokes.append([(column + 0.5, row + 0.5) for row, column in stroke])
+    return strokes
+
+
+def drawn(strokes, scale: float, width: int, size: int = 280, offset: tuple[float, float] = (0, 0)) -> Image.Image:
+    """The strokes drawn black on a white canvas, the way the drawing page's canvas draws them."""
+    from PIL import ImageDraw
+
+    canvas = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(canvas)
+    for stroke in strokes:
+        points = [(offset[0] + x * scale, offset[1] + y * scale) for x, y in stroke]
+        for x, y in points:
+            draw.ellipse((x - width / 2, y - width / 2, x + width / 2, y + width / 2), fill="black")
+        if len(points) > 1:
+            draw.line(points, fill="black", width=width)
+    return canvas

@@ -359,6 +359,67 @@ def test_save_preprocessed_writes_what_the_model_saw(tmp_path, test_digits, mode
     assert len(capsys.readouterr().out.splitlines()) == 3
 
 
+@pytest.fixture
+def number_file(tmp_path, test_digits, model) -> tuple[Path, str]:
+    """A photo of a number written with four test digits, and the number the model reads in the original digits."""
+    from handwriting import written_number
+
+    digits = test_digits[:4]
+    photo, _ = written_number(list(digits), np.random.default_rng(3))
+    path = tmp_path / "number.jpg"
+    photo.save(path)
+    expected = predict.predict_arrays(model, list(as_input(digits))).argmax(axis=1)
+    return path, "".join(map(str, expected))
+
+
+@pytest.mark.slow
+def test_number_text_output(number_file, model_path, capsys):
+    path, number = number_file
+    assert predict.main([str(path), "--number", "--model", str(model_path)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{path}: {number}  (") and line.count("%") == len(number)
+
+
+@pytest.mark.slow
+def test_number_json_has_boxes_left_to_right(number_file, model_path, capsys, tmp_path):
+    path, number = number_file
+    out = tmp_path / "seen"
+    arguments = [str(path), "--number", "--json", "--model", str(model_path), "--save-preprocessed", str(out)]
+    assert predict.main(arguments) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["file"] == str(path) and record["number"] == number
+    boxes = [digit["box"] for digit in record["digits"]]
+    assert [box["x"] for box in boxes] == sorted(box["x"] for box in boxes)
+    assert [digit["label"] for digit in record["digits"]] == list(number)
+    written = sorted(out.iterdir())
+    assert [file.name for file in written] == [f"number-{position}-28x28.png" for position in range(1, 5)]
+    assert all(Image.open(file).size == (28, 28) for file in written)
+
+
+@pytest.mark.slow
+def test_number_bad_inputs_one_line_each(tmp_path, number_file, model_path, capsys):
+    path, number = number_file
+    (tmp_path / "notes.jpg").write_text("not an image")
+    Image.new("L", (400, 300), 235).save(tmp_path / "blank.png")
+    Image.new("1", (8000, 6000)).save(tmp_path / "huge.png")
+    files = [tmp_path / name for name in ("notes.jpg", "blank.png", "huge.png")]
+    assert predict.main([*map(str, files), str(path), "--number", "--model", str(model_path)]) == 1
+    output = capsys.readouterr()
+    assert output.out.strip().startswith(f"{path}: {number}")
+    errors = output.err.strip().splitlines()
+    assert len(errors) == 3
+    for error, file, message in zip(errors, files, ["not an image", "blank image", "over the limit"], strict=True):
+        assert error.startswith(f"error: {file}: ") and message in error
+
+
+def test_serve_and_files_are_exclusive(capsys):
+    for arguments in ([], ["digit.png", "--serve"]):
+        with pytest.raises(SystemExit) as exit_info:
+            predict.main(arguments)
+        assert exit_info.value.code == 2
+    assert "give IMAGE files to classify, or --serve" in capsys.readouterr().err
+
+
 def test_missing_model_says_run_dvc_repro(digit_file, tmp_path, capsys):
     assert predict.main([str(digit_file), "--model", str(tmp_path / "model.keras")]) == 2
     output = capsys.readouterr()
