@@ -14,13 +14,15 @@ Measures, in one run on the machine it runs on, and writes reports/benchmark.md 
   wall time per stage, the part that is not training, the test accuracy reached, which processes loaded TensorFlow;
 - `dvc repro` with nothing changed, and after changing one `plots.*` key (only plots may run, without TensorFlow);
 - the default model on the mnist-10k digits;
+- a 6-run `dvc queue` sweep of small models on mnist-10k, three ways: `-j 1`, `-j 2` with TensorFlow's default
+  thread pools, and `-j 2` with STAGES_JOBS=2 (each training's pools sized to its share of the cores);
 
 and checks each against the targets of issue 7. Throughput runs use the tutorial settings (adam 1e-3, constant
 rate, no label smoothing, no early stop) on both sides, with params.yaml's seed and batch size; the stage keeps
 everything else it does by default (tf.data feeding, op determinism, checkpoint and resume state every epoch).
 
 Options: --set KEY=VALUE overrides a params.yaml key for the default-params runs (e.g. to measure a proposed
-default before it is committed); --sections picks parts (throughput,e2e,mnist); --presets, --epochs,
+default before it is committed); --sections picks parts (throughput,e2e,mnist,sweep); --presets, --epochs,
 --other-epochs size the throughput runs; --keep keeps the work folder. Timings are wall-clock: on a shared machine
 they depend on the load, so the load average is recorded next to every measurement.
 """
@@ -51,7 +53,13 @@ from benchmarks.project_copy import ROOT, copy_project, paths_under, project_env
 FASHION_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 MNIST_10K_SOURCE = (ROOT / ".." / "shared" / "data" / "mnist-10k").resolve()
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
-SECTIONS = ("throughput", "e2e", "mnist")
+SECTIONS = ("throughput", "e2e", "mnist", "sweep")
+SWEEP = {"model.architecture": ["single_conv", "conv10", "conv32"], "train.optimizer.name": ["adam", "sgd"]}
+SWEEP_WAYS = [  # (label, dvc queue workers, STAGES_JOBS)
+    ("-j 1", 1, None),
+    ("-j 2, TensorFlow's default thread pools", 2, None),
+    ("-j 2, STAGES_JOBS=2 (pools of cores / 2)", 2, "2"),
+]
 MLFLOW_INFERENCE = "mlflow requirement inference"  # MLflow's _capture_modules subprocess in log_model
 TUTORIAL_TRAINING = {
     "train.optimizer": {"name": "adam", "learning_rate": 1e-3, "kwargs": {}},
@@ -413,6 +421,55 @@ def measure_default_on_mnist(config: argparse.Namespace, params, overrides: dict
                                "overrides": run_overrides}, work, name)
 
 
+def wait_for_queue(project: Path, env: dict[str, str], runs: int, timeout: float = 7200) -> str:
+    """Wait until `runs` experiments are done; cheap polling (git refs), `dvc queue status` only now and then."""
+    deadline = time.monotonic() + timeout
+    last_status = time.monotonic()
+    while time.monotonic() < deadline:
+        refs = subprocess.run(["git", "for-each-ref", "refs/exps"], cwd=project, capture_output=True, text=True)
+        if len(refs.stdout.splitlines()) >= runs:
+            break
+        if time.monotonic() - last_status > 15:
+            status = subprocess.run(["dvc", "queue", "status"], cwd=project, env=env, capture_output=True, text=True)
+            if not any(state in status.stdout for state in ("Queued", "Running")):
+                break  # some failed: the status says which
+            last_status = time.monotonic()
+        time.sleep(0.5)
+    return subprocess.run(["dvc", "queue", "status"], cwd=project, env=env, capture_output=True, text=True).stdout
+
+
+def measure_sweep(config: argparse.Namespace, work: Path) -> dict:
+    """Wall time of one 6-run `dvc queue` sweep of small models, three ways, each in a fresh copy of the project."""
+    settings = {"data.source": str(MNIST_10K_SOURCE), "data.dataset": "mnist",
+                "preprocess.limit": 600 if config.quick else 2000, "train.epochs": 1 if config.quick else 2}
+    runs = 1
+    for values in SWEEP.values():
+        runs *= len(values)
+    sets = [argument for key, values in SWEEP.items() for argument in ("-S", f"{key}={','.join(values)}")]
+    ways = []
+    for index, (label, jobs, share) in enumerate(SWEEP_WAYS):
+        project = copy_project(work / f"sweep-{index}", settings)
+        env = project_env([project], **({"STAGES_JOBS": share} if share else {}))
+        logs = work / f"sweep-{index}-logs"
+        logs.mkdir(exist_ok=True)
+        # The data once, before the clock: every queued run then restores it from the run-cache.
+        check(run_measured(["dvc", "repro", "preprocess"], project, env, logs / "data.log"), "dvc repro", logs)
+        check(run_measured(["dvc", "exp", "run", "--queue", *sets], project, env, logs / "queue.log"), "queue", logs)
+        print(f"sweep: {runs} runs, {label}", flush=True)
+        load_before = os.getloadavg()[0]
+        started = time.perf_counter()
+        check(run_measured(["dvc", "queue", "start", "-j", str(jobs)], project, env, logs / "start.log"), "start",
+              logs)
+        status = wait_for_queue(project, env, runs)
+        seconds = time.perf_counter() - started
+        subprocess.run(["dvc", "queue", "stop"], cwd=project, env=env, capture_output=True)
+        ways.append({"way": label, "jobs": jobs, "STAGES_JOBS": share, "seconds": round(seconds, 1),
+                     "succeeded": status.count("Success"), "load_before": load_before,
+                     "load_after": os.getloadavg()[0]})
+        print(f"  {seconds:.1f} s, {ways[-1]['succeeded']} of {runs} succeeded", flush=True)
+    return {"runs": runs, "sweep": SWEEP, "settings": settings, "ways": ways}
+
+
 # ---------------------------------------------------------------------------------------------------- report
 
 
@@ -627,6 +684,16 @@ def markdown(results: dict) -> str:
             f"images in {mnist['result']['train_seconds']} s: test accuracy {percent(mnist['test_accuracy'])}, "
             f"peak RSS {gigabytes(mnist['max_rss_bytes'])}.",
         ]
+    if results.get("sweep"):
+        sweep = results["sweep"]
+        grid = " × ".join(f"{key} ({', '.join(values)})" for key, values in sweep["sweep"].items())
+        lines += ["", "## Sweep: parallel jobs on one machine", "",
+                  f"{sweep['runs']} queued experiments ({grid}), {sweep['settings']['train.epochs']} epochs on "
+                  f"{sweep['settings']['preprocess.limit']} mnist-10k digits, MLflow on; wall time from "
+                  "`dvc queue start` to the last experiment done.", "",
+                  "| way | wall time | succeeded | load average before → after |", "|---|---|---|---|"]
+        lines += [f"| {way['way']} | {way['seconds']:.1f} s | {way['succeeded']} of {sweep['runs']} | "
+                  f"{way['load_before']:.2f} → {way['load_after']:.2f} |" for way in sweep["ways"]]
     if results.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {note}" for note in results["notes"]]
     return "\n".join(lines) + "\n"
@@ -697,6 +764,8 @@ def main(argv: list[str] | None = None) -> None:
             results["pipeline"] = measure_pipeline(config, overrides, work)
         if "mnist" in config.sections:
             results["mnist"] = measure_default_on_mnist(config, params, overrides, work)
+        if "sweep" in config.sections:
+            results["sweep"] = measure_sweep(config, work)
     finally:
         if config.keep:
             print(f"benchmark: kept {work}")

@@ -69,6 +69,7 @@ class Paths(Section):
     plots: str
     compare: str
     compare_plot: str
+    search: str
 
 
 class Data(Section):
@@ -94,7 +95,7 @@ class Model(Section):
 
         names = preset_names()
         if name not in names:
-            raise ValueError(f"unknown architecture {name!r}{_did_you_mean(name, names)} (presets: {', '.join(names)})")
+            raise ValueError(f"unknown architecture {name!r}{did_you_mean(name, names)} (presets: {', '.join(names)})")
         return name
 
     @field_validator("layers")
@@ -170,20 +171,25 @@ class Params(Section):
     tracking: Tracking
 
 
-def _did_you_mean(word: str, choices) -> str:
+def did_you_mean(word: str, choices) -> str:
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _section_class(loc: tuple) -> type[BaseModel] | None:
-    """The model class found by following `loc` from Params, or None where the path leaves the schema."""
-    cls: Any = Params
-    for part in loc:
+def _section_class(loc: tuple, root: type[BaseModel] | None = None) -> type[BaseModel] | None:
+    """The model class found by following `loc` from `root` (Params), or None where the path leaves the schema."""
+    cls: Any = root or Params
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
         if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
             return None
         annotation = cls.model_fields[part].annotation
         if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
             annotation = next((a for a in typing.get_args(annotation) if a is not type(None)), None)
+        if typing.get_origin(annotation) is dict and parts:  # a mapping of sections: skip its key
+            parts.pop(0)
+            annotation = typing.get_args(annotation)[1]
         cls = annotation
     return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
 
@@ -195,19 +201,20 @@ def _dotted(loc: tuple) -> str:
     return out
 
 
-def _describe(error: dict) -> str:
+def describe_error(error: dict, root: type[BaseModel] | None = None) -> str:
+    """One line for one pydantic error of a schema rooted at `root` (Params): the dotted key, what is wrong."""
     loc = tuple(error["loc"])
     key = _dotted(loc)
     kind = error["type"]
     if kind == "extra_forbidden":
-        parent = _section_class(loc[:-1])
+        parent = _section_class(loc[:-1], root)
         allowed = list(parent.model_fields) if parent else []
-        return f"{key}: unknown key{_did_you_mean(loc[-1], allowed)} (allowed here: {', '.join(allowed)})"
+        return f"{key}: unknown key{did_you_mean(loc[-1], allowed)} (allowed here: {', '.join(allowed)})"
     if kind == "missing":
         return f"{key}: required key is missing"
     if kind == "literal_error":
         expected = error["ctx"]["expected"]
-        hint = _did_you_mean(error["input"], [e.strip(" '") for e in expected.replace(" or ", ",").split(",")])
+        hint = did_you_mean(error["input"], [e.strip(" '") for e in expected.replace(" or ", ",").split(",")])
         return f"{key}: {error['input']!r} is not allowed{hint} (allowed: {expected})"
     if kind == "value_error":
         message = str(error["ctx"]["error"])
@@ -224,7 +231,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     try:
         params = Params.model_validate(raw)
     except ValidationError as error:
-        lines = [_describe(e) for e in error.errors(include_url=False)]
+        lines = [describe_error(e) for e in error.errors(include_url=False)]
         raise ParamsError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
     _set_prefixes(params, "")
     return params

@@ -32,6 +32,8 @@ from stages.params import Params
 
 SQLITE_TIMEOUT_SECONDS = 60
 HEALTH_TIMEOUT_SECONDS = 10  # a busy server's first request opens its store
+# A search worker names its study and trial to the training it starts (through DVC) in these variables.
+SEARCH_TAGS = {"SEARCH_STUDY": "search.study", "SEARCH_TRIAL": "search.trial"}
 
 
 def tracking_uri(params: Params) -> str:
@@ -172,6 +174,7 @@ def run_tags(params: Params, data_hash: str) -> dict[str, str]:
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    tags.update({tag: os.environ[variable] for variable, tag in SEARCH_TAGS.items() if os.environ.get(variable)})
     return tags
 
 
@@ -286,7 +289,11 @@ def training_run(params: Params, data_hash: str = "") -> Iterator[NullRun | Trai
         status = "KILLED"
         raise
     finally:
-        mlflow.end_run(status=status)
+        # The status first: on a server, MLflow prints the run's URL before it writes the status, and that print
+        # raises once nobody reads our output (a search worker killed mid-trial), which would leave it RUNNING.
+        client.update_run(run_id, status=status)
+        with contextlib.suppress(OSError):
+            mlflow.end_run(status=status)
         print(f"MLflow run {run_name} ({run_id}) {status} in experiment {params.tracking.experiment!r}")
 
 
@@ -348,3 +355,30 @@ def search_runs(params: Params):
 
     client, experiment_id = connect(params)
     return mlflow.search_runs(experiment_ids=[experiment_id], order_by=["attributes.start_time DESC"])
+
+
+def log_study(params: Params, study: str, trial_runs: list[str], files: list[Path]) -> str | None:
+    """Attach the search report to the study's parent run (created once) and make each trial's run its child."""
+    if not params.tracking.enabled:
+        return None
+    client, experiment_id = connect(params)
+    tags = {SEARCH_TAGS["SEARCH_STUDY"]: study, "search.role": "study"}
+    query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+
+    def parents():
+        return client.search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time ASC"])
+
+    with store_lock(tracking_uri(params)):
+        found = parents()
+        if not found:
+            client.set_terminated(client.create_run(experiment_id, run_name=f"study {study}", tags=tags).info.run_id)
+            found = parents()
+            for extra in found[1:]:  # another worker created one at the same moment: keep the oldest
+                client.delete_run(extra.info.run_id)
+    parent = found[0].info.run_id
+    for run_id in trial_runs:
+        client.set_tag(run_id, "mlflow.parentRunId", parent)
+    for path in files:
+        client.log_artifact(parent, str(path), "search")
+    print(f"search report logged to MLflow run {parent} (study {study!r})")
+    return parent

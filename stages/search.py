@@ -1,0 +1,455 @@
+"""Hyperparameter search: an Optuna worker that joins a study and runs its trials as DVC experiments.
+
+Reads  search.yaml (study, storage, trial count, search space over params.yaml keys), params.yaml
+Writes {paths.search}/: trials.csv (best first), Optuna's plots as PNGs, best.txt (the best params as a
+       ready `dvc exp run -S ...` line); the same files on the study's parent run in MLflow
+Run    python -m stages.search search.yaml   (again here in another clone, or on other machines: all join)
+
+Each trial is `dvc exp run --name <study>-<trial> -S key=value ...` in this worker's clone; its MLflow run is
+tagged with the study and trial number, and with a git remote the worker pushes it (`dvc exp push`). The study
+ends with n_trials COMPLETE trials over all workers (Optuna's MaxTrialsCallback). A worker that dies stops
+heartbeating; after the grace period the next worker to start a trial fails the stale one and runs it again
+(Optuna's RetryHeartbeatStaleTrialCallback).
+
+A trial runs as `setpriv --pdeathsig TERM timeout ... dvc exp run ...`: `timeout` makes the trial its own process
+group and passes a TERM on to all of it; setpriv sends it that TERM when the worker dies, even by SIGKILL, so no
+training outlives its worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from stages import tracking
+from stages.common import PipelineError, write_csv, write_text
+from stages.params import Params, ParamsError, describe_error, did_you_mean, parse_params, read_yaml
+
+STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
+STORAGE_HINT = "use sqlite:///optuna.db (this machine alone) or postgresql://user:password@host/database (a team)"
+KILL_AFTER_SECONDS = 30  # a trial told to stop gets this long to close its MLflow run before SIGKILL
+FAILURES_IN_A_ROW = 3  # a worker whose trials keep failing stops: something is wrong beyond one trial
+RESTORED_MARK = "Stage 'train' is cached - skipping run"  # DVC's run-cache restored the training
+PLOTS = {
+    "optimization_history.png": "plot_optimization_history",
+    "param_importances.png": "plot_param_importances",
+    "slice.png": "plot_slice",
+}
+Scalar = str | int | float | bool | None
+
+
+class SearchError(PipelineError):
+    """search.yaml is invalid or the study cannot go on."""
+
+
+class Dimension(BaseModel):
+    """One searched params key: a list of choices, or a range low..high (log-uniform with log: true)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    choices: list[Scalar] | None = None
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: int | float | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Dimension:
+        ranged = [name for name in ("low", "high", "step") if getattr(self, name) is not None] + ["log"] * self.log
+        if self.choices is not None:
+            if ranged:
+                raise ValueError(f"give either choices or a range, not both (also set: {', '.join(ranged)})")
+            if not self.choices:
+                raise ValueError("choices is empty: list at least one value")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("needs choices: [...] or a range with low and high")
+        if self.low >= self.high:
+            raise ValueError(f"bad range: low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"bad range: log: true needs low > 0 (got {self.low})")
+        if self.step is not None and (self.log or self.step <= 0):
+            raise ValueError("step must be positive and cannot go with log: true")
+        return self
+
+
+class SearchSpec(BaseModel):
+    """search.yaml. Every key is required: the shipped search.yaml is the one place its values live."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    study: str
+    storage: str
+    n_trials: Annotated[int, Field(ge=1)]
+    sampler: Literal["tpe", "grid"]
+    metric: Literal["val_accuracy", "val_loss"]
+    heartbeat_interval: Annotated[int, Field(ge=1)]
+    grace_period: Annotated[int, Field(ge=1)]
+    max_retry: Annotated[int, Field(ge=0)]
+    trial_timeout: Annotated[int, Field(ge=0)]
+    space: dict[str, Dimension]
+
+    @field_validator("study")
+    @classmethod
+    def _names_an_experiment(cls, study: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study):
+            raise ValueError(f"{study!r} cannot name DVC experiments: use letters, digits, '.', '_' and '-'")
+        return study
+
+    @field_validator("storage")
+    @classmethod
+    def _known_scheme(cls, storage: str) -> str:
+        scheme = storage.split("://", 1)[0] if "://" in storage else ""
+        if scheme not in STORAGE_SCHEMES:
+            # Only the scheme is echoed: the rest may hold a password.
+            raise ValueError(f"unknown scheme {scheme!r}{did_you_mean(scheme, STORAGE_SCHEMES)}; {STORAGE_HINT}")
+        return storage
+
+    @field_validator("space")
+    @classmethod
+    def _not_empty(cls, space: dict) -> dict:
+        if not space:
+            raise ValueError("empty: name at least one params.yaml key, e.g. "
+                             "train.optimizer.learning_rate: {low: 1.0e-4, high: 1.0e-1, log: true}")
+        return space
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchSpec:
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(f"grace_period ({self.grace_period}) must be longer than heartbeat_interval "
+                             f"({self.heartbeat_interval}), or live trials count as stale")
+        if self.sampler == "grid":
+            ranged = [key for key, dimension in self.space.items() if dimension.choices is None]
+            if ranged:
+                raise ValueError(f"sampler grid needs choices: [...] for every key, not a range: {', '.join(ranged)}")
+        return self
+
+
+def flat_keys(mapping: dict, prefix: str = "") -> list[str]:
+    """Dotted leaf keys of a params mapping: what `dvc exp run -S key=value` can set."""
+    keys = []
+    for key, value in mapping.items():
+        if isinstance(value, dict) and value:
+            keys.extend(flat_keys(value, f"{prefix}{key}."))
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def set_dotted(raw: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        raw = raw[part]
+    raw[leaf] = value
+
+
+def check_space(space: dict[str, Dimension], raw_params: dict) -> list[str]:
+    """Each searched key must be a params.yaml key, and each choice or bound a value params.yaml accepts there."""
+    known = flat_keys(raw_params)
+    problems = []
+    for key, dimension in space.items():
+        if key not in known:
+            problems.append(f"space.{key}: not a params.yaml key{did_you_mean(key, known)}")
+            continue
+        for value in dimension.choices if dimension.choices is not None else (dimension.low, dimension.high):
+            candidate = copy.deepcopy(raw_params)
+            set_dotted(candidate, key, value)
+            try:
+                parse_params(candidate)
+            except ParamsError as error:
+                problems.extend(f"space: {line.strip()}" for line in str(error).splitlines()[1:])
+    return problems
+
+
+def load_search(path: str | Path, raw_params: dict) -> SearchSpec:
+    """Read and validate search.yaml; one SearchError with a line per problem."""
+    if not Path(path).is_file():
+        raise SearchError(f"{path} not found: give the search spec, e.g. `python -m stages.search search.yaml`")
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise SearchError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    try:
+        spec = SearchSpec.model_validate(raw)
+        problems = check_space(spec.space, raw_params)
+    except ValidationError as error:
+        problems = [describe_error(e, SearchSpec) for e in error.errors(include_url=False)]
+    if problems:
+        raise SearchError(f"{path} is invalid:\n  " + "\n  ".join(problems))
+    return spec
+
+
+def storage_url(storage: str) -> str:
+    # SQLAlchemy reads a bare postgresql:// as psycopg2; the project installs psycopg 3.
+    return re.sub(r"^postgresql://", "postgresql+psycopg://", storage)
+
+
+def int_valued(raw_params: dict, key: str) -> bool:
+    node: Any = raw_params
+    for part in key.split("."):
+        node = node[part]
+    return isinstance(node, int) and not isinstance(node, bool)
+
+
+def suggest(trial, space: dict[str, Dimension], raw_params: dict) -> dict[str, Any]:
+    """The trial's value for every searched key; integer keys get integers."""
+    values = {}
+    for key, dimension in space.items():
+        if dimension.choices is not None:
+            values[key] = trial.suggest_categorical(key, dimension.choices)
+        elif int_valued(raw_params, key):
+            values[key] = trial.suggest_int(key, int(dimension.low), int(dimension.high),
+                                            step=int(dimension.step or 1), log=dimension.log)
+        else:
+            values[key] = trial.suggest_float(key, dimension.low, dimension.high, step=dimension.step,
+                                              log=dimension.log)
+    return values
+
+
+def yaml_value(value: Scalar) -> str:
+    """A value as `dvc exp run -S` parses it (YAML): null, true/false, repr of a float."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def set_arguments(values: dict[str, Any]) -> list[str]:
+    return [argument for key, value in values.items() for argument in ("-S", f"{key}={yaml_value(value)}")]
+
+
+def trial_command(name: str, values: dict[str, Any], timeout_seconds: int) -> list[str]:
+    return ["setpriv", "--pdeathsig", "TERM", "timeout", f"--kill-after={KILL_AFTER_SECONDS}", str(timeout_seconds),
+            "dvc", "exp", "run", "--name", name, *set_arguments(values)]
+
+
+def run_trial(command: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run the trial, echoing its output; on Ctrl-C or SIGTERM (Terminated, see stages.entry) stop all of it
+    before passing the interrupt on."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               bufsize=1)
+    lines = []
+    try:
+        for line in process.stdout:
+            sys.stdout.write(line)
+            lines.append(line)
+        return process.wait(), "".join(lines)
+    except BaseException:
+        process.terminate()  # `timeout` passes it to every process of the trial
+        process.wait()
+        raise
+
+
+def git_remote(cwd: Path) -> str | None:
+    remotes = subprocess.run(["git", "remote"], cwd=cwd, capture_output=True, text=True).stdout.split()
+    return "origin" if "origin" in remotes else (remotes[0] if remotes else None)
+
+
+def push_experiment(name: str, cwd: Path) -> bool:
+    """`dvc exp push` to the git remote, with the outputs when a DVC remote is set; False when it failed."""
+    remote = git_remote(cwd)
+    if remote is None:
+        return False
+    has_dvc_remote = bool(subprocess.run(["dvc", "remote", "default"], cwd=cwd, capture_output=True,
+                                         text=True).stdout.strip())
+    command = ["dvc", "exp", "push", remote, name, *([] if has_dvc_remote else ["--no-cache"])]
+    pushed = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    if pushed.returncode != 0:
+        print(f"warning: `{shlex.join(command)}` failed: {pushed.stderr.strip()[-500:]}", file=sys.stderr)
+    return pushed.returncode == 0
+
+
+def trial_result(params: Params, metric: str) -> tuple[float, dict[str, Any]]:
+    """The objective (best epoch's metric from the history) and what else the trial produced."""
+    import pandas as pd
+
+    history = pd.read_csv(params.paths.history)
+    value = float(history[metric].min() if "loss" in metric else history[metric].max())
+    test = json.loads(Path(params.paths.metrics).read_text())
+    run = json.loads(Path(params.paths.run).read_text())
+    return value, {"test_accuracy": test.get("test_accuracy"), "mlflow_run_id": run.get("run_id")}
+
+
+def make_objective(spec: SearchSpec, raw_params: dict, project: Path):
+    def objective(trial) -> float:
+        values = suggest(trial, spec.space, raw_params)
+        name = f"{spec.study}-{trial.number}"
+        trial.set_user_attr("dvc_exp", name)
+        variables = dict(zip(tracking.SEARCH_TAGS, (spec.study, str(trial.number)), strict=True))
+        print(f"trial {trial.number} ({name}): {shlex.join(set_arguments(values))}", flush=True)
+        code, output = run_trial(trial_command(name, values, spec.trial_timeout), {**os.environ, **variables})
+        if code != 0:
+            raise TrialFailed(f"trial {trial.number}: `dvc exp run` exited with {code}")
+        from stages.params import load_params
+
+        value, produced = trial_result(load_params(project / "params.yaml"), spec.metric)
+        for key, attribute in {**produced, "restored": RESTORED_MARK in output}.items():
+            trial.set_user_attr(key, attribute)
+        trial.set_user_attr("pushed", push_experiment(name, project))
+        return value
+
+    return objective
+
+
+class TrialFailed(PipelineError):
+    """This trial failed (its output says why); the worker goes on with the next."""
+
+
+class StopAfterFailures:
+    """Stops this worker after FAILURES_IN_A_ROW of its own trials failed one after the other."""
+
+    def __init__(self):
+        self.in_a_row = 0
+
+    def __call__(self, study, trial) -> None:
+        from optuna.trial import TrialState
+
+        self.in_a_row = self.in_a_row + 1 if trial.state == TrialState.FAIL else 0
+        if self.in_a_row >= FAILURES_IN_A_ROW:
+            study.stop()
+
+
+def open_study(spec: SearchSpec):
+    """Join the study (creating it if this is the first worker), with heartbeats and the stale-trial retry."""
+    import optuna
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat and retry
+    url = storage_url(spec.storage)
+    for attempt in range(3):
+        try:
+            storage = optuna.storages.RDBStorage(
+                url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(spec.max_retry),
+            )
+            break
+        except IntegrityError:
+            # Workers started together race to create Optuna's tables; the loser finds them made.
+            if attempt == 2:
+                raise
+            time.sleep(1 + attempt)
+        except SQLAlchemyError as error:
+            shown = make_url(url).render_as_string(hide_password=True)
+            raise SearchError(f"storage {shown} failed: {str(error).splitlines()[0]}; {STORAGE_HINT}") from None
+    if spec.sampler == "grid":
+        sampler = optuna.samplers.GridSampler({key: d.choices for key, d in spec.space.items()})
+    else:
+        sampler = optuna.samplers.TPESampler()  # unseeded: workers seeded alike would propose the same trials
+    direction = "minimize" if "loss" in spec.metric else "maximize"
+    study = optuna.create_study(study_name=spec.study, storage=storage, sampler=sampler, direction=direction,
+                                load_if_exists=True)
+    if study.direction.name.lower() != direction:
+        raise SearchError(f"study {spec.study!r} exists and is to {study.direction.name.lower()}; metric "
+                          f"{spec.metric} needs {direction}: name a new study")
+    return study
+
+
+def complete_trials(study) -> list:
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def trials_table(study):
+    """Every trial, COMPLETE ones first and best first, with what each produced."""
+    frame = study.trials_dataframe(attrs=("number", "value", "state", "duration", "params", "user_attrs",
+                                          "system_attrs"))
+    frame = frame.rename(columns=lambda column: column.removeprefix("user_attrs_").removeprefix("params_"))
+    frame = frame.rename(columns={"system_attrs_failed_trial": "retry_of"})
+    frame = frame.drop(columns=[c for c in frame.columns if c.startswith("system_attrs_")])
+    frame["complete"] = frame["state"] == "COMPLETE"
+    ascending = study.direction.name == "MINIMIZE"
+    frame = frame.sort_values(["complete", "value"], ascending=[False, ascending]).drop(columns="complete")
+    frame["duration"] = frame["duration"].dt.total_seconds().round(1)
+    return frame.rename(columns={"duration": "seconds"}).reset_index(drop=True)
+
+
+def write_report(study, spec: SearchSpec, folder: Path) -> list[Path]:
+    """trials.csv, Optuna's plots and best.txt in `folder`; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    import optuna.visualization.matplotlib as optuna_plots
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [folder / "trials.csv"]
+    table = trials_table(study)
+    write_csv(written[0], table)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    for file_name, function in PLOTS.items():
+        try:
+            axes = getattr(optuna_plots, function)(study)
+        except (ValueError, RuntimeError) as error:  # e.g. importances need two COMPLETE trials
+            print(f"search report: {file_name} skipped ({error})")
+            continue
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        figure.savefig(folder / file_name, dpi=100, bbox_inches="tight")
+        plt.close(figure)
+        written.append(folder / file_name)
+    best = study.best_trial
+    lines = [
+        f"# best of {len(complete_trials(study))} COMPLETE trials in study {spec.study}: trial {best.number}, "
+        f"{spec.metric} {best.value:.4f}, test_accuracy {best.user_attrs.get('test_accuracy')}",
+        f"# its DVC experiment: dvc exp apply {best.user_attrs.get('dvc_exp')}",
+        shlex.join(["dvc", "exp", "run", *set_arguments(best.params)]),
+    ]
+    write_text(folder / "best.txt", "\n".join(lines) + "\n")
+    written.append(folder / "best.txt")
+    with_columns = [c for c in ("number", "state", "value", *spec.space, "test_accuracy", "restored") if c in table]
+    print(table[with_columns].head(10).to_string(index=False))
+    print("\n".join(lines))
+    return written
+
+
+def run(params: Params, spec_path: str | Path = "search.yaml") -> None:
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    project = Path.cwd()
+    raw_params = read_yaml(project / "params.yaml")
+    spec = load_search(spec_path, raw_params)
+    study = open_study(spec)
+    failures = StopAfterFailures()
+    if len(complete_trials(study)) < spec.n_trials:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study.optimize(
+            make_objective(spec, raw_params, project), catch=(TrialFailed,), gc_after_trial=False,
+            callbacks=[MaxTrialsCallback(spec.n_trials, states=(TrialState.COMPLETE,)), failures],
+        )
+    if failures.in_a_row >= FAILURES_IN_A_ROW:
+        raise SearchError(f"{FAILURES_IN_A_ROW} trials in a row failed in this worker (their output is above); "
+                          "stopped")
+    if not complete_trials(study):
+        raise SearchError(f"study {spec.study!r} has no COMPLETE trial yet: nothing to report")
+    files = write_report(study, spec, Path(params.paths.search))
+    runs = [t.user_attrs["mlflow_run_id"] for t in complete_trials(study) if t.user_attrs.get("mlflow_run_id")]
+    tracking.log_study(params, spec.study, runs, files)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from stages.entry import stage_main
+
+    parser = argparse.ArgumentParser(prog="python -m stages.search", description=__doc__.splitlines()[0])
+    parser.add_argument("spec", nargs="?", default="search.yaml", help="the search spec (default: search.yaml)")
+    arguments = parser.parse_args(argv)
+    stage_main(lambda params: run(params, arguments.spec))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Search: search.yaml validation (fast), and two workers sharing a study in a real PostgreSQL (slow)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import MNIST_10K
+
+from benchmarks.project_copy import copy_project, project_env
+from stages import search
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def spec_in(tmp_path, monkeypatch):
+    """Writes the shipped search.yaml with edits into a project folder (a copy of params.yaml) and runs the CLI."""
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+
+    def run(edit, capsys) -> tuple[int, str]:
+        spec = yaml.safe_load((ROOT / "search.yaml").read_text())
+        edit(spec)
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
+        with pytest.raises(SystemExit) as exit_info:
+            search.main(["bad.yaml"])
+        return exit_info.value.code, capsys.readouterr().err
+
+    return run
+
+
+def test_shipped_search_yaml_is_valid():
+    from stages.params import read_yaml
+
+    spec = search.load_search(ROOT / "search.yaml", read_yaml(ROOT / "params.yaml"))
+    assert spec.space and spec.n_trials >= 1
+
+
+def _set(key, value):
+    return lambda spec: spec.__setitem__(key, value)
+
+
+def _space(key, value):
+    return lambda spec: spec["space"].__setitem__(key, value)
+
+
+@pytest.mark.parametrize(("edit", "line"), [
+    (_set("n_trial", 5),
+     "n_trial: unknown key; did you mean 'n_trials'?"),
+    (_space("train.optimizer.nme", {"choices": ["adam"]}),
+     "space.train.optimizer.nme: not a params.yaml key; did you mean 'train.optimizer.name'?"),
+    (_space("train.optimizer.name", {"choice": ["adam"]}),
+     "space.train.optimizer.name.choice: unknown key; did you mean 'choices'?"),
+    (_space("train.optimizer.name", {"choices": ["adam", "rmsprob"]}),
+     "space: train.optimizer.name: 'rmsprob' is not allowed; did you mean 'rmsprop'?"),
+    (_set("space", {}), "space: empty: name at least one params.yaml key"),
+    (_space("train.optimizer.learning_rate", {"low": 1, "high": 1.0e-3, "log": True}),
+     "space.train.optimizer.learning_rate: bad range: low (1) must be below high (0.001)"),
+    (_space("train.optimizer.learning_rate", {"low": 0.0, "high": 1.0, "log": True}),
+     "space.train.optimizer.learning_rate: bad range: log: true needs low > 0 (got 0.0)"),
+    (_set("storage", "postgres://search:secret@db/optuna"),
+     "storage: unknown scheme 'postgres'; did you mean 'postgresql'?"),
+    (_set("sampler", "grid"), "sampler grid needs choices: [...] for every key, not a range: "
+                              "train.optimizer.learning_rate"),
+])
+def test_bad_search_yaml_fails_with_one_clear_line(spec_in, capsys, tmp_path, edit, line):
+    code, err = spec_in(edit, capsys)
+    assert code == 1
+    assert err.startswith("error: bad.yaml is invalid:\n")
+    problems = err.splitlines()[1:]
+    assert len(problems) == 1 and line in problems[0], err
+    assert "secret" not in err
+    assert not (tmp_path / "optuna.db").exists(), "nothing created for a bad spec"
+
+
+def test_values_become_dvc_set_arguments():
+    assert search.set_arguments({"train.optimizer.name": "sgd", "train.optimizer.learning_rate": 0.0125,
+                                 "train.epochs": 3, "preprocess.limit": None, "train.resume": False}) == [
+        "-S", "train.optimizer.name=sgd", "-S", "train.optimizer.learning_rate=0.0125", "-S", "train.epochs=3",
+        "-S", "preprocess.limit=null", "-S", "train.resume=false"]
+    assert search.storage_url("postgresql://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
+    assert search.storage_url("sqlite:///optuna.db") == "sqlite:///optuna.db"
+
+
+STUDY = "ci-search"
+QUICK = {  # a trial is a whole `dvc exp run`: keep every stage tiny
+    "data.source": str(MNIST_10K),
+    "preprocess.limit": 300,
+    "model.architecture": "single_conv",
+    "train.epochs": 1,
+    "evaluate.activation_images": 1,
+    "plots.dpi": 30,
+    "plots.misclassified": 4,
+    "plots.feature_maps": 2,
+}
+SEARCH = {
+    "study": STUDY, "n_trials": 6, "heartbeat_interval": 1, "grace_period": 3, "max_retry": 2,
+    "space": {"train.optimizer.name": {"choices": ["adam", "sgd"]},
+              "train.optimizer.learning_rate": {"low": 1.0e-3, "high": 0.1, "log": True}},
+}
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.1)
+    return result
+
+
+def processes_in(folder: Path) -> list[int]:
+    """Processes working in `folder` (the killed worker's trial: dvc and its stages)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and Path(os.readlink(entry / "cwd")).is_relative_to(folder):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, env=project_env([cwd]), check=True, capture_output=True,
+                          text=True).stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # 7 whole `dvc exp run`s, two at a time on 2 cores
+def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(postgresql_server, mlflow_server, tmp_path):
+    import optuna
+
+    storage = postgresql_server.create_database("optuna_ci_search")
+    experiment = "ci-search"
+    base = copy_project(tmp_path / "base", {**QUICK, "tracking.uri": mlflow_server.uri,
+                                            "tracking.experiment": experiment,
+                                            "tracking.registered_model": "ci-search"})
+    spec = yaml.safe_load((base / "search.yaml").read_text())
+    spec.update(SEARCH, storage=storage)
+    (base / "search.yaml").write_text(yaml.safe_dump(spec))
+    git(base, "commit", "-qam", "tiny search")
+    git(tmp_path, "clone", "-q", "--bare", str(base), "origin.git")
+    workers, logs = {}, {}
+    for name in ("a", "b"):  # two clones of one origin: two machines
+        clone = tmp_path / name
+        git(tmp_path, "clone", "-q", str(tmp_path / "origin.git"), name)
+        logs[name] = tmp_path / f"worker-{name}.log"
+        with open(logs[name], "w") as log:
+            workers[name] = subprocess.Popen(
+                [sys.executable, "-m", "stages.search", "search.yaml"], cwd=clone, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+                env=project_env([clone], STAGES_JOBS="2", MLFLOW_DISABLE_TELEMETRY="true"))
+    try:
+        # Kill worker a (its whole process group, like a lost machine) once its trial's training has started.
+        # The train stage makes its resume folder right before model.fit.
+        wait_for(lambda: any((tmp_path / "a" / ".resume").glob("*")), 600, "worker a's first training")
+        os.killpg(workers["a"].pid, signal.SIGKILL)
+        workers["a"].wait()
+        killed = int(re.findall(r"^trial (\d+) ", logs["a"].read_text(), re.M)[-1])
+        # Its training goes with it: nothing keeps running in its clone.
+        wait_for(lambda: not processes_in(tmp_path / "a"), 60, "worker a's trial to stop")
+        assert workers["b"].wait(timeout=1200) == 0, logs["b"].read_text()[-5000:]
+    finally:
+        for process in workers.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    study = optuna.load_study(study_name=STUDY, storage=search.storage_url(storage))
+    trials = {trial.number: trial for trial in study.trials}
+    complete = [trial for trial in trials.values() if trial.state.name == "COMPLETE"]
+    assert len(complete) >= 6
+    assert trials[killed].state.name == "FAIL", "the stale trial of the killed worker is failed"
+    retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == killed]
+    assert [t.state.name for t in retries] == ["COMPLETE"], "and run again once, by the other worker"
+    assert retries[0].params == trials[killed].params
+
+    # Every COMPLETE trial is one DVC experiment, pushed to origin, and nothing else is.
+    names = [t.user_attrs["dvc_exp"] for t in complete]
+    assert len(set(names)) == len(names) == len(complete)
+    refs = git(tmp_path / "origin.git", "for-each-ref", "--format=%(refname)", "refs/exps").split()
+    assert sorted(ref.rsplit("/", 1)[1] for ref in refs) == sorted(names)
+    # ... and one MLflow run tagged with the study and its number; the killed trial's run ended KILLED.
+    client = mlflow_server.client()
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                              filter_string=f"tags.`search.study` = '{STUDY}'")
+    by_trial: dict[int, list] = {}
+    for run in runs:
+        by_trial.setdefault(int(run.data.tags["search.trial"]), []).append(run)
+    for trial in complete:
+        if not trial.user_attrs["restored"]:
+            assert [r.info.run_id for r in by_trial[trial.number]] == [trial.user_attrs["mlflow_run_id"]]
+            assert by_trial[trial.number][0].info.status == "FINISHED"
+            assert "test_accuracy" in by_trial[trial.number][0].data.metrics
+    assert [r.info.status for r in by_trial[killed]] == ["KILLED"], "the killed worker's training was stopped"
+
+    # The report: best first, Optuna's plots, the best params as a command; also on the study's MLflow run.
+    report = tmp_path / "b" / "reports" / "search"
+    table = (report / "trials.csv").read_text().splitlines()
+    best = max(complete, key=lambda t: t.value)
+    assert table[1].startswith(f"{best.number},")
+    assert f"-S train.optimizer.name={best.params['train.optimizer.name']}" in (report / "best.txt").read_text()
+    for plot in search.PLOTS:
+        assert (report / plot).stat().st_size > 0
+    parents = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                                 filter_string=f"tags.`search.role` = 'study' and tags.`search.study` = '{STUDY}'")
+    assert len(parents) == 1
+    logged = {item.path for item in client.list_artifacts(parents[0].info.run_id, "search")}
+    assert {"search/trials.csv", "search/best.txt"} <= logged
+    assert client.get_run(best.user_attrs["mlflow_run_id"]).data.tags["mlflow.parentRunId"] == parents[0].info.run_id
