@@ -217,3 +217,11 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(postgre
     logged = {item.path for item in client.list_artifacts(parents[0].info.run_id, "search")}
     assert {"search/trials.csv", "search/best.txt"} <= logged
     assert client.get_run(best.user_attrs["mlflow_run_id"]).data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+
+
+def test_the_worker_imports_neither_tensorflow_nor_mlflow_to_start():
+    """A worker only orchestrates: TensorFlow loads in the trials' stages, MLflow only for the final report."""
+    code = ("import sys, stages.search; "
+            "sys.exit(sorted(m for m in ('tensorflow', 'keras', 'mlflow') if m in sys.modules) or None)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
