@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from stages import tracking
 from stages.common import PipelineError, write_csv, write_text
-from stages.params import Params, ParamsError, describe_error, did_you_mean, parse_params, read_yaml
+from stages.params import Params, ParamsError, describe_error, did_you_mean, load_params, parse_params, read_yaml
 
 STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
 STORAGE_HINT = "use sqlite:///optuna.db (this machine alone) or postgresql://user:password@host/database (a team)"
@@ -292,8 +292,6 @@ def make_objective(spec: SearchSpec, raw_params: dict, project: Path):
         code, output = run_trial(trial_command(name, values, spec.trial_timeout), {**os.environ, **variables})
         if code != 0:
             raise TrialFailed(f"trial {trial.number}: `dvc exp run` exited with {code}")
-        from stages.params import load_params
-
         value, produced = trial_result(load_params(project / "params.yaml"), spec.metric)
         for key, attribute in {**produced, "restored": RESTORED_MARK in output}.items():
             trial.set_user_attr(key, attribute)

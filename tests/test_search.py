@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import MNIST_10K
@@ -226,3 +227,35 @@ def test_the_worker_imports_neither_tensorflow_nor_mlflow_to_start():
             "sys.exit(sorted(m for m in ('tensorflow', 'keras', 'mlflow') if m in sys.modules) or None)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_report_lists_complete_trials_best_first_with_plots_and_a_ready_command(tmp_path):
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import TrialState
+
+    from stages.params import read_yaml
+
+    spec = search.load_search(ROOT / "search.yaml", read_yaml(ROOT / "params.yaml"))
+    study = optuna.create_study(direction="maximize")
+    distributions = {"train.optimizer.name": CategoricalDistribution(["adam", "sgd"]),
+                     "train.optimizer.learning_rate": FloatDistribution(1e-4, 1.0, log=True)}
+    for number, (name, rate, value, state) in enumerate([("sgd", 0.05, 0.91, TrialState.COMPLETE),
+                                                         ("adam", 0.002, 0.97, TrialState.COMPLETE),
+                                                         ("adam", 0.5, None, TrialState.FAIL),
+                                                         ("sgd", 0.001, 0.62, TrialState.COMPLETE)]):
+        study.add_trial(optuna.create_trial(
+            state=state, value=value, distributions=distributions,
+            params={"train.optimizer.name": name, "train.optimizer.learning_rate": rate},
+            user_attrs={"dvc_exp": f"{spec.study}-{number}", "test_accuracy": value, "restored": False}))
+
+    written = search.write_report(study, spec, tmp_path / "search")
+
+    table = pd.read_csv(tmp_path / "search" / "trials.csv")
+    assert table["number"].tolist() == [1, 0, 3, 2]  # COMPLETE best first, then the failed one
+    assert table["state"].tolist()[-1] == "FAIL"
+    best = (tmp_path / "search" / "best.txt").read_text().splitlines()
+    assert best[-1] == "dvc exp run -S train.optimizer.name=adam -S train.optimizer.learning_rate=0.002"
+    assert f"dvc exp apply {spec.study}-1" in best[1]
+    assert {path.name for path in written} == {"trials.csv", "best.txt", *search.PLOTS}
+    assert all(path.stat().st_size > 0 for path in written)
