@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import shrunk_params
+import yaml
+from conftest import ROOT, shrunk_params
 
 from stages import train
 from stages.architectures import SpecError, build_model, presets
@@ -211,7 +215,6 @@ def test_two_replicas_on_two_logical_cpus_match_one_and_write_one_set_of_outputs
     """train.distribute: mirrored on the CPU split in two (the test hook) against one replica, same seed and batch."""
     import keras
     import mlflow
-    from conftest import shrunk_params
 
     from stages import download, preprocess
 
