@@ -367,6 +367,8 @@ def trials_table(study):
                                           "system_attrs"))
     frame = frame.rename(columns=lambda column: column.removeprefix("user_attrs_").removeprefix("params_"))
     frame = frame.rename(columns={"system_attrs_failed_trial": "retry_of"})
+    if "retry_of" in frame:
+        frame["retry_of"] = frame["retry_of"].astype("Int64")  # a trial number, blank when not a retry
     frame = frame.drop(columns=[c for c in frame.columns if c.startswith("system_attrs_")])
     frame["complete"] = frame["state"] == "COMPLETE"
     ascending = study.direction.name == "MINIMIZE"

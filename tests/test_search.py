@@ -247,13 +247,15 @@ def test_report_lists_complete_trials_best_first_with_plots_and_a_ready_command(
         study.add_trial(optuna.create_trial(
             state=state, value=value, distributions=distributions,
             params={"train.optimizer.name": name, "train.optimizer.learning_rate": rate},
-            user_attrs={"dvc_exp": f"{spec.study}-{number}", "test_accuracy": value, "restored": False}))
+            user_attrs={"dvc_exp": f"{spec.study}-{number}", "test_accuracy": value, "restored": False},
+            system_attrs={"failed_trial": 2} if number == 3 else {}))  # 3 ran 2's params again
 
     written = search.write_report(study, spec, tmp_path / "search")
 
     table = pd.read_csv(tmp_path / "search" / "trials.csv")
     assert table["number"].tolist() == [1, 0, 3, 2]  # COMPLETE best first, then the failed one
     assert table["state"].tolist()[-1] == "FAIL"
+    assert table.set_index("number")["retry_of"].fillna(-1).astype(int).to_dict() == {1: -1, 0: -1, 3: 2, 2: -1}
     best = (tmp_path / "search" / "best.txt").read_text().splitlines()
     assert best[-1] == "dvc exp run -S train.optimizer.name=adam -S train.optimizer.learning_rate=0.002"
     assert f"dvc exp apply {spec.study}-1" in best[1]
