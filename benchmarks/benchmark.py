@@ -426,8 +426,10 @@ def wait_for_queue(project: Path, env: dict[str, str], runs: int, timeout: float
     deadline = time.monotonic() + timeout
     last_status = time.monotonic()
     while time.monotonic() < deadline:
-        refs = subprocess.run(["git", "for-each-ref", "refs/exps"], cwd=project, capture_output=True, text=True)
-        if len(refs.stdout.splitlines()) >= runs:
+        refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=project,
+                              capture_output=True, text=True).stdout
+        # A finished experiment is refs/exps/<baseline sha split 2/38>/<name>; the queue keeps its own refs there too.
+        if len(re.findall(r"^refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/", refs, re.M)) >= runs:
             break
         if time.monotonic() - last_status > 15:
             status = subprocess.run(["dvc", "queue", "status"], cwd=project, env=env, capture_output=True, text=True)
