@@ -231,10 +231,10 @@ def test_two_replicas_on_two_logical_cpus_match_one_and_write_one_set_of_outputs
             train__distribute="mirrored" if replicas > 1 else "off",
             tracking__enabled=replicas > 1, tracking__uri=f"sqlite:///{folder / 'mlflow.db'}",
         )
-        (folder / "params.yaml").write_text(yaml.safe_dump(params.model_dump()))
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump()))  # tmp_path: the project
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
                train.TEST_CPU_DEVICES_VARIABLE: str(replicas)}
-        result = subprocess.run([sys.executable, "-m", "stages.train"], cwd=folder, env=env, capture_output=True,
+        result = subprocess.run([sys.executable, "-m", "stages.train"], cwd=tmp_path, env=env, capture_output=True,
                                 text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         assert f"{replicas} replica" in result.stdout
