@@ -48,6 +48,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import torch_baseline
+from benchmarks.efficiency import efficiency_section, sgemm_rate
 from benchmarks.project_copy import ROOT, copy_project, paths_under, project_env, set_params
 
 FASHION_SOURCE = Path("/usr/share/datasets/fashion-mnist")
@@ -270,6 +272,7 @@ def measure_throughput(config: argparse.Namespace, params, work: Path) -> dict:
     """Each preset: plain Keras float32, then the train stage in mixed_bfloat16 and in float32, same data and batch."""
     source, dataset = (MNIST_10K_SOURCE, "mnist") if config.quick else (config.fashion, "fashion_mnist")
     processed = prepare_data(source, dataset, work / "data-throughput")
+    sgemm = sgemm_rate()
     rows = []
     for preset in config.presets:
         epochs = config.epochs if preset == "lenet" else config.other_epochs
@@ -292,9 +295,20 @@ def measure_throughput(config: argparse.Namespace, params, work: Path) -> dict:
                     "tracking.enabled": False,
                 },
             }, work, name)
-        rows.append({"preset": preset, "epochs": epochs, "dataset": dataset, "keras_float32": keras_run,
-                     "stage_mixed_bfloat16": stage_runs["mixed_bfloat16"], "stage_float32": stage_runs["float32"]})
-    return {"rows": rows, "auto_precision": auto_precision()}
+        row = {"preset": preset, "epochs": epochs, "dataset": dataset, "keras_float32": keras_run,
+               "stage_mixed_bfloat16": stage_runs["mixed_bfloat16"], "stage_float32": stage_runs["float32"]}
+        if preset == "lenet" and torch_baseline.available():
+            row["torch_float32"] = run_child("torch", {
+                "processed": str(processed), "architecture": preset, "epochs": epochs, "seed": params.seed,
+                "batch_size": params.train.batch_size,
+                "learning_rate": TUTORIAL_TRAINING["train.optimizer"]["learning_rate"],
+            }, work, f"{preset}-torch-float32")
+        rows.append(row)
+    # Measured again after the trainings: on a shared machine the less disturbed of the two counts.
+    after = sgemm_rate()
+    sgemm = {key: max(sgemm[key], after[key]) for key in ("flops_per_second", "flops_per_cpu_second")} | {
+        key: after[key] for key in ("size", "threads")} | {"runs": sgemm["runs"] + after["runs"]}
+    return {"rows": rows, "auto_precision": auto_precision(), "sgemm": sgemm}
 
 
 def auto_precision() -> str:
@@ -644,11 +658,14 @@ def markdown(results: dict) -> str:
                 f"{gigabytes(f32['max_rss_bytes'])} / {gigabytes(bf16['max_rss_bytes'])} |")
         lines += ["", "Per-epoch wall seconds and the 1-minute load average at each epoch's end:", ""]
         for row in throughput["rows"]:
-            for key in ("keras_float32", "stage_float32", "stage_mixed_bfloat16"):
-                run = row[key]
+            for key in ("keras_float32", "stage_float32", "stage_mixed_bfloat16", "torch_float32"):
+                run = row.get(key)
+                if run is None:
+                    continue
                 lines.append(f"- {run['name']}: " + ", ".join(f"{s:.1f}" for s in run["epoch_seconds"])
                              + " s; load " + ", ".join(f"{v:.1f}" for v in run["epoch_load"])
                              + f"; {run['images_per_cpu_second']:,.0f} img per CPU-second")
+        lines += efficiency_section(throughput)
     pipeline = results.get("pipeline")
     if pipeline:
         full = pipeline["full"]

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.efficiency import model_flops
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -96,10 +98,12 @@ def run_stage(spec: dict) -> dict:
     result = train.run(params)
     model = keras.models.load_model(params.paths.model)
     accuracy, loss = evaluate_on_test(model, Path(params.paths.processed) / "test.npz")
-    with np.load(Path(params.paths.processed) / "train.npz") as data:
-        train_images = len(data["y"])
+    with np.load(Path(params.paths.processed) / "train.npz") as train, np.load(
+            Path(params.paths.processed) / "val.npz") as val:
+        train_images, val_images = len(train["y"]), len(val["y"])
     return {
-        "kind": "stage", "train_images": train_images, "batch_size": params.train.batch_size,
+        "kind": "stage", "train_images": train_images, "val_images": val_images, "flops": model_flops(model),
+        "batch_size": params.train.batch_size,
         "epoch_seconds": clock.seconds, "epoch_cpu_seconds": clock.cpu_seconds, "epoch_load": clock.load,
         "test_accuracy": accuracy, "test_loss": loss, "result": result, **versions(),
     }
@@ -126,7 +130,8 @@ def run_keras(spec: dict) -> dict:
     seconds = time.perf_counter() - started
     accuracy, loss = evaluate_on_test(model, processed / "test.npz")
     return {
-        "kind": "keras", "train_images": len(y_train), "batch_size": spec["batch_size"],
+        "kind": "keras", "train_images": len(y_train), "val_images": len(y_val), "flops": model_flops(model),
+        "batch_size": spec["batch_size"],
         "epoch_seconds": clock.seconds, "epoch_cpu_seconds": clock.cpu_seconds, "epoch_load": clock.load,
         "test_accuracy": accuracy, "test_loss": loss,
         "result": {"precision": keras.mixed_precision.global_policy().name, "train_seconds": round(seconds, 2),

@@ -66,3 +66,59 @@ def sgemm_rate(size: int = 2048, seconds: float = 3.0) -> dict[str, float]:
         runs += 1
     return {"flops_per_second": best_wall, "flops_per_cpu_second": best_cpu, "size": size, "runs": runs,
             "threads": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+
+
+def epoch_efficiency(run: dict, flops: dict[str, int], sgemm: dict[str, float]) -> dict[str, float]:
+    """A measured run's seconds per epoch (median after the first) against the sgemm limit of the same epoch."""
+    import statistics
+
+    work = epoch_flops(flops, run["train_images"], run["val_images"])
+    seconds = statistics.median(run["epoch_seconds"][1:] or run["epoch_seconds"])
+    cpu_seconds = statistics.median(run["epoch_cpu_seconds"][1:] or run["epoch_cpu_seconds"])
+    return {
+        "seconds_per_epoch": seconds,
+        "limit_seconds_per_epoch": work / sgemm["flops_per_second"],
+        "fraction_of_limit": work / seconds / sgemm["flops_per_second"],
+        "fraction_of_limit_per_cpu_second": work / cpu_seconds / sgemm["flops_per_cpu_second"],
+    }
+
+
+def efficiency_section(throughput: dict) -> list[str]:
+    """The report's efficiency table: every preset's stage (float32) against the sgemm limit, Keras and PyTorch."""
+    sgemm = throughput["sgemm"]
+    lines = [
+        "",
+        "## Efficiency (float32)",
+        "",
+        f"Limit: the epoch's matrix-multiply FLOPs (convolutions and dense layers; training images forward + "
+        f"backward, validation images forward) at numpy's float32 sgemm rate on this machine in this run: "
+        f"{sgemm['flops_per_second'] / 1e9:.0f} GFLOP/s ({sgemm['threads']} threads, {sgemm['size']}² matrices, best "
+        f"of {sgemm['runs']}), {sgemm['flops_per_cpu_second'] / 1e9:.0f} GFLOP per CPU-second. The per-CPU-second "
+        "fraction compares FLOPs per CPU-second of the process with sgemm's: other processes' load disturbs it "
+        "less than the wall-clock fraction. Ratios: the other's seconds per epoch / the stage's (above 1: the "
+        "stage is faster).",
+        "",
+        "| preset | MFLOP per image train / val | stage s/epoch | limit s/epoch | fraction of limit | "
+        "per CPU-second | vs plain Keras | vs PyTorch |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in throughput["rows"]:
+        flops = row["keras_float32"]["flops"]
+        stage = epoch_efficiency(row["stage_float32"], flops, sgemm)
+        keras_run = epoch_efficiency(row["keras_float32"], flops, sgemm)
+        torch_run = row.get("torch_float32")
+        versus_torch = (f"{epoch_efficiency(torch_run, flops, sgemm)['seconds_per_epoch'] / stage['seconds_per_epoch']:.2f}x"
+                        if torch_run else "not installed" if row["preset"] == "lenet" else "")
+        lines.append(
+            f"| {row['preset']} | {flops['train'] / 1e6:.1f} / {flops['forward'] / 1e6:.1f} | "
+            f"{stage['seconds_per_epoch']:.1f} | {stage['limit_seconds_per_epoch']:.1f} | "
+            f"{100 * stage['fraction_of_limit']:.0f}% | {100 * stage['fraction_of_limit_per_cpu_second']:.0f}% | "
+            f"{keras_run['seconds_per_epoch'] / stage['seconds_per_epoch']:.2f}x | {versus_torch} |")
+    torch_rows = [row for row in throughput["rows"] if row.get("torch_float32")]
+    for row in torch_rows:
+        run = row["torch_float32"]
+        lines.append("")
+        lines.append(f"PyTorch {run['torch']} ({run['result']['threads']} threads) {row['preset']}: "
+                     + ", ".join(f"{s:.1f}" for s in run["epoch_seconds"]) + " s per epoch, test accuracy "
+                     f"{100 * run['test_accuracy']:.2f}%.")
+    return lines

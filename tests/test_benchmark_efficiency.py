@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from benchmarks.efficiency import epoch_flops, model_flops, sgemm_rate
+from benchmarks.efficiency import epoch_efficiency, epoch_flops, model_flops, sgemm_rate
 from stages.architectures import build_model, presets
 
 
@@ -42,3 +42,12 @@ def test_torch_twin_has_the_keras_models_parameters_and_output_shape():
     assert sum(p.numel() for p in torch_model.parameters()) == keras_model.count_params()
     logits = torch_model(torch.from_numpy(np.zeros((2, 1, 28, 28), dtype=np.float32)))
     assert tuple(logits.shape) == (2, 10)
+
+
+def test_epoch_efficiency_against_the_limit():
+    run = {"train_images": 100, "val_images": 50, "epoch_seconds": [9.0, 2.0, 2.0], "epoch_cpu_seconds": [9, 4, 4]}
+    flops = {"forward": 10, "train": 30}  # epoch: 100 * 30 + 50 * 10 = 3500 FLOPs
+    result = epoch_efficiency(run, flops, {"flops_per_second": 3500.0, "flops_per_cpu_second": 1750.0})
+    # The first epoch (tracing) is left out; the limit is 1 s, the run takes 2 s and 4 CPU-seconds.
+    assert result == {"seconds_per_epoch": 2.0, "limit_seconds_per_epoch": 1.0, "fraction_of_limit": 0.5,
+                      "fraction_of_limit_per_cpu_second": 0.5}
