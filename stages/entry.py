@@ -125,11 +125,12 @@ def starter() -> psutil.Process | None:
 
 @contextlib.contextmanager
 def leave_when_parent_is_gone(policy: SignalPolicy) -> Iterator[None]:
-    """Within the block, SIGTERM this process once the one that started it has gone (killed `dvc repro`, closed
+    """Within the block, SIGTERM this process once the dvc that started it has gone (killed `dvc repro`, closed
     queue worker): the signal policy then cleans up as for any SIGTERM. Polls, since Linux's parent-death signal
-    would follow the `sh -c` in between and not dvc."""
+    would follow the `sh -c` in between and not dvc. Only under DVC (which sets DVC_STAGE): a stage started by
+    hand keeps the shell's rules, so `nohup python -m stages.train &` survives a logout."""
     try:
-        watched = starter()
+        watched = starter() if os.environ.get("DVC_STAGE") else None
         description = f"{watched.name()}, pid {watched.pid}" if watched else ""
     except psutil.Error:
         watched = None

@@ -69,7 +69,8 @@ def test_exit_codes(tmp_path, body, code, stderr):
 
 
 def test_a_stage_leaves_when_the_process_that_started_it_is_gone(tmp_path):
-    """As when `dvc repro` is killed: the stage cleans up and exits instead of finishing as an orphan."""
+    """As when `dvc repro` is killed: the stage cleans up and exits instead of finishing as an orphan (under DVC,
+    which sets DVC_STAGE; a stage started by hand keeps the shell's rules)."""
     stage = textwrap.dedent(STAGE).format(body="print('started', flush=True); signal.pause()",
                                           params=str(ROOT / "params.yaml"), skip_imports="()")
     # A stand-in for dvc: it starts the stage through `sh -c` as DVC does (a shell that stays, not one that execs),
@@ -77,7 +78,8 @@ def test_a_stage_leaves_when_the_process_that_started_it_is_gone(tmp_path):
     starter = (f"import subprocess, sys, time; subprocess.Popen(['sh', '-c', '\"$0\" -c \"$1\"; exit $?', "
                f"sys.executable, {stage!r}]); time.sleep(600)")
     process = subprocess.Popen([sys.executable, "-c", starter], cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                               stderr=subprocess.PIPE, text=True,
+                               env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "DVC_STAGE": "train"})
     try:
         assert process.stdout.readline() == "started\n"
         [stage_process] = [child for child in psutil.Process(process.pid).children(recursive=True)
