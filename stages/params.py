@@ -157,6 +157,7 @@ class Tracking(Section):
     uri: str | None
     experiment: Annotated[str, Field(min_length=1)]
     registered_model: Annotated[str, Field(min_length=1)]
+    registered_image_model: Annotated[str, Field(min_length=1)]
 
 
 class Params(Section):

@@ -255,11 +255,62 @@ class TrainingRun:
                 pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
                                   f"mlflow=={mlflow.__version__}"],
             )
+        log_image_model(params, self.uri)
         write_json(params.paths.run, {
             "run_id": self.run_id, "experiment": params.tracking.experiment, "model_uri": info.model_uri,
             "registered_model": params.tracking.registered_model,
             "model_version": str(info.registered_model_version) if info.registered_model_version else None,
         })
+
+
+def image_python_model():
+    """stages.image_model.ImageClassifier as an MLflow PythonModel: the class is made here, where mlflow may be
+    imported; cloudpickle stores it by value and its base class by reference to the shipped code."""
+    import mlflow
+
+    from stages.image_model import ImageClassifier
+
+    class ImagePythonModel(ImageClassifier, mlflow.pyfunc.PythonModel):
+        pass
+
+    return ImagePythonModel()
+
+
+def log_image_model(params: Params, uri: str):
+    """Log the trained model as a pyfunc that takes base64 PNG/JPEG images, in the active run, and register it as
+    a version of tracking.registered_image_model (so `mnist-cnn@champion` keeps meaning the tensor model)."""
+    import io
+
+    import keras
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    import PIL
+    import skimage
+    import tensorflow as tf
+    from mlflow.models import infer_signature
+
+    from stages import image_model
+
+    # An input example: a 28x28 stroke on white, as a PNG.
+    canvas = np.full((28, 28), 255, dtype=np.uint8)
+    canvas[4:24, 13:15] = 0
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(canvas).save(buffer, format="PNG")
+    example = pd.DataFrame({image_model.INPUT_COLUMN: [base64.b64encode(buffer.getvalue()).decode("ascii")]})
+    output = pd.DataFrame([{"predicted": 1, "confidence": 0.9, "probabilities": [0.1] * 10, "error": ""}])
+    with store_lock(uri):
+        return mlflow.pyfunc.log_model(
+            name="image_model", python_model=image_python_model(),
+            artifacts={image_model.ARTIFACT: str(params.paths.model)},
+            code_paths=[str(Path(__file__).resolve().parent)],  # the `stages` package, imported by the model
+            signature=infer_signature(example, output), input_example=example,
+            registered_model_name=params.tracking.registered_image_model,
+            pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
+                              f"mlflow=={mlflow.__version__}", f"pillow=={PIL.__version__}",
+                              f"scikit-image=={skimage.__version__}", f"numpy=={np.__version__}",
+                              f"pandas=={pd.__version__}"],
+        )
 
 
 @contextlib.contextmanager
@@ -323,22 +374,26 @@ def log_evaluation(params: Params, metrics: dict[str, float], files: list[Path])
         client.log_metric(run_id, key, float(value))
     for path in files:
         client.log_artifact(run_id, str(path), "reports")
-    name = params.tracking.registered_model
-    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    if not versions or "test_accuracy" not in metrics:
+    if "test_accuracy" not in metrics:
         return
     accuracy = float(metrics["test_accuracy"])
-    version = versions[0].version
-    with store_lock(tracking_uri(params)):
-        client.set_model_version_tag(name, version, "test_accuracy", f"{accuracy:.6f}")
-        try:
-            champion = client.get_model_version_by_alias(name, "champion")
-            best = float(champion.tags.get("test_accuracy", "-1"))
-        except MlflowException:  # no champion yet
-            best = -1.0
-        if accuracy > best:
-            client.set_registered_model_alias(name, "champion", version)
-            print(f"registered model {name} version {version} is the new champion (test accuracy {accuracy:.4f})")
+    # The tensor model and the image model of one run are champions together.
+    for name in (params.tracking.registered_model, params.tracking.registered_image_model):
+        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        if not versions:
+            continue
+        version = versions[0].version
+        with store_lock(tracking_uri(params)):
+            client.set_model_version_tag(name, version, "test_accuracy", f"{accuracy:.6f}")
+            try:
+                champion = client.get_model_version_by_alias(name, "champion")
+                best = float(champion.tags.get("test_accuracy", "-1"))
+            except MlflowException:  # no champion yet
+                best = -1.0
+            if accuracy > best:
+                client.set_registered_model_alias(name, "champion", version)
+                print(f"registered model {name} version {version} is the new champion "
+                      f"(test accuracy {accuracy:.4f})")
 
 
 def log_files(params: Params, files: list[Path], folder: str) -> None:

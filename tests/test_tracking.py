@@ -70,6 +70,9 @@ def test_pipeline_run_is_recorded_completely(make_params, processed_dir, store):
 
     version = client.get_model_version_by_alias(params.tracking.registered_model, "champion")
     assert version.run_id == run.info.run_id
+    # The image model of the same run is its registered model's champion too (tests/test_image_model.py serves it).
+    image_version = client.get_model_version_by_alias(params.tracking.registered_image_model, "champion")
+    assert image_version.run_id == run.info.run_id
     assert float(version.tags["test_accuracy"]) == pytest.approx(metrics["test_accuracy"], abs=1e-6)
 
     model_uri = f"models:/{params.tracking.registered_model}/{version.version}"

@@ -1,0 +1,78 @@
+"""The registered image model: base64 PNG or JPEG strings in, the digit and its probabilities out.
+
+`mlflow models serve -m models:/mnist-cnn-images@champion --env-manager local` answers images with this code:
+MLflow ships the `stages` package with the model (code_paths) and tracking.py wraps ImageClassifier as a pyfunc
+PythonModel. Each image goes through the same preprocessing as `python -m stages.predict` (stages/images.py).
+This module imports neither mlflow nor, until a model is loaded, TensorFlow.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import numpy as np
+
+from stages.images import ImageError, load_image, preprocess
+
+INPUT_COLUMN = "image"
+ARTIFACT = "keras_model"
+# An image in the request is at most this many pixels: a served model should not decode a 40-megapixel bomb.
+MAX_PIXELS = 25_000_000
+
+
+def decode(encoded) -> bytes:
+    """The bytes of one base64 string (a data: URL prefix is allowed); ImageError when it is not base64."""
+    if isinstance(encoded, bytes):
+        encoded = encoded.decode("ascii", errors="replace")
+    if not isinstance(encoded, str):
+        raise ImageError(f"expected a base64 string of a PNG or JPEG file, got {type(encoded).__name__}")
+    if encoded.startswith("data:") and "," in encoded:
+        encoded = encoded.split(",", 1)[1]
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageError("not base64: send each image as the base64 text of its PNG or JPEG file") from None
+
+
+def classify(model, encoded_images, dataset: str = "mnist") -> list[dict]:
+    """One row per image: predicted class, confidence and all probabilities, or -1 and the error for a bad one."""
+    rows: list[dict] = []
+    arrays, positions = [], []
+    for position, encoded in enumerate(encoded_images):
+        try:
+            arrays.append(preprocess(load_image(decode(encoded), MAX_PIXELS), dataset))
+            positions.append(position)
+            rows.append({})
+        except ImageError as error:
+            rows.append({"predicted": -1, "confidence": 0.0, "probabilities": [], "error": str(error)})
+    if arrays:
+        probabilities = np.asarray(model.predict_on_batch(np.stack(arrays)), dtype=np.float64)
+        for position, row in zip(positions, probabilities, strict=True):
+            rows[position] = {"predicted": int(row.argmax()), "confidence": float(row.max()),
+                              "probabilities": [float(value) for value in row], "error": ""}
+    return rows
+
+
+class ImageClassifier:
+    """The pyfunc model's behaviour (load_context, predict), without mlflow: tracking.py adds the base class."""
+
+    def load_context(self, context) -> None:
+        import keras
+
+        self.model = keras.saving.load_model(context.artifacts[ARTIFACT], safe_mode=True)
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+
+        if isinstance(model_input, pd.DataFrame):
+            if INPUT_COLUMN not in model_input.columns:
+                raise ValueError(f"expected a column {INPUT_COLUMN!r} of base64 PNG or JPEG strings, "
+                                 f"got columns {list(model_input.columns)}")
+            images = model_input[INPUT_COLUMN].tolist()
+        elif isinstance(model_input, dict):
+            images = list(model_input.get(INPUT_COLUMN, []))
+        else:
+            images = list(np.asarray(model_input).ravel())
+        return pd.DataFrame(classify(self.model, images),
+                            columns=["predicted", "confidence", "probabilities", "error"])
