@@ -34,9 +34,11 @@ def png_base64(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def test_the_served_image_model_answers_pngs(make_params, model_path, model, test_digits, tmp_path):
+def test_the_served_image_model_answers_pngs(make_params, model_path, model, test_digits, tmp_path, monkeypatch):
     import mlflow
 
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # the project root, where the store keeps its artifacts
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = make_params(tracking__enabled=True, tracking__uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     Path(params.paths.model).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(model_path, params.paths.model)
