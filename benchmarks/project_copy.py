@@ -61,3 +61,14 @@ def copy_project(destination: Path, overrides: dict[str, Any]) -> Path:
     for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "baseline"]):
         subprocess.run(command, cwd=destination, env=env, check=True, capture_output=True)
     return destination
+
+
+def sh(project: Path, *command: str, env: dict | None = None, check: bool = True,
+       timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run a command in a copy; unless `check` is off, a failure raises with the command's output."""
+    result = subprocess.run(command, cwd=project, env=env or project_env([project]), capture_output=True, text=True,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, command))} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[-3000:]}")
+    return result

@@ -30,6 +30,7 @@ from typing import Any
 from stages.common import PipelineError, Terminated, project_root, write_json
 from stages.params import Params
 
+RESUME_RUN_FILE = "mlflow_run.json"  # in a resume folder: the run the server lost, for the resumed training
 SQLITE_TIMEOUT_SECONDS = 60
 HEALTH_TIMEOUT_SECONDS = 10  # a busy server's first request opens its store
 # A search worker names its study and trial to the training it starts (through DVC) in these variables.
@@ -178,12 +179,13 @@ def run_tags(params: Params, data_hash: str) -> dict[str, str]:
     return tags
 
 
-def mark_orphans_killed(client, experiment_id: str) -> None:
-    """A run left RUNNING by a process killed with SIGKILL on this host is closed as KILLED."""
+def mark_orphans_killed(client, experiment_id: str, keep: str | None = None) -> None:
+    """A run left RUNNING by a process killed with SIGKILL on this host is closed as KILLED (`keep`: the run this
+    training resumes)."""
     host = socket.gethostname()
     for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
         pid = run.data.tags.get("pid")
-        if run.data.tags.get("host") != host or not pid or not pid.isdigit():
+        if run.info.run_id == keep or run.data.tags.get("host") != host or not pid or not pid.isdigit():
             continue
         try:
             os.kill(int(pid), 0)
@@ -207,32 +209,67 @@ class NullRun:
 
 
 class TrainingRun:
-    def __init__(self, client, run_id: str, uri: str):
-        self.client, self.run_id, self.uri = client, run_id, uri
+    def __init__(self, client, run_id: str, uri: str, run_name: str):
+        self.client, self.run_id, self.uri, self.run_name = client, run_id, uri, run_name
+        self.lost_after: int | None = None  # the last epoch logged before the server went away
 
     def keras_callbacks(self) -> list:
         import keras
 
-        client, run_id = self.client, self.run_id
+        handle = self
 
         class EpochMetrics(keras.callbacks.Callback):
-            """Logs each epoch as it ends, so curves grow live in `mlflow ui`."""
+            """Logs each epoch as it ends, so curves grow live in `mlflow ui`.
+
+            When the server has gone away, training stops after this epoch's backup (the resume callback runs
+            after this one) and fails naming the run; the resumed training logs what was missed.
+            """
 
             def on_epoch_end(self, epoch, logs=None):
                 from mlflow.entities import Metric
 
+                if handle.lost_after is not None:
+                    return
                 stamp = int(time.time() * 1000)
                 metrics = [Metric(key, float(value), stamp, epoch + 1) for key, value in (logs or {}).items()]
-                client.log_batch(run_id, metrics=metrics, synchronous=True)
+                try:
+                    check_server(handle.uri)  # seconds, where MLflow's own retries would take minutes
+                    handle.client.log_batch(handle.run_id, metrics=metrics, synchronous=True)
+                except Exception:  # PipelineError from the probe, or whatever MLflow's client raises
+                    handle.lost_after = epoch
+                    self.model.stop_training = True
+
+            def on_train_end(self, logs=None):
+                if handle.lost_after is not None:
+                    raise PipelineError(
+                        f"MLflow tracking server {handle.uri} went away during training: run {handle.run_name} "
+                        f"({handle.run_id}) is incomplete there, with epochs up to {handle.lost_after} logged. "
+                        "The training state is kept: start the server and run `dvc repro` again to resume the "
+                        "training and complete that run"
+                    )
 
         return [EpochMetrics()]
+
+    def log_missed_epochs(self, history) -> None:
+        """Log the epochs (rows of the history frame) the server has no record of: a resumed run's lost epochs."""
+        from mlflow.entities import Metric
+
+        logged = {metric.step for metric in self.client.get_metric_history(self.run_id, "loss")}
+        stamp = int(time.time() * 1000)
+        missed = [Metric(key, float(value), stamp, int(row["epoch"]))
+                  for row in history.to_dict("records") if int(row["epoch"]) not in logged
+                  for key, value in row.items() if key != "epoch" and value == value]  # NaN: not measured
+        for start in range(0, len(missed), 1000):  # MLflow's limit per batch
+            self.client.log_batch(self.run_id, metrics=missed[start:start + 1000], synchronous=True)
 
     def log_training(self, params: Params, model, result: dict, example) -> None:
         import keras
         import mlflow
+        import pandas as pd
         import tensorflow as tf
         from mlflow.models import infer_signature
 
+        self.log_missed_epochs(pd.read_csv(params.paths.history))
         self.client.log_batch(self.run_id, params=[
             mlflow.entities.Param("model.parameters", str(result["parameters"])),
         ])
@@ -313,39 +350,86 @@ def log_image_model(params: Params, uri: str):
         )
 
 
+def _resumable_run(client, uri: str, resume_dir: Path | None) -> str | None:
+    """The run a training lost to a vanished server left in its resume folder, while unfinished on this server."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        saved = json.loads((resume_dir / RESUME_RUN_FILE).read_text()) if resume_dir else {}
+    except (OSError, ValueError):
+        return None
+    if not saved.get("run_id") or saved.get("uri") != uri:
+        return None
+    try:
+        run = client.get_run(saved["run_id"])
+    except MlflowException:  # deleted from the server
+        return None
+    if run.info.status == "FINISHED" or run.info.lifecycle_stage != "active":
+        return None
+    return run.info.run_id
+
+
 @contextlib.contextmanager
-def training_run(params: Params, data_hash: str = "") -> Iterator[NullRun | TrainingRun]:
-    """Open the MLflow run for a training and close it FINISHED, FAILED or KILLED, whatever happens."""
+def training_run(params: Params, data_hash: str = "",
+                 resume_dir: Path | None = None) -> Iterator[NullRun | TrainingRun]:
+    """Open the MLflow run for a training and close it FINISHED, FAILED or KILLED, whatever happens.
+
+    When the server goes away during training, the run's id is kept in the training's resume folder: the training
+    resumed from that folder completes that run instead of opening a second one (unless it was finished or
+    deleted meanwhile). A training stopped by a signal or a kill gets a new run, and its own ends KILLED.
+    """
     if not params.tracking.enabled:
         yield NullRun()
         return
     import mlflow
 
     client, experiment_id = connect(params)
-    mark_orphans_killed(client, experiment_id)
-    name_spec = json.dumps(params.model_dump(), sort_keys=True, default=str)
-    architecture = params.model.architecture if params.model.layers is None else "custom"
-    run_name = f"{architecture}-{params.train.optimizer.name}-{hashlib.sha256(name_spec.encode()).hexdigest()[:6]}"
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
-                           tags=run_tags(params, data_hash), log_system_metrics=False)
-    run_id = run.info.run_id
-    client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000])
-                                     for k, v in flatten(params.model_dump()).items()])
+    uri = tracking_uri(params)
+    resumed = _resumable_run(client, uri, resume_dir)
+    mark_orphans_killed(client, experiment_id, keep=resumed)
+    if resumed:
+        run = mlflow.start_run(run_id=resumed, log_system_metrics=False)
+        # This process owns it now: the orphan check of other trainings looks at these two tags.
+        client.set_tag(resumed, "host", socket.gethostname())
+        client.set_tag(resumed, "pid", str(os.getpid()))
+        run_name, run_id = run.info.run_name, resumed
+        print(f"resuming MLflow run {run_name} ({run_id})")
+    else:
+        name_spec = json.dumps(params.model_dump(), sort_keys=True, default=str)
+        architecture = params.model.architecture if params.model.layers is None else "custom"
+        run_name = (f"{architecture}-{params.train.optimizer.name}-"
+                    f"{hashlib.sha256(name_spec.encode()).hexdigest()[:6]}")
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
+                               tags=run_tags(params, data_hash), log_system_metrics=False)
+        run_id = run.info.run_id
+        client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000])
+                                         for k, v in flatten(params.model_dump()).items()])
 
+    handle = TrainingRun(client, run_id, uri, run_name)
     status = "FAILED"
     try:
-        yield TrainingRun(client, run_id, tracking_uri(params))
+        yield handle
         status = "FINISHED"
     except (KeyboardInterrupt, Terminated):
         status = "KILLED"
         raise
     finally:
-        # The status first: on a server, MLflow prints the run's URL before it writes the status, and that print
-        # raises once nobody reads our output (a search worker killed mid-trial), which would leave it RUNNING.
-        client.update_run(run_id, status=status)
-        with contextlib.suppress(OSError):
-            mlflow.end_run(status=status)
-        print(f"MLflow run {run_name} ({run_id}) {status} in experiment {params.tracking.experiment!r}")
+        if handle.lost_after is None:
+            # The status first: on a server, MLflow prints the run's URL before it writes the status, and that
+            # print raises once nobody reads our output (a search worker killed mid-trial), which would leave it
+            # RUNNING.
+            client.update_run(run_id, status=status)
+            with contextlib.suppress(OSError):
+                mlflow.end_run(status=status)
+            print(f"MLflow run {run_name} ({run_id}) {status} in experiment {params.tracking.experiment!r}")
+        else:
+            # The server is gone: one try to close the run, not MLflow's minutes of retries. Either way the
+            # training resumed from this state reopens it.
+            if resume_dir is not None:
+                write_json(resume_dir / RESUME_RUN_FILE, {"run_id": run_id, "uri": uri})
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+            with contextlib.suppress(Exception):
+                mlflow.end_run(status="FAILED")
 
 
 def _attached_run(params: Params):
@@ -364,8 +448,6 @@ def _attached_run(params: Params):
 
 def log_evaluation(params: Params, metrics: dict[str, float], files: list[Path]) -> None:
     """Attach test metrics and report files to the training's run; tag its model version and move `champion`."""
-    from mlflow.exceptions import MlflowException
-
     attached = _attached_run(params)
     if attached is None:
         return
@@ -382,18 +464,40 @@ def log_evaluation(params: Params, metrics: dict[str, float], files: list[Path])
         versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
         if not versions:
             continue
-        version = versions[0].version
         with store_lock(tracking_uri(params)):
-            client.set_model_version_tag(name, version, "test_accuracy", f"{accuracy:.6f}")
-            try:
-                champion = client.get_model_version_by_alias(name, "champion")
-                best = float(champion.tags.get("test_accuracy", "-1"))
-            except MlflowException:  # no champion yet
-                best = -1.0
-            if accuracy > best:
-                client.set_registered_model_alias(name, "champion", version)
-                print(f"registered model {name} version {version} is the new champion "
-                      f"(test accuracy {accuracy:.4f})")
+            client.set_model_version_tag(name, versions[0].version, "test_accuracy", f"{accuracy:.6f}")
+            promote_champion(client, name)
+
+
+def promote_champion(client, name: str, alias: str = "champion") -> None:
+    """Point `alias` at the version with the best test accuracy: set it, read it back, repair it.
+
+    The registry has no lock and no compare-and-set, so two evaluations finishing together can each see only
+    their own version and the later write may be the worse one (and two first writes of the alias collide). Each
+    evaluation tags its version before calling this, so whoever checks last sees every tag and repairs what an
+    earlier, less informed write left behind.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for _ in range(20):
+        scored = [(float(version.tags["test_accuracy"]), -int(version.version), version.version)
+                  for version in client.search_model_versions(f"name = '{name}'")
+                  if "test_accuracy" in version.tags]
+        if not scored:
+            return
+        accuracy, _, best = max(scored)  # ties: the first version to reach that accuracy keeps it
+        try:
+            current = client.get_model_version_by_alias(name, alias).version
+        except MlflowException:  # no champion yet
+            current = None
+        if current == best:
+            return
+        try:
+            client.set_registered_model_alias(name, alias, best)
+        except MlflowException:  # two first-ever writes collide on the alias's key: read again
+            continue
+        print(f"registered model {name} version {best} is the {alias} (test accuracy {accuracy:.4f})")
+    raise PipelineError(f"the {alias!r} alias of registered model {name!r} kept changing under concurrent updates")
 
 
 def log_files(params: Params, files: list[Path], folder: str) -> None:

@@ -386,10 +386,10 @@ def run(params: Params) -> dict:
     strategy = choose_strategy(params.train.distribute)
     # Built before the MLflow run opens: a configuration error leaves no run behind.
     model = build(params, int(np.ceil(len(train[0]) / params.train.batch_size)), strategy)
-    with tracking.training_run(params, data_hash) as run_handle:
-        resume_dir = Path(paths.resume) / resume_key(params, data_hash)
-        if not params.train.resume:
-            shutil.rmtree(resume_dir, ignore_errors=True)
+    resume_dir = Path(paths.resume) / resume_key(params, data_hash)
+    if not params.train.resume:
+        shutil.rmtree(resume_dir, ignore_errors=True)
+    with tracking.training_run(params, data_hash, resume_dir) as run_handle:
         started = time.perf_counter()
         model, history = fit(params, model, train, val, resume_dir, run_handle.keras_callbacks())
         seconds = time.perf_counter() - started

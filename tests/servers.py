@@ -167,11 +167,15 @@ class MlflowServer:
                    self.log)
         return self
 
-    def stop(self) -> None:
+    def kill(self) -> None:
+        """Gone at once, as a crashed machine or a lost network would leave it."""
+        self.stop(signal.SIGKILL)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
+            os.killpg(self.process.pid, sig)
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:  # uvicorn waits for open connections; the tests want it gone

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 import yaml
 from conftest import MNIST_10K
 
-from benchmarks.project_copy import copy_project, project_env, set_params
+from benchmarks.project_copy import copy_project, project_env, set_params, sh
 
 pytestmark = pytest.mark.slow
 
@@ -28,15 +26,6 @@ QUICK = {
     "model.architecture": "conv10",
     "train.epochs": 1,
 }
-
-
-def sh(project: Path, *command: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=project, env=env or project_env([project]), capture_output=True, text=True,
-                            timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
-                             f"{result.stderr[-3000:]}")
-    return result
 
 
 @pytest.fixture(scope="module")

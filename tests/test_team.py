@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+from conftest import MNIST_10K
+from PIL import Image
 
+from benchmarks.project_copy import copy_project, project_env, set_params, sh
 from stages import tracking
 from stages.common import PipelineError
 
 pytestmark = pytest.mark.slow  # real servers: seconds to start each
-
-
-def test_servers_come_up(mlflow_server, sshd_server):
-    tracking.check_server(mlflow_server.uri)
-    assert mlflow_server.client().search_experiments()
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +61,241 @@ def test_basic_auth_is_checked_before_training(auth_server, make_params, process
 
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "team-admin-secret")
     tracking.check_server(uri)  # the right credentials pass
+
+
+# Two people on two machines: clones A and B of the project share a bare git origin, a DVC remote over SSH and the
+# MLflow server. Tiny runs: a few hundred digits, one epoch of the smallest preset.
+TEAM = {
+    "data.source": str(MNIST_10K),
+    "preprocess.limit": 400,
+    "model.architecture": "single_conv",
+    "train.epochs": 1,
+    "tracking.experiment": "team",
+    "tracking.registered_model": "team-cnn",
+}
+
+
+def run_sh(project: Path, *command: str, **kwargs):
+    return sh(project, *command, env=project_env([project]), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def clones(tmp_path_factory, mlflow_server, sshd_server):
+    """A has run `dvc repro` and pushed data, models, run-cache and dvc.lock; B has cloned and pulled."""
+    base = tmp_path_factory.mktemp("team")
+    origin = base / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(origin)], check=True)
+    (base / "storage").mkdir()
+    a = base / "a"
+    a.mkdir()
+    copy_project(a, {**TEAM, "tracking.uri": mlflow_server.uri})
+    run_sh(a, "dvc", "remote", "add", "-d", "storage", sshd_server.url(base / "storage"))
+    run_sh(a, "dvc", "remote", "modify", "--local", "storage", "keyfile", str(sshd_server.key))
+    run_sh(a, "git", "remote", "add", "origin", str(origin))
+    run_sh(a, "git", "commit", "-qam", "DVC remote: storage over SSH")
+    started = time.monotonic()
+    run_sh(a, "dvc", "repro")
+    run_sh(a, "dvc", "push", "--run-cache")
+    run_sh(a, "git", "commit", "-qam", "Train the baseline")
+    run_sh(a, "git", "push", "-q", "origin", "HEAD:main")
+
+    b = base / "b"
+    run_sh(base, "git", "clone", "-q", "--branch", "main", str(origin), str(b))
+    run_sh(b, "dvc", "remote", "modify", "--local", "storage", "keyfile", str(sshd_server.key))
+    run_sh(b, "dvc", "pull", "--run-cache")
+    yield SimpleNamespace(a=a, b=b, origin=origin, started=started, server=mlflow_server)
+
+
+def team_runs(server, **tags) -> list:
+    client = server.client()
+    experiment = client.get_experiment_by_name(TEAM["tracking.experiment"])
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return [run for run in runs if all(run.data.tags.get(key) == value for key, value in tags.items())]
+
+
+def test_b_pulls_what_a_made_instead_of_recomputing(clones):
+    status = run_sh(clones.b, "dvc", "status", "--json").stdout
+    assert json.loads(status) == {}, f"B's workspace differs from dvc.lock after pull: {status}"
+    repro = run_sh(clones.b, "dvc", "repro").stdout
+    assert "Running stage" not in repro, repro
+
+    # B's pulled model is A's: the same digit gets the same answer, to the last bit of confidence.
+    with np.load(clones.b / "data" / "processed" / "test.npz") as test:
+        image = Image.fromarray((test["x"][0, :, :, 0] * 255).astype(np.uint8))
+    answers = []
+    for clone in (clones.a, clones.b):
+        image.save(clone / "digit.png")
+        answers.append(json.loads(run_sh(clone, "python", "-m", "stages.predict", "--json", "digit.png").stdout))
+    assert answers[0]["predicted"] == answers[1]["predicted"]
+    assert answers[0]["confidence"] == answers[1]["confidence"]
+
+    trained_on = run_sh(clones.a, "git", "rev-parse", "HEAD~1").stdout.strip()
+    [run] = team_runs(clones.server, **{"git.commit": trained_on})
+    assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+
+
+def exp_metrics(project: Path) -> dict[str, dict]:
+    """{experiment name: its metrics} from `dvc exp show --json`, whatever its nesting."""
+    found: dict[str, dict] = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("name") and isinstance(node.get("data"), dict):
+                metrics = {}
+                for entry in (node["data"].get("metrics") or {}).values():
+                    metrics.update(entry.get("data") or {})
+                found[node["name"]] = metrics
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(json.loads(run_sh(project, "dvc", "exp", "show", "--json").stdout))
+    return found
+
+
+def ran_experiment(output: str) -> str:
+    return re.search(r"Ran experiment\(s\): (\S+)", output).group(1)
+
+
+def test_an_experiment_travels_from_a_to_b_through_origin(clones):
+    name = ran_experiment(run_sh(clones.a, "dvc", "exp", "run", "-S", "train.optimizer.name=sgd").stdout)
+    run_sh(clones.a, "dvc", "exp", "push", "origin", name)
+
+    run_sh(clones.b, "dvc", "exp", "pull", "origin", name)
+    assert "test_accuracy" in exp_metrics(clones.b)[name]
+    run_sh(clones.b, "dvc", "exp", "apply", name)
+    run_sh(clones.b, "dvc", "pull")
+    try:
+        assert json.loads(run_sh(clones.b, "dvc", "status", "--json").stdout) == {}
+        assert (clones.b / "models" / "model.keras").is_file()
+        [run] = team_runs(clones.server, **{"dvc.exp_name": name})
+        assert run.info.status == "FINISHED" and run.data.params["train.optimizer.name"] == "sgd"
+        assert run.data.tags["git.commit"] == run_sh(clones.a, "git", "rev-parse", "HEAD").stdout.strip()
+    finally:
+        run_sh(clones.b, "git", "reset", "-q", "--hard")
+        run_sh(clones.b, "dvc", "checkout", "--force")
+
+
+@pytest.mark.timeout(1500)  # five trainings on two cores
+def test_queued_runs_and_a_teammate_train_on_one_server_at_once(clones):
+    optimizers = ["adam", "sgd", "rmsprop", "adamw"]  # 2 epochs: not the baseline, which the run-cache restores
+    queued = {}
+    for optimizer in optimizers:
+        output = run_sh(clones.a, "dvc", "exp", "run", "--queue", "-S", f"train.optimizer.name={optimizer}",
+                        "-S", "train.epochs=2").stdout
+        queued[re.search(r"Queued experiment '([^']+)'", output).group(1)] = optimizer
+    # `dvc queue start` returns once its workers run; they keep its output pipes open, so no pipes here.
+    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=clones.a, env=project_env([clones.a]), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+    try:
+        teammate = ran_experiment(run_sh(clones.b, "dvc", "exp", "run", "-S", "train.optimizer.name=nadam",
+                                         "-S", "train.epochs=2").stdout)
+        deadline = time.monotonic() + 1200
+        while True:
+            status = run_sh(clones.a, "dvc", "queue", "status").stdout
+            if not any(state in status for state in ("Queued", "Running")):
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(2)
+    finally:
+        sh(clones.a, "dvc", "queue", "stop", "--kill", check=False)
+    assert status.count("Success") == len(optimizers), status
+
+    expected = {**queued, teammate: "nadam"}
+    reported = {**exp_metrics(clones.a), **exp_metrics(clones.b)}
+    client = clones.server.client()
+    hashes = set()
+    for name, optimizer in expected.items():
+        [run] = team_runs(clones.server, **{"dvc.exp_name": name})
+        assert run.info.status == "FINISHED", (name, run.info.status)
+        assert run.data.params["train.optimizer.name"] == optimizer
+        assert run.data.metrics["test_accuracy"] == pytest.approx(reported[name]["test_accuracy"], abs=1e-9)
+        for key in ("loss", "val_accuracy"):
+            assert [metric.step for metric in client.get_metric_history(run.info.run_id, key)] == [1, 2], name
+        hashes.add(run.data.tags["data.sha256"])
+    runs = team_runs(clones.server)
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    assert len(hashes | {run.data.tags["data.sha256"] for run in runs}) == 1, "same data, same hash, A and B"
+
+    versions = client.search_model_versions(f"name = '{TEAM['tracking.registered_model']}'")
+    best = max(float(version.tags["test_accuracy"]) for version in versions if "test_accuracy" in version.tags)
+    champion = client.get_model_version_by_alias(TEAM["tracking.registered_model"], "champion")
+    assert float(champion.tags["test_accuracy"]) == best
+
+
+def test_champion_ends_on_the_best_version_when_evaluations_race(mlflow_server, make_params, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client = mlflow_server.client()
+    name, accuracies = "race-cnn", [0.91, 0.97, 0.93, 0.95, 0.96, 0.92]
+    experiment_id = client.create_experiment("race")
+    client.create_registered_model(name)
+    evaluations = []
+    for index, accuracy in enumerate(accuracies):
+        run = client.create_run(experiment_id)
+        client.create_model_version(name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+        run_file = tmp_path / f"run-{index}.json"
+        run_file.write_text(json.dumps({"run_id": run.info.run_id}))
+        params = make_params(paths__run=str(run_file), tracking__enabled=True, tracking__uri=mlflow_server.uri,
+                             tracking__experiment="race", tracking__registered_model=name)
+        evaluations.append((params, accuracy))
+    start = threading.Barrier(len(evaluations))
+
+    def evaluate(evaluation):
+        params, accuracy = evaluation
+        start.wait()
+        tracking.log_evaluation(params, {"test_accuracy": accuracy}, [])
+
+    with ThreadPoolExecutor(len(evaluations)) as pool:
+        list(pool.map(evaluate, evaluations))
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert float(champion.tags["test_accuracy"]) == max(accuracies)
+
+
+def test_server_gone_mid_training_then_resumed_into_the_same_run(clones, postgresql_server):
+    server, a = clones.server, clones.a
+    # Small batches and a bigger model: epochs of seconds, so the server dies between two of them.
+    set_params(a, {"train.epochs": 4, "train.batch_size": 16, "model.architecture": "lenet"})
+    client = server.client()
+    experiment_id = client.get_experiment_by_name(TEAM["tracking.experiment"]).experiment_id
+    training = subprocess.Popen(["dvc", "repro"], cwd=a, env=project_env([a]), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            assert training.poll() is None, training.stdout.read()[-3000:]
+            assert time.monotonic() < deadline
+            running = client.search_runs([experiment_id], "attributes.status = 'RUNNING'")
+            if running and client.get_metric_history(running[0].info.run_id, "loss"):
+                break
+            time.sleep(0.1)
+        server.kill()
+        output = training.communicate(timeout=300)[0]
+    finally:
+        if training.poll() is None:
+            training.kill()
+            training.wait()
+        if server.process is None:
+            server.start()
+    [run] = running
+    assert training.returncode != 0
+    assert f"went away during training: run {run.info.run_name} ({run.info.run_id}) is incomplete" in output
+
+    resumed = run_sh(a, "dvc", "repro").stdout
+    assert "resuming after epoch" in resumed
+    assert f"resuming MLflow run {run.info.run_name} ({run.info.run_id})" in resumed
+    record = client.get_run(run.info.run_id)
+    assert record.info.status == "FINISHED" and "test_accuracy" in record.data.metrics
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 2, 3, 4], key
+    assert [r.info.run_id for r in team_runs(clones.server) if r.info.run_name == run.info.run_name] == [
+        run.info.run_id]
+
+    # The database restarts between two runs: the server reconnects by itself and the next run is recorded.
+    postgresql_server.restart()
+    set_params(a, {"train.epochs": 1})
+    run_sh(a, "dvc", "repro")
+    latest = client.search_runs([experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert latest.info.status == "FINISHED" and latest.data.params["train.epochs"] == "1"
+    assert latest.data.params["model.architecture"] == "lenet"
