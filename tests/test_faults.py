@@ -313,6 +313,7 @@ def trickle(handler) -> None:
 
 
 def test_a_mirror_trickling_1_byte_a_second_hits_the_overall_deadline(project):
+    before = run_statuses(project)
     server = Answering(trickle)
     try:
         set_params(project, {"data.source": server.url + "/", "data.timeout": 2})
@@ -325,6 +326,7 @@ def test_a_mirror_trickling_1_byte_a_second_hits_the_overall_deadline(project):
     the_message(dvc.output(), r"^error: could not get train-images-idx3-ubyte.gz of mnist from data.source")
     assert re.search(r"too slow: \d+ of 10000 bytes in \d+ s", dvc.output())
     assert elapsed < 120, f"{elapsed:.0f} s"
+    assert new_runs(project, before) == []
     assert_recovers(project)
 
 
@@ -371,6 +373,7 @@ def test_a_layer_stack_that_shrinks_to_nothing_keeps_keras_reason_and_opens_no_r
 
 @pytest.mark.parametrize("emptied", [False, True], ids=["missing", "empty"])
 def test_a_missing_or_empty_params_yaml_is_named(project, emptied):
+    before = run_statuses(project)
     params = project / "params.yaml"
     if emptied:
         params.write_text("")
@@ -388,4 +391,5 @@ def test_a_missing_or_empty_params_yaml_is_named(project, emptied):
         the_message(stage.stderr, r"^error: params\.yaml is empty: restore it with `git checkout params\.yaml`")
     else:
         assert "'params.yaml' does not exist" in dvc.stderr
+    assert new_runs(project, before) == []
     assert_recovers(project)
