@@ -92,7 +92,9 @@ def run_stage(spec: dict) -> dict:
     make_callbacks = train.make_callbacks
 
     def callbacks_then_clock(*args, **kwargs):
-        return [*make_callbacks(*args, **kwargs), clock]
+        callbacks = make_callbacks(*args, **kwargs)
+        callbacks.ordered.append(clock)
+        return callbacks
 
     train.make_callbacks = callbacks_then_clock
     result = train.run(params)

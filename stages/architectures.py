@@ -1,17 +1,21 @@
 """Architectures are data: named presets in architectures.yaml (or an inline list in params.yaml) and one builder.
 
 A spec is a list of `{type: <keras.layers class>, <constructor arguments>...}`. `check_layer_list` validates the
-types without importing TensorFlow (params load time); `build_model` turns a spec into a keras.Sequential and
-reports a bad argument or a shape that does not fit with the layer's index.
+types without importing TensorFlow (params load time); `resolve_spec` names the architecture once; `build_model`
+turns a spec into a keras.Sequential and reports a bad argument or a shape that does not fit with the layer's
+index; `load_model` is the one loader of a trained model file, with the one check of its shapes.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+from stages.common import PipelineError
 
 PRESETS_FILE = Path(__file__).with_name("architectures.yaml")
 INPUT_SHAPE = (28, 28, 1)
@@ -31,6 +35,18 @@ LAYER_TYPES = (
 
 class SpecError(ValueError):
     """A layer spec is malformed; the message names the layer's index and key."""
+
+
+class ModelFileError(PipelineError):
+    """A model file is missing, is not a Keras model, or does not map 28x28x1 images to the classes."""
+
+
+class Architecture(NamedTuple):
+    """What a model section describes, resolved once: logged as `model.name` and used for the run's name."""
+
+    name: str  # the preset's name, or "custom" for an inline model.layers list
+    layers: list[dict[str, Any]]
+    where: str  # how build errors name the spec
 
 
 @functools.cache
@@ -58,11 +74,11 @@ def check_layer_list(layers: Any, where: str) -> None:
             raise SpecError(f"{where}[{index}].type: unknown layer type {kind!r}{hint}")
 
 
-def resolve_spec(architecture: str, layers: list[dict[str, Any]] | None) -> tuple[str, list[dict[str, Any]]]:
-    """The (name, layer list) a model section describes: the inline list wins over the preset."""
+def resolve_spec(architecture: str, layers: list[dict[str, Any]] | None) -> Architecture:
+    """The architecture a model section describes: the inline list wins over the preset."""
     if layers is not None:
-        return "custom", layers
-    return architecture, presets()[architecture]
+        return Architecture("custom", layers, "model.layers")
+    return Architecture(architecture, presets()[architecture], f"preset {architecture}")
 
 
 def keras_reason(error: Exception) -> str:
@@ -99,4 +115,28 @@ def build_model(layers: list[dict[str, Any]], name: str = "model", where: str = 
         )
     # Under mixed precision the softmax stays float32 so probabilities and the loss keep full precision.
     model.add(keras.layers.Activation("softmax", dtype="float32", name="probabilities"))
+    return model
+
+
+def load_model(path: str | os.PathLike, num_classes: int, advice: str):
+    """The trained model in `path`, for inference, checked to map 28x28x1 images to `num_classes` probabilities.
+
+    safe_mode refuses files that would run code on load; compile=False skips the optimizer, which inference does
+    not need. Any failure is one ModelFileError ending with `advice` (what the user should do).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} not found: {advice}")
+    import keras
+
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    # Keras reports an unreadable archive with whatever its zip, h5 or deserialisation layer raised.
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ModelFileError(f"{path} is not a loadable Keras model ({reason}): {advice}") from None
+    input_shape, output_shape = tuple(model.input_shape), tuple(model.output_shape)
+    if input_shape[1:] != INPUT_SHAPE or output_shape[1:] != (num_classes,):
+        raise ModelFileError(f"{path} maps {input_shape[1:]} to {output_shape[1:]}, expected {INPUT_SHAPE} images "
+                             f"to {num_classes} class probabilities: {advice}")
     return model

@@ -19,7 +19,7 @@ from stages.params import Params
 COLUMNS = {
     "tags.mlflow.runName": "run",
     "tags.dvc.exp_name": "dvc experiment",
-    "params.model.architecture": "architecture",
+    "params.model.name": "architecture",
     "params.train.optimizer.name": "optimizer",
     "params.train.optimizer.learning_rate": "learning rate",
     "metrics.epochs_run": "epochs",
@@ -35,11 +35,6 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty or "metrics.test_accuracy" not in runs:
         return pd.DataFrame(columns=list(COLUMNS.values()))
     evaluated = runs[(runs["status"] == "FINISHED") & runs["metrics.test_accuracy"].notna()]
-    # An inline `model.layers` spec shows as "custom", like the run name does.
-    if "params.model.layers" in evaluated:
-        custom = ~evaluated["params.model.layers"].fillna("None").isin(["None", "null", ""])
-        evaluated = evaluated.assign(**{"params.model.architecture": evaluated["params.model.architecture"]
-                                        .where(~custom, "custom")})
     table = evaluated.reindex(columns=list(COLUMNS)).rename(columns=COLUMNS)
     for column in ("epochs", "parameters"):
         table[column] = pd.to_numeric(table[column]).astype("Int64")

@@ -16,13 +16,13 @@ Run alone with `python -m stages.evaluate` (after `dvc repro train`).
 from __future__ import annotations
 
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from stages import tracking
+from stages.architectures import load_model
 from stages.common import PipelineError, load_npz, require_files, save_npz, write_csv, write_json
 from stages.datasets import class_names
 from stages.entry import KERAS_UNUSED_IMPORTS, stage_main
@@ -40,17 +40,6 @@ def load_test_set(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise PipelineError(f"{path}: expected N x H x W x C images and N labels with N > 0, got images "
                             f"{images.shape} and labels {labels.shape}; rerun `dvc repro preprocess`")
     return images, labels
-
-
-def load_model(path: Path):
-    import keras
-
-    try:
-        # compile=False: evaluation needs only the forward pass, and skipping the optimizer keeps loading robust.
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise PipelineError(f"{path} is not a loadable Keras model ({message}); rerun `dvc repro train`") from None
 
 
 def predict_timed(model, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
@@ -196,11 +185,8 @@ def run(params) -> dict[str, float | int]:
     names = class_names(params.data.dataset)
 
     images, labels = load_test_set(test_path)
-    model = load_model(model_path)
+    model = load_model(model_path, len(names), advice="rerun `dvc repro train`")
     probabilities, images_per_second = predict_timed(model, images, params.evaluate.batch_size)
-    if probabilities.shape != (len(labels), len(names)):
-        raise PipelineError(f"{model_path} outputs {probabilities.shape[1:]} per image, expected {len(names)} "
-                            f"class probabilities for {params.data.dataset}; retrain with `dvc repro train`")
 
     scores = compute_metrics(labels, probabilities)
     test_images = scores.pop("test_images")

@@ -11,8 +11,8 @@ line). `--save-preprocessed DIR` writes the 28x28 images the model saw.
 adds each digit's box in the image's pixels). `--serve` serves a page to draw digits and numbers on
 (stages/drawing_page.py) at http://127.0.0.1:8000 instead (`--port` for another port).
 
-The model defaults to `paths.model` and the class names to `data.dataset`, both from params.yaml
-in the working directory (`models/model.keras` and MNIST when there is none).
+The model defaults to `paths.model` and the class names to `data.dataset`, both from params.yaml in the working
+directory; without one, pass --model and --dataset.
 
 Exit codes: 0 all images predicted; 1 at least one image could not be read (the others are still predicted);
 2 the model is missing or unusable (run `dvc repro` first), or the command line is wrong.
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.architectures import ModelFileError, load_model
 from stages.common import PipelineError, atomic_path
 from stages.images import (
-    CANVAS_SIZE,
     MAX_IMAGE_PIXELS,
     ImageError,
     load_image,
@@ -41,14 +41,13 @@ from stages.images import (
     to_png_image,
 )
 
-DEFAULT_MODEL = Path("models") / "model.keras"
+# The framing of library calls that name no dataset; the command line takes data.dataset from params.yaml.
 DEFAULT_DATASET = "mnist"
+MODEL_ADVICE = "run `dvc repro` first to train it, or pass --model PATH"
 
 EXIT_OK, EXIT_BAD_IMAGE, EXIT_BAD_MODEL = 0, 1, 2
 
 
-class ModelError(PipelineError):
-    """The model file is missing, is not a Keras model, or does not fit the images."""
 
 
 # eq=False: comparing two predictions field by field would compare arrays, which has no single truth value.
@@ -124,29 +123,6 @@ def save_preprocessed(prepared: Sequence[tuple[str, np.ndarray]], directory: str
     except OSError as error:
         raise PipelineError(f"cannot write the preprocessed images to {directory}: {error.strerror or error}") from None
     return written
-
-
-def load_classifier(path: str | os.PathLike, num_classes: int):
-    """Load a .keras model with safe_mode on and check it maps 28x28x1 images to `num_classes` probabilities."""
-    path = Path(path)
-    advice = "run `dvc repro` first to train it, or pass --model PATH"
-    if not path.is_file():
-        raise ModelError(f"model file {path} not found: {advice}")
-    import keras
-
-    try:
-        model = keras.saving.load_model(path, safe_mode=True)
-    # Keras reports an unreadable archive with whatever its zip, h5 or deserialisation layer raised.
-    except Exception as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ModelError(f"{path} is not a Keras model this program can load ({reason}): {advice}") from None
-    input_shape, output_shape = tuple(model.input_shape), tuple(model.output_shape)
-    if input_shape[1:] != (CANVAS_SIZE, CANVAS_SIZE, 1) or output_shape[1:] != (num_classes,):
-        raise ModelError(
-            f"{path} maps {input_shape[1:]} to {output_shape[1:]}, expected ({CANVAS_SIZE}, {CANVAS_SIZE}, 1) images "
-            f"to {num_classes} class probabilities: {advice}"
-        )
-    return model
 
 
 def predict_arrays(model, arrays: Sequence[np.ndarray]) -> np.ndarray:
@@ -234,18 +210,14 @@ def read_number_files(
 
 
 def defaults_from_params(params_path: str | os.PathLike = "params.yaml") -> tuple[Path, str]:
-    """(model path, dataset) from params.yaml, or the shipped defaults when it is absent or invalid."""
-    if not Path(params_path).is_file():
-        return DEFAULT_MODEL, DEFAULT_DATASET
+    """(model path, dataset) as params.yaml sets them (paths.model, data.dataset)."""
     from stages.params import ParamsError, load_params
 
     try:
         params = load_params(params_path)
     except ParamsError as error:
         first_line = str(error).splitlines()[0]
-        print(f"warning: ignoring {params_path} ({first_line}); using {DEFAULT_MODEL} and {DEFAULT_DATASET}",
-              file=sys.stderr)
-        return DEFAULT_MODEL, DEFAULT_DATASET
+        raise ModelFileError(f"{first_line}; or pass --model PATH and --dataset NAME") from None
     return Path(params.paths.model), params.data.dataset
 
 
@@ -292,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             arguments.model = arguments.model or default_model
             arguments.dataset = arguments.dataset or default_dataset
         names = class_names(arguments.dataset)
-        model = load_classifier(arguments.model, len(names))
+        model = load_model(arguments.model, len(names), MODEL_ADVICE)
         if arguments.serve:
             from stages import drawing_page
 
@@ -300,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         read = read_number_files if arguments.number else predict_files
         predictions, failed = read(arguments.images, model, names, arguments.dataset, arguments.save_preprocessed)
-    except ModelError as error:
+    except ModelFileError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_MODEL
     except PipelineError as error:

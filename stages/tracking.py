@@ -7,7 +7,8 @@ there because DVC sets DVC_ROOT to the original repository. `tracking.uri` or ML
 tracking server instead.
 
 MLflow's own exit hook marks an active run FINISHED and it leaves a SIGTERMed run RUNNING, so the status is set
-here explicitly: FINISHED, FAILED (an exception) or KILLED (SIGINT/SIGTERM, or a run whose process vanished).
+here explicitly: FINISHED, FAILED (an exception) or KILLED (Ctrl-C, or SIGTERM, which stages/entry.py raises as Terminated; or a run whose process
+vanished).
 """
 
 from __future__ import annotations
@@ -204,8 +205,8 @@ class NullRun:
     def keras_callbacks(self) -> list:
         return []
 
-    def log_training(self, params, model, result, example) -> None:
-        write_json(params.paths.run, {"run_id": None})
+    def log_training(self, params, model, result, example) -> dict:
+        return {"run_id": None}
 
 
 class TrainingRun:
@@ -262,7 +263,8 @@ class TrainingRun:
         for start in range(0, len(missed), 1000):  # MLflow's limit per batch
             self.client.log_batch(self.run_id, metrics=missed[start:start + 1000], synchronous=True)
 
-    def log_training(self, params: Params, model, result: dict, example) -> None:
+    def log_training(self, params: Params, model, result: dict, example) -> dict:
+        """Log the trained model and its results; returns what run.json records of the run."""
         import keras
         import mlflow
         import pandas as pd
@@ -293,11 +295,11 @@ class TrainingRun:
                                   f"mlflow=={mlflow.__version__}"],
             )
         log_image_model(params, self.uri)
-        write_json(params.paths.run, {
+        return {
             "run_id": self.run_id, "experiment": params.tracking.experiment, "model_uri": info.model_uri,
             "registered_model": params.tracking.registered_model,
             "model_version": str(info.registered_model_version) if info.registered_model_version else None,
-        })
+        }
 
 
 def image_python_model():
@@ -370,9 +372,10 @@ def _resumable_run(client, uri: str, resume_dir: Path | None) -> str | None:
 
 
 @contextlib.contextmanager
-def training_run(params: Params, data_hash: str = "",
+def training_run(params: Params, architecture: str, data_hash: str = "",
                  resume_dir: Path | None = None) -> Iterator[NullRun | TrainingRun]:
-    """Open the MLflow run for a training and close it FINISHED, FAILED or KILLED, whatever happens.
+    """Open the MLflow run for a training of `architecture` (the name train resolved, logged as `model.name`)
+    and close it FINISHED, FAILED or KILLED, whatever happens.
 
     When the server goes away during training, the run's id is kept in the training's resume folder: the training
     resumed from that folder completes that run instead of opening a second one (unless it was finished or
@@ -396,14 +399,13 @@ def training_run(params: Params, data_hash: str = "",
         print(f"resuming MLflow run {run_name} ({run_id})")
     else:
         name_spec = json.dumps(params.model_dump(), sort_keys=True, default=str)
-        architecture = params.model.architecture if params.model.layers is None else "custom"
         run_name = (f"{architecture}-{params.train.optimizer.name}-"
                     f"{hashlib.sha256(name_spec.encode()).hexdigest()[:6]}")
         run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
                                tags=run_tags(params, data_hash), log_system_metrics=False)
         run_id = run.info.run_id
-        client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000])
-                                         for k, v in flatten(params.model_dump()).items()])
+        logged = {**flatten(params.model_dump()), "model.name": architecture}
+        client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in logged.items()])
 
     handle = TrainingRun(client, run_id, uri, run_name)
     status = "FAILED"

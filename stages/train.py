@@ -25,14 +25,16 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from stages import tracking
-from stages.architectures import SpecError, build_model, resolve_spec
-from stages.common import PipelineError, atomic_path, load_npz, write_csv, write_text
+from stages.architectures import Architecture, SpecError, build_model, resolve_spec
+from stages.common import PipelineError, atomic_path, load_npz, write_csv, write_json, write_text
 from stages.entry import KERAS_UNUSED_IMPORTS, stage_main
 from stages.params import Params
 
@@ -173,7 +175,16 @@ def resume_key(params: Params, data_hash: str) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def make_callbacks(params: Params, resume_dir: Path, initial_history: pd.DataFrame, extra: list):
+@dataclass
+class Callbacks:
+    """What fit hands to Keras (`ordered`), and the two callbacks it reads afterwards, by name."""
+
+    epoch_log: Any  # its `rows` are the history
+    backup: Any | None  # BackupAndRestore when train.resume is on
+    ordered: list = field(default_factory=list)
+
+
+def make_callbacks(params: Params, resume_dir: Path, initial_history: pd.DataFrame, extra: list) -> Callbacks:
     import keras
 
     class EpochLog(keras.callbacks.Callback):
@@ -255,8 +266,8 @@ def make_callbacks(params: Params, resume_dir: Path, initial_history: pd.DataFra
         # A resumed run must not overwrite the best checkpoint with a worse epoch.
         column = initial_history[monitor]
         best = float(column.min() if "loss" in monitor else column.max())
-    checkpoint = BestCheckpoint(resume_dir / BEST_WEIGHTS, monitor, best)
-    callbacks = [EpochLog(resume_dir / "history.csv", initial_history), EpochSeeds(params.seed), checkpoint]
+    epoch_log = EpochLog(resume_dir / "history.csv", initial_history)
+    callbacks = [epoch_log, EpochSeeds(params.seed), BestCheckpoint(resume_dir / BEST_WEIGHTS, monitor, best)]
     if settings.early_stopping.enabled:
         stopping = settings.early_stopping
         callbacks.append(keras.callbacks.EarlyStopping(
@@ -267,10 +278,12 @@ def make_callbacks(params: Params, resume_dir: Path, initial_history: pd.DataFra
     if settings.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=params.paths.tensorboard))
     callbacks.extend(extra)
+    backup = None
     if settings.resume:
         # Last, so the epoch's history row and checkpoint exist before the epoch counts as finished.
-        callbacks.append(keras.callbacks.BackupAndRestore(str(resume_dir / "backup"), double_checkpoint=True))
-    return callbacks
+        backup = keras.callbacks.BackupAndRestore(str(resume_dir / "backup"), double_checkpoint=True)
+        callbacks.append(backup)
+    return Callbacks(epoch_log, backup, callbacks)
 
 
 def configure(params: Params) -> str:
@@ -309,15 +322,14 @@ def repair_backup(backup: Path) -> None:
         shutil.rmtree(backup)
 
 
-def build(params: Params, steps_per_epoch: int, strategy=None):
+def build(params: Params, architecture: Architecture, steps_per_epoch: int, strategy=None):
     """The compiled model params describe, its variables placed by `strategy` if any; a bad layer, shape or
     optimizer argument raises PipelineError."""
     import keras
 
-    name, layers = resolve_spec(params.model.architecture, params.model.layers)
     with strategy.scope() if strategy else contextlib.nullcontext():
         try:
-            model = build_model(layers, name=name, where="model.layers" if params.model.layers else f"preset {name}")
+            model = build_model(architecture.layers, name=architecture.name, where=architecture.where)
         except SpecError as error:
             raise PipelineError(str(error)) from None
         model.compile(
@@ -334,21 +346,19 @@ def fit(params: Params, model, train: tuple, val: tuple, resume_dir: Path, extra
     One process drives every replica of a MirroredStrategy and Keras calls each callback once per epoch with the
     replicas' metrics already combined: the history, checkpoint, backup and MLflow callbacks each write once.
     """
-    import keras
-
     settings = params.train
     steps_per_epoch = int(np.ceil(len(train[0]) / settings.batch_size))
     history_path = resume_dir / "history.csv"
     initial = pd.read_csv(history_path) if settings.resume and history_path.exists() else pd.DataFrame()
     resume_dir.mkdir(parents=True, exist_ok=True)
     callbacks = make_callbacks(params, resume_dir, initial, list(extra_callbacks))
-    backup = next((c for c in callbacks if isinstance(c, keras.callbacks.BackupAndRestore)), None)
+    epoch_log, backup = callbacks.epoch_log, callbacks.backup
     finished = 0
     if backup is not None:
         repair_backup(Path(backup.backup_dir))
         # Rows of an epoch whose backup never finished would be replayed: keep only backed-up epochs.
         finished = backed_up_epoch(Path(backup.backup_dir) / "training_metadata.json") or 0
-        callbacks[0].rows = [row for row in callbacks[0].rows if row["epoch"] <= finished]
+        epoch_log.rows = [row for row in epoch_log.rows if row["epoch"] <= finished]
         if finished:
             print(f"resuming after epoch {finished} from {resume_dir}")
     # Batches of the global batch_size: the strategy splits each across its replicas.
@@ -358,14 +368,14 @@ def fit(params: Params, model, train: tuple, val: tuple, resume_dir: Path, extra
         epochs=settings.epochs,
         steps_per_epoch=steps_per_epoch,  # one stream for all epochs: Keras keeps its iterator across them
         shuffle=False,  # the stream is already shuffled, per epoch
-        callbacks=callbacks,
+        callbacks=callbacks.ordered,
         verbose=1 if sys.stdout.isatty() else 2,
     )
     best = resume_dir / BEST_WEIGHTS
     if best.exists() and not (settings.early_stopping.enabled and settings.early_stopping.restore_best_weights):
         with np.load(best) as weights:
             model.set_weights([weights[f"arr_{index}"] for index in range(len(weights.files))])
-    history = pd.DataFrame(callbacks[0].rows, columns=HISTORY_COLUMNS)
+    history = pd.DataFrame(epoch_log.rows, columns=HISTORY_COLUMNS)
     return model, history
 
 
@@ -384,12 +394,13 @@ def run(params: Params) -> dict:
     tracking.check_tracking(params)  # seconds, before TensorFlow starts
     precision = configure(params)
     strategy = choose_strategy(params.train.distribute)
+    architecture = resolve_spec(params.model.architecture, params.model.layers)
     # Built before the MLflow run opens: a configuration error leaves no run behind.
-    model = build(params, int(np.ceil(len(train[0]) / params.train.batch_size)), strategy)
+    model = build(params, architecture, int(np.ceil(len(train[0]) / params.train.batch_size)), strategy)
     resume_dir = Path(paths.resume) / resume_key(params, data_hash)
     if not params.train.resume:
         shutil.rmtree(resume_dir, ignore_errors=True)
-    with tracking.training_run(params, data_hash, resume_dir) as run_handle:
+    with tracking.training_run(params, architecture.name, data_hash, resume_dir) as run_handle:
         started = time.perf_counter()
         model, history = fit(params, model, train, val, resume_dir, run_handle.keras_callbacks())
         seconds = time.perf_counter() - started
@@ -399,7 +410,7 @@ def run(params: Params) -> dict:
         write_csv(paths.history, history)
         write_text(paths.summary, summary_text(model))
         result = {
-            "architecture": resolve_spec(params.model.architecture, params.model.layers)[0],
+            "architecture": architecture.name,
             "parameters": int(model.count_params()),
             "precision": precision,
             "replicas": strategy.num_replicas_in_sync if strategy else 1,
@@ -407,7 +418,8 @@ def run(params: Params) -> dict:
             "train_seconds": round(seconds, 2),
             "best_val_accuracy": float(history["val_accuracy"].max()),
         }
-        run_handle.log_training(params, model, result, example=val[0][:5])
+        # run.json last: evaluate and plots attach to the MLflow run it names.
+        write_json(paths.run, {**result, **run_handle.log_training(params, model, result, example=val[0][:5])})
         shutil.rmtree(resume_dir, ignore_errors=True)
     print(f"trained {result['architecture']} ({result['parameters']:,} parameters, {precision}, "
           f"{result['replicas']} replica{'s' if result['replicas'] > 1 else ''}) for "

@@ -142,6 +142,6 @@ def model_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def model(model_path):
-    from stages.predict import load_classifier
+    from stages.architectures import load_model
 
-    return load_classifier(model_path, 10)
+    return load_model(model_path, 10, advice="the session's model should load")

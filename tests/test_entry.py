@@ -112,8 +112,8 @@ def test_unexpected_exception_prints_its_traceback_and_exits_1(tmp_path):
 
 def test_keras_stage_builds_a_model_without_the_imports_it_skips(tmp_path):
     body = ("from stages.architectures import build_model, resolve_spec; "
-            "name, layers = resolve_spec(params.model.architecture, params.model.layers); "
-            "model = build_model(layers, name); "
+            "architecture = resolve_spec(params.model.architecture, params.model.layers); "
+            "model = build_model(architecture.layers, architecture.name); "
             "print(model.count_params(), sorted(n for n in ('sklearn', 'matplotlib') if sys.modules.get(n)))")
     result = run_stage(tmp_path, body, skip_imports="KERAS_UNUSED_IMPORTS")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -250,9 +250,10 @@ def test_preprocessed_names_never_collide():
     assert names == ["digit-28x28.png", "digit-2-28x28.png", "digit-3-28x28.png", "seven-28x28.png"]
 
 
-def test_defaults_come_from_params_yaml(tmp_path, monkeypatch, raw_params, capsys):
+def test_defaults_come_from_params_yaml(tmp_path, monkeypatch, raw_params, digit_file, capsys):
     monkeypatch.chdir(tmp_path)
-    assert predict.defaults_from_params() == (Path("models") / "model.keras", "mnist")
+    with pytest.raises(predict.ModelFileError, match="params.yaml not found.*pass --model PATH and --dataset NAME"):
+        predict.defaults_from_params()
     from ruamel.yaml import YAML
 
     raw = {**raw_params, "paths": {**raw_params["paths"], "model": "elsewhere/model.keras"},
@@ -261,8 +262,10 @@ def test_defaults_come_from_params_yaml(tmp_path, monkeypatch, raw_params, capsy
         YAML(typ="safe", pure=True).dump(raw, file)
     assert predict.defaults_from_params() == (Path("elsewhere") / "model.keras", "fashion_mnist")
     Path("params.yaml").write_text("train: {epochz: 3}\n")
-    assert predict.defaults_from_params() == (Path("models") / "model.keras", "mnist")
-    assert "warning: ignoring params.yaml" in capsys.readouterr().err
+    assert predict.main([str(digit_file)]) == predict.EXIT_BAD_MODEL
+    error = capsys.readouterr().err
+    assert error.startswith("error: params.yaml is invalid") and "--model PATH and --dataset NAME" in error
+    assert len(error.splitlines()) == 1
 
 
 def test_help_does_not_import_tensorflow():
@@ -434,7 +437,7 @@ def test_a_file_that_is_not_a_keras_model(digit_file, tmp_path, capsys):
     fake.write_text("weights, honest")
     assert predict.main([str(digit_file), "--model", str(fake)]) == 2
     error = capsys.readouterr().err
-    assert "is not a Keras model" in error and "run `dvc repro` first" in error
+    assert "is not a loadable Keras model" in error and "run `dvc repro` first" in error
     assert len(error.strip().splitlines()) == 1
 
 
@@ -444,8 +447,8 @@ def test_a_model_for_other_inputs_is_refused(tmp_path):
 
     other = keras.Sequential([keras.Input(shape=(8,)), keras.layers.Dense(3, activation="softmax")])
     other.save(tmp_path / "other.keras")
-    with pytest.raises(predict.ModelError, match=r"expected \(28, 28, 1\) images to 10 class probabilities"):
-        predict.load_classifier(tmp_path / "other.keras", 10)
+    with pytest.raises(predict.ModelFileError, match=r"expected \(28, 28, 1\) images to 10 class probabilities"):
+        predict.load_model(tmp_path / "other.keras", 10, predict.MODEL_ADVICE)
 
 
 @pytest.mark.parametrize("top", ["0", "11"])

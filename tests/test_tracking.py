@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from stages import compare, evaluate, plots, tracking, train
+from stages import evaluate, plots, tracking, train
 from stages.common import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,10 @@ def test_pipeline_run_is_recorded_completely(make_params, processed_dir, store):
     run = only_run(client)
     assert run.info.status == "FINISHED"
     assert run.info.run_name.startswith("conv10-adam-")
-    assert run.data.params["train.epochs"] == "2" and run.data.params["model.architecture"] == "conv10"
+    assert run.data.params["train.epochs"] == "2" and run.data.params["model.name"] == "conv10"
+    written = json.loads(Path(params.paths.run).read_text())
+    assert written["run_id"] == run.info.run_id and written["epochs_run"] == 2
+    assert written["train_seconds"] == pytest.approx(run.data.metrics["train_seconds"])
     assert int(run.data.params["model.parameters"]) > 0
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         history = client.get_metric_history(run.info.run_id, key)
@@ -153,26 +156,3 @@ def test_default_store_is_the_project_roots_sqlite(make_params, monkeypatch, tmp
     assert tracking.tracking_uri(make_params()) .startswith(f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking.tracking_uri(make_params()) == "http://127.0.0.1:5000"
-
-
-def test_comparison_table_lists_evaluated_runs_best_first():
-    runs = pd.DataFrame({
-        "status": ["FINISHED", "FINISHED", "FAILED", "FINISHED"],
-        "tags.mlflow.runName": ["a", "b", "c", "d"],
-        "tags.dvc.exp_name": ["exp-a", "exp-b", None, None],
-        "params.model.architecture": ["lenet", "conv32", "lenet", "lenet"],
-        "params.model.layers": ["None", None, "None", '[{"type": "Flatten"}]'],
-        "params.train.optimizer.name": ["adam", "adadelta", "adam", "sgd"],
-        "params.train.optimizer.learning_rate": ["0.001", "1.0", "0.001", "0.1"],
-        "metrics.epochs_run": [2.0, 2.0, 1.0, 2.0],
-        "params.model.parameters": ["1256080", "693962", "1256080", "100"],
-        "metrics.test_accuracy": [0.95, 0.97, np.nan, 0.5],
-        "metrics.test_loss": [0.2, 0.1, np.nan, 1.5],
-        "metrics.train_seconds": [10.0, 8.0, 1.0, 3.0],
-    })
-    table = compare.comparison_table(runs)
-    assert table["run"].tolist() == ["b", "a", "d"]
-    assert table["architecture"].tolist() == ["conv32", "lenet", "custom"]
-    assert table["parameters"].tolist() == [693962, 1256080, 100]
-    text = compare.markdown(table, "mnist")
-    assert text.index("| b |") < text.index("| a |")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,9 +34,9 @@ def test_custom_inline_spec_builds(make_params):
     layers = [{"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"},
               {"type": "GlobalAveragePooling2D"}, {"type": "Dense", "units": 10}]
     params = make_params(model__layers=layers)
-    name, spec = train.resolve_spec(params.model.architecture, params.model.layers)
-    assert name == "custom"
-    assert build_model(spec).count_params() == (9 * 4 + 4) + (4 * 10 + 10)
+    architecture = train.resolve_spec(params.model.architecture, params.model.layers)
+    assert architecture.name == "custom"
+    assert build_model(architecture.layers).count_params() == (9 * 4 + 4) + (4 * 10 + 10)
 
 
 def test_unknown_layer_type_fails_at_params_load(make_params):
@@ -85,6 +86,8 @@ def test_one_epoch_lowers_the_loss_and_writes_outputs(make_params, processed_dir
     assert history["val_loss"].iloc[-1] < initial_loss
     assert result["parameters"] == keras.saving.load_model(paths.model, safe_mode=True).count_params()
     assert "Total params" in Path(paths.summary).read_text()
+    recorded = json.loads(Path(paths.run).read_text())
+    assert recorded == {**result, "run_id": None} and recorded["epochs_run"] == len(history) == 1
     assert not any(Path(paths.model).parent.glob(".*tmp*")), "no temp files left behind"
 
 
@@ -174,6 +177,7 @@ def test_resumed_fit_is_bit_identical_to_an_uninterrupted_one(make_params, proce
                          train__precision="float32")
     data = train.load_split(processed_dir, "train"), train.load_split(processed_dir, "val")
     steps = int(np.ceil(len(data[0][0]) / params.train.batch_size))
+    architecture = train.resolve_spec(params.model.architecture, params.model.layers)
 
     class Interrupt(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -182,7 +186,7 @@ def test_resumed_fit_is_bit_identical_to_an_uninterrupted_one(make_params, proce
 
     def fit(resume_dir, extra=()):
         train.configure(params)
-        return train.fit(params, train.build(params, steps), *data, resume_dir, list(extra))
+        return train.fit(params, train.build(params, architecture, steps), *data, resume_dir, list(extra))
 
     whole_model, whole_history = fit(tmp_path / "whole")
     with pytest.raises(RuntimeError, match="interrupted"):

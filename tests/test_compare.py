@@ -1,0 +1,33 @@
+"""compare: the table of MLflow runs, from a frame shaped like mlflow.search_runs' answer.
+
+The end-to-end check (real queued experiments, real store) is in test_pipeline.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from stages import compare
+
+
+def test_comparison_table_lists_evaluated_runs_best_first():
+    runs = pd.DataFrame({
+        "status": ["FINISHED", "FINISHED", "FAILED", "FINISHED"],
+        "tags.mlflow.runName": ["a", "b", "c", "d"],
+        "tags.dvc.exp_name": ["exp-a", "exp-b", None, None],
+        "params.model.name": ["lenet", "conv32", "lenet", "custom"],
+        "params.train.optimizer.name": ["adam", "adadelta", "adam", "sgd"],
+        "params.train.optimizer.learning_rate": ["0.001", "1.0", "0.001", "0.1"],
+        "metrics.epochs_run": [2.0, 2.0, 1.0, 2.0],
+        "params.model.parameters": ["1256080", "693962", "1256080", "100"],
+        "metrics.test_accuracy": [0.95, 0.97, np.nan, 0.5],
+        "metrics.test_loss": [0.2, 0.1, np.nan, 1.5],
+        "metrics.train_seconds": [10.0, 8.0, 1.0, 3.0],
+    })
+    table = compare.comparison_table(runs)
+    assert table["run"].tolist() == ["b", "a", "d"]
+    assert table["architecture"].tolist() == ["conv32", "lenet", "custom"]
+    assert table["parameters"].tolist() == [693962, 1256080, 100]
+    text = compare.markdown(table, "mnist")
+    assert text.index("| b |") < text.index("| a |")
