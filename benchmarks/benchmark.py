@@ -50,11 +50,12 @@ from typing import Any
 
 from benchmarks import torch_baseline
 from benchmarks.efficiency import sgemm_rate
-from benchmarks.project_copy import ROOT, copy_project, paths_under, project_env, set_params
+from benchmarks.project_copy import ROOT, copy_project, paths_under, project_env, set_dotted, set_params
 from benchmarks.report import MLFLOW_INFERENCE, NOTES, evaluate_targets, markdown
+from stages.datasets import DATASETS
 
 FASHION_SOURCE = Path("/usr/share/datasets/fashion-mnist")
-MNIST_10K_SOURCE = (ROOT / ".." / "shared" / "data" / "mnist-10k").resolve()
+MNIST_10K_SOURCE = DATASETS["mnist_10k"].folder  # the sample shipped in stages/mnist_10k
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 SECTIONS = ("throughput", "e2e", "mnist", "sweep")
 SWEEP = {"model.architecture": ["single_conv", "conv10", "conv32"], "train.optimizer.name": ["adam", "sgd"]}
@@ -225,7 +226,6 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def default_params(overrides: dict[str, Any]):
     """params.yaml with the --set overrides, validated (a typo fails here, before anything runs)."""
-    from benchmarks.children import set_dotted
     from stages.params import ParamsError, parse_params, read_yaml
 
     raw = read_yaml(ROOT / "params.yaml")
@@ -239,7 +239,6 @@ def default_params(overrides: dict[str, Any]):
 
 def prepare_data(source: Path, dataset: str, base: Path, limit: int | None = None) -> Path:
     """download + preprocess in this process (neither imports TensorFlow); returns the processed folder."""
-    from benchmarks.children import set_dotted
     from stages import download, preprocess
     from stages.params import parse_params, read_yaml
 

@@ -18,9 +18,9 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from benchmarks.efficiency import model_flops
+from benchmarks.project_copy import set_dotted
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -47,14 +47,6 @@ def epoch_clock():
             self.last, self.last_cpu = now, cpu
 
     return EpochClock()
-
-
-def set_dotted(raw: dict, key: str, value: Any) -> None:
-    *parents, leaf = key.split(".")
-    node = raw
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
 
 
 def evaluate_on_test(model, test_path: Path) -> tuple[float, float]:

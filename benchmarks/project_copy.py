@@ -32,18 +32,23 @@ def paths_under(raw_params: dict, base: Path) -> dict[str, str]:
     return {f"paths.{key}": str(base / value) for key, value in raw_params["paths"].items()}
 
 
+def set_dotted(raw: dict, key: str, value: Any) -> None:
+    """Set `train.optimizer.name`-style keys in a params mapping; the sections on the way must exist."""
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+
+
 def set_params(project: Path, overrides: dict[str, Any]) -> None:
-    """Edit params.yaml in place with ruamel's round trip, keeping its comments (keys must already exist)."""
+    """Edit params.yaml in place with ruamel's round trip, keeping its comments."""
     from ruamel.yaml import YAML
 
     yaml_rt = YAML()
     params = yaml_rt.load((project / "params.yaml").read_text())
     for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = params
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+        set_dotted(params, key, value)
     with open(project / "params.yaml", "w") as handle:
         yaml_rt.dump(params, handle)
 

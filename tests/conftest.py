@@ -10,33 +10,31 @@ from pathlib import Path
 import pytest
 from servers import mlflow_server, postgresql_server, sshd_server  # noqa: F401  (session fixtures)
 
-from benchmarks.project_copy import paths_under
+from benchmarks.project_copy import ROOT, paths_under, set_dotted  # noqa: F401  (ROOT, set_dotted: for tests)
+from stages.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from stages.params import Params, parse_params, read_yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def find_mnist_10k() -> Path:
-    """The 10,000 real MNIST digits beside the checkout (../shared/data/mnist-10k), or where MNIST_10K_DIR says."""
-    candidates = [os.environ.get("MNIST_10K_DIR"), ROOT.parent / "shared" / "data" / "mnist-10k",
-                  "/work/shared/data/mnist-10k"]
-    for candidate in filter(None, candidates):
-        if (Path(candidate) / "train-images-idx3-ubyte.gz").is_file():
-            return Path(candidate).resolve()
-    raise RuntimeError("mnist-10k not found: set MNIST_10K_DIR to the folder holding its four IDX .gz files")
-
-
-MNIST_10K = find_mnist_10k()
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+SPLIT_FILES = {"train": (TRAIN_IMAGES, TRAIN_LABELS), "test": (TEST_IMAGES, TEST_LABELS)}
 
 
-def set_dotted(raw: dict, key: str, value) -> None:
-    *parents, leaf = key.split(".")
-    node = raw
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
+@pytest.fixture(scope="session")
+def mnist_10k() -> Path:
+    """The folder of the 10,000 real MNIST digits shipped in stages/mnist_10k (the four IDX .gz files)."""
+    folder = DATASETS["mnist_10k"].folder
+    missing = [name for name in (*SPLIT_FILES["train"], *SPLIT_FILES["test"]) if not (folder / name).is_file()]
+    if missing:
+        pytest.fail(f"the mnist-10k sample lacks {', '.join(missing)} in {folder}: `git checkout stages/mnist_10k`")
+    return folder
+
+
+def mnist_digits(folder: Path, split: str, count: int | None = None) -> tuple:
+    """The first `count` digits of a split as the preprocess stage stores them (its own loader and normalize):
+    float32 N x 28 x 28 x 1 in [0, 1], and uint8 labels."""
+    from stages import preprocess
+
+    images, labels = preprocess.load_pair(folder, *SPLIT_FILES[split])
+    return preprocess.normalize(images[:count]), labels[:count]
 
 
 @pytest.fixture(autouse=True)
@@ -58,16 +56,16 @@ def raw_params() -> dict:
     return read_yaml(ROOT / "params.yaml")
 
 
-def shrunk_params(raw_params: dict, base: Path, **overrides) -> Params:
+def shrunk_params(raw_params: dict, base: Path, mnist_10k: Path, **overrides) -> Params:
     """The real params.yaml with every path under `base`, shrunk for tests, plus dotted-key overrides.
 
-    Defaults for tests: 1 epoch, tracking off, data from ../shared/data/mnist-10k, 400 training images.
-    Keyword names use `__` for dots: shrunk_params(raw, base, train__epochs=2).
+    Defaults for tests: 1 epoch, tracking off, data from the mnist-10k sample, 400 training images.
+    Keyword names use `__` for dots: shrunk_params(raw, base, mnist_10k, train__epochs=2).
     """
     raw = copy.deepcopy(raw_params)
     defaults = {
         **paths_under(raw_params, base),
-        "data.source": str(MNIST_10K),
+        "data.source": str(mnist_10k),
         "preprocess.limit": 400,
         "train.epochs": 1,
         "tracking.enabled": False,
@@ -77,23 +75,32 @@ def shrunk_params(raw_params: dict, base: Path, **overrides) -> Params:
     return parse_params(raw)
 
 
+def write_params(folder: Path, params: Params | dict) -> Path:
+    """`folder`/params.yaml holding `params` (a Params or a raw mapping), for a stage run as a program there."""
+    import yaml
+
+    path = Path(folder) / "params.yaml"
+    path.write_text(yaml.safe_dump(params.model_dump() if isinstance(params, Params) else params, sort_keys=False))
+    return path
+
+
 @pytest.fixture
-def make_params(raw_params, tmp_path):
+def make_params(raw_params, tmp_path, mnist_10k):
     """shrunk_params with outputs under this test's tmp_path."""
 
     def make(**overrides) -> Params:
-        return shrunk_params(raw_params, tmp_path, **overrides)
+        return shrunk_params(raw_params, tmp_path, mnist_10k, **overrides)
 
     return make
 
 
 @pytest.fixture(scope="session")
-def processed_dir(raw_params, tmp_path_factory) -> Path:
+def processed_dir(raw_params, tmp_path_factory, mnist_10k) -> Path:
     """mnist-10k through the real download and preprocess stages once per session (first 1,000 images)."""
     from stages import download, preprocess
 
     base = tmp_path_factory.mktemp("pipeline")
-    params = shrunk_params(raw_params, base, preprocess__limit=1000)
+    params = shrunk_params(raw_params, base, mnist_10k, preprocess__limit=1000)
     download.run(params)
     preprocess.run(params)
     return Path(params.paths.processed)
@@ -101,43 +108,40 @@ def processed_dir(raw_params, tmp_path_factory) -> Path:
 
 # --- one small trained model per session, shared by every test that classifies real digits ----------------------
 
-def train_small_model(path: Path) -> Path:
+def train_small_model(path: Path, mnist_10k: Path) -> Path:
     """LeNet, 3 epochs of adam on the 8,000 mnist-10k training digits (about 15 s on two cores)."""
     import keras
-    import numpy as np
 
     from stages.architectures import build_model, presets
-    from stages.idx import load_images_labels
+    from stages.preprocess import one_hot
 
-    digits, labels = load_images_labels(MNIST_10K / "train-images-idx3-ubyte.gz",
-                                        MNIST_10K / "train-labels-idx1-ubyte.gz")
+    digits, labels = mnist_digits(mnist_10k, "train")
     keras.utils.set_random_seed(0)
     model = build_model(presets()["lenet"])
     model.compile(optimizer="adam", loss="categorical_crossentropy")
-    model.fit((digits / 255).astype(np.float32)[..., np.newaxis], keras.utils.to_categorical(labels, 10),
-              epochs=3, batch_size=128, verbose=0)
+    model.fit(digits, one_hot(labels), epochs=3, batch_size=128, verbose=0)
     model.save(path)
     return path
 
 
 @pytest.fixture(scope="session")
-def test_digits():
+def test_digits(mnist_10k):
     """The 2,000 test digits of mnist-10k, uint8 28x28 (white on black)."""
     from stages.idx import read_idx
 
-    return read_idx(MNIST_10K / "t10k-images-idx3-ubyte.gz")
+    return read_idx(mnist_10k / TEST_IMAGES)
 
 
 @pytest.fixture(scope="session")
-def test_labels():
+def test_labels(mnist_10k):
     from stages.idx import read_idx
 
-    return read_idx(MNIST_10K / "t10k-labels-idx1-ubyte.gz")
+    return read_idx(mnist_10k / TEST_LABELS)
 
 
 @pytest.fixture(scope="session")
-def model_path(tmp_path_factory) -> Path:
-    return train_small_model(tmp_path_factory.mktemp("model") / "model.keras")
+def model_path(tmp_path_factory, mnist_10k) -> Path:
+    return train_small_model(tmp_path_factory.mktemp("model") / "model.keras", mnist_10k)
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.project_copy import ROOT
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 

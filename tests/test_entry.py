@@ -9,8 +9,7 @@ import textwrap
 
 import psutil
 import pytest
-import yaml
-from conftest import ROOT, set_dotted
+from conftest import ROOT, set_dotted, write_params
 
 from stages.entry import CONTINUE
 from stages.params import read_yaml
@@ -38,8 +37,7 @@ def run_stage(tmp_path, body: str, skip_imports: str = "()", params_edit: dict |
         raw = read_yaml(params)
         for key, value in params_edit.items():
             set_dotted(raw, key, value)
-        params = tmp_path / "params.yaml"
-        params.write_text(yaml.safe_dump(raw))
+        params = write_params(tmp_path, raw)
     script = textwrap.dedent(STAGE).format(body=body, params=str(params), skip_imports=skip_imports)
     return subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import MNIST_10K
+from conftest import mnist_digits
 from sklearn import metrics as sk_metrics
 
 from stages.common import PipelineError
@@ -23,7 +23,7 @@ from stages.evaluate import (
     predictions_table,
     run,
 )
-from stages.idx import load_images_labels
+from stages.preprocess import one_hot
 
 NUM_CLASSES = 10
 METRIC_KEYS = ["test_loss", "test_accuracy", "macro_f1", "macro_precision", "macro_recall",
@@ -176,25 +176,23 @@ def test_conv_activations_skip_augmentation_and_handle_models_without_convolutio
 
 
 @pytest.fixture(scope="module")
-def mnist_test_images() -> tuple[np.ndarray, np.ndarray]:
+def mnist_test_images(mnist_10k) -> tuple[np.ndarray, np.ndarray]:
     """200 real test digits as the preprocess stage writes them: float32 in [0, 1], N x 28 x 28 x 1."""
-    images, labels = load_images_labels(MNIST_10K / "t10k-images-idx3-ubyte.gz", MNIST_10K / "t10k-labels-idx1-ubyte.gz")
-    return (images[:200, :, :, None] / 255.0).astype(np.float32), labels[:200]
+    return mnist_digits(mnist_10k, "test", 200)
 
 
 @pytest.fixture(scope="module")
-def trained_model_file(tmp_path_factory):
+def trained_model_file(tmp_path_factory, mnist_10k):
     """A conv10 model fitted for one epoch on 300 real training digits, saved as a .keras file."""
     import keras
 
     from stages.architectures import build_model, presets
 
-    images, labels = load_images_labels(MNIST_10K / "train-images-idx3-ubyte.gz",
-                                        MNIST_10K / "train-labels-idx1-ubyte.gz")
+    images, labels = mnist_digits(mnist_10k, "train", 300)
     keras.utils.set_random_seed(0)
     model = build_model(presets()["conv10"])
     model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
-    model.fit((images[:300, :, :, None] / 255.0).astype(np.float32), np.eye(NUM_CLASSES, dtype=np.float32)[labels[:300]],
+    model.fit(images, one_hot(labels),
               batch_size=32, epochs=1, verbose=0)
     path = tmp_path_factory.mktemp("trained") / "model.keras"
     model.save(path)

@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
-from conftest import MNIST_10K
 
 from benchmarks.project_copy import copy_project, project_env, set_params
 
@@ -45,7 +44,6 @@ LAYERS = [
     {"type": "Dense", "units": 10},
 ]
 SETTINGS = {
-    "data.source": str(MNIST_10K),
     "preprocess.limit": 300,
     "model.layers": LAYERS,
     "train.epochs": EPOCHS,
@@ -144,12 +142,12 @@ def paths_of(project: Path):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
+def project(tmp_path_factory, mnist_10k) -> Path:
     """The project after one `dvc repro`; its history and model are kept aside as the uninterrupted reference."""
     base = tmp_path_factory.mktemp("faults")
     path = base / "project"
     path.mkdir()
-    copy_project(path, SETTINGS)
+    copy_project(path, {**SETTINGS, "data.source": str(mnist_10k)})
     sh(path, "dvc", "repro")
     paths = paths_of(path)
     reference = base / "reference"

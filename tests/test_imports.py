@@ -1,12 +1,15 @@
-"""How the modules of `stages` import each other: one direction only, so the bottom layer knows nothing above it."""
+"""How the modules of `stages` import each other: one direction only, so the bottom layer knows nothing above it;
+each stage's deps in dvc.yaml cover the code it runs; and the stages that need no TensorFlow run without it."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, shrunk_params, write_params
 
 PACKAGE = ROOT / "stages"
 
@@ -95,3 +98,46 @@ def test_each_stage_depends_on_the_code_it_runs():
         if files - set(stage["deps"]):
             gaps[name] = sorted(files - set(stage["deps"]))
     assert not gaps, f"stages run code that dvc.yaml does not list in their deps: {gaps}"
+
+
+# Runs a module as `python -m` would, with TensorFlow and Keras unimportable: a lazy import inside run() counts too.
+REFUSE_TENSORFLOW = """
+import importlib.abc, runpy, sys
+
+class RefuseTensorFlow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("tensorflow", "keras"):
+            print(f"imported {name}", file=sys.stderr, flush=True)
+            raise ImportError(f"{name} is refused in this process")
+        return None
+
+sys.meta_path.insert(0, RefuseTensorFlow())
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def project_inputs(tmp_path_factory, raw_params, mnist_10k):
+    """A folder with params.yaml and every input the TensorFlow-free stages read (evaluate's made up)."""
+    from test_plots import write_stage_inputs
+
+    from stages import download, preprocess
+
+    base = tmp_path_factory.mktemp("no-tensorflow")
+    params = shrunk_params(raw_params, base, mnist_10k)
+    write_params(base, params)
+    download.run(params)
+    preprocess.run(params)
+    write_stage_inputs(params)
+    return base
+
+
+@pytest.mark.parametrize("command", [["stages.params"], ["stages.download"], ["stages.preprocess"],
+                                     ["stages.plots"], ["stages.predict", "--help"]], ids=lambda c: " ".join(c))
+def test_runs_without_tensorflow(project_inputs, command):
+    result = subprocess.run([sys.executable, "-c", REFUSE_TENSORFLOW, *command], cwd=project_inputs,
+                            capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(ROOT),
+                                                                            "PATH": "/usr/bin:/bin"})
+    assert "imported " not in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -6,24 +6,18 @@ import copy
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import ROOT, set_dotted, write_params
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from stages.params import Params, ParamsError, load_params, parse_params, read_yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def broken(raw_params: dict, key: str, value) -> dict:
     raw = copy.deepcopy(raw_params)
-    *parents, leaf = key.split(".")
-    node = raw
-    for part in parents:
-        node = node[part]
-    node[leaf] = value
+    set_dotted(raw, key, value)
     return raw
 
 
@@ -122,9 +116,8 @@ def test_params_are_frozen():
 
 
 def test_a_stage_with_bad_params_fails_before_any_work(tmp_path, raw_params):
-    import yaml
 
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(broken(raw_params, "preprocess.val_fraktion", 0.1)))
+    write_params(tmp_path, broken(raw_params, "preprocess.val_fraktion", 0.1))
     result = subprocess.run([sys.executable, "-m", "stages.preprocess"], cwd=tmp_path, capture_output=True,
                             text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 1

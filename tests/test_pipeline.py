@@ -14,14 +14,12 @@ from collections import defaultdict
 
 import pytest
 import yaml
-from conftest import MNIST_10K
 
 from benchmarks.project_copy import copy_project, project_env, set_params, sh
 
 pytestmark = pytest.mark.slow
 
 QUICK = {
-    "data.source": str(MNIST_10K),
     "preprocess.limit": 600,
     "model.architecture": "conv10",
     "train.epochs": 1,
@@ -29,9 +27,9 @@ QUICK = {
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory, mnist_10k):
     """The project after one traced `dvc repro` with MLflow on (store in the copy's own mlflow.db)."""
-    path = copy_project(tmp_path_factory.mktemp("project"), QUICK)
+    path = copy_project(tmp_path_factory.mktemp("project"), {**QUICK, "data.source": str(mnist_10k)})
     trace = path.parent / "params-trace.tsv"
     result = sh(path, "dvc", "repro", env=project_env([path], STAGES_TRACE_PARAMS=str(trace)))
     (path.parent / "repro.log").write_text(result.stdout + result.stderr)

@@ -14,12 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import MNIST_10K
 
-from benchmarks.project_copy import copy_project, project_env
+from benchmarks.project_copy import ROOT, copy_project, project_env
 from stages import search
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -93,8 +90,7 @@ def test_values_become_dvc_set_arguments():
 
 
 STUDY = "ci-search"
-QUICK = {  # a trial is a whole `dvc exp run`: keep every stage tiny
-    "data.source": str(MNIST_10K),
+QUICK = {  # a trial is a whole `dvc exp run`: keep every stage tiny (data.source: the mnist_10k fixture)
     "preprocess.limit": 300,
     "model.architecture": "single_conv",
     "train.epochs": 1,
@@ -137,12 +133,13 @@ def git(cwd: Path, *args: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # 7 whole `dvc exp run`s, two at a time on 2 cores
-def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(postgresql_server, mlflow_server, tmp_path):
+def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(postgresql_server, mlflow_server, tmp_path,
+                                                                       mnist_10k):
     import optuna
 
     storage = postgresql_server.create_database("optuna_ci_search")
     experiment = "ci-search"
-    base = copy_project(tmp_path / "base", {**QUICK, "tracking.uri": mlflow_server.uri,
+    base = copy_project(tmp_path / "base", {**QUICK, "data.source": str(mnist_10k), "tracking.uri": mlflow_server.uri,
                                             "tracking.experiment": experiment,
                                             "tracking.registered_model": "ci-search"})
     spec = yaml.safe_load((base / "search.yaml").read_text())

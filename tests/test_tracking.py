@@ -13,8 +13,6 @@ import pytest
 from stages import evaluate, plots, tracking, train
 from stages.common import PipelineError
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):

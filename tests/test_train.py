@@ -1,4 +1,4 @@
-"""Train stage: presets, spec errors, optimizers, callbacks, determinism and resume after a kill."""
+"""Train stage: optimizers, callbacks, determinism and resume after a kill (architectures: test_architectures.py)."""
 
 from __future__ import annotations
 
@@ -11,48 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from conftest import ROOT, shrunk_params
+from conftest import ROOT, shrunk_params, write_params
 
 from stages import train
-from stages.architectures import SpecError, build_model, presets
+from stages.architectures import build_model, presets
 from stages.common import PipelineError
-from stages.params import ParamsError
-
-EXPECTED_PARAMETERS = {"single_conv": 217_610, "lenet": 1_256_080}
-
-
-@pytest.mark.parametrize("name", list(presets()))
-def test_every_preset_builds_to_ten_probabilities(name):
-    model = build_model(presets()[name], name=name)
-    assert model.output_shape == (None, 10)
-    if name in EXPECTED_PARAMETERS:
-        assert model.count_params() == EXPECTED_PARAMETERS[name]
-
-
-def test_custom_inline_spec_builds(make_params):
-    layers = [{"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"},
-              {"type": "GlobalAveragePooling2D"}, {"type": "Dense", "units": 10}]
-    params = make_params(model__layers=layers)
-    architecture = train.resolve_spec(params.model.architecture, params.model.layers)
-    assert architecture.name == "custom"
-    assert build_model(architecture.layers).count_params() == (9 * 4 + 4) + (4 * 10 + 10)
-
-
-def test_unknown_layer_type_fails_at_params_load(make_params):
-    with pytest.raises(ParamsError, match=r"model\.layers\[1\]\.type: unknown layer type 'Dens'; did you mean 'Dense'"):
-        make_params(model__layers=[{"type": "Flatten"}, {"type": "Dens", "units": 10}])
-
-
-@pytest.mark.parametrize(("layers", "message"), [
-    ([{"type": "Flatten"}, {"type": "Dense", "unit": 10}], r"model\.layers\[1\] \(Dense\): .*unit"),
-    ([{"type": "Conv2D", "filters": 8, "kernel_size": 40}, {"type": "Flatten"}, {"type": "Dense", "units": 10}],
-     r"model\.layers\[0\] \(Conv2D\)"),
-    ([{"type": "Flatten"}, {"type": "Dense", "units": 7}], r"last layer must output 10 values"),
-])
-def test_bad_spec_fails_at_build_with_layer_index(layers, message):
-    with pytest.raises(SpecError, match=message):
-        build_model(layers)
 
 
 def test_bad_optimizer_argument_is_a_clear_error(make_params):
@@ -105,12 +68,12 @@ def test_early_stopping_stops_a_diverging_run(make_params, processed_dir):
     assert train.run(params)["epochs_run"] < 8
 
 
-def test_same_seed_gives_identical_history_and_weights(raw_params, processed_dir, tmp_path):
+def test_same_seed_gives_identical_history_and_weights(raw_params, mnist_10k, processed_dir, tmp_path):
     import keras
 
     runs = []
     for name in ("first", "second"):
-        params = shrunk_params(raw_params, tmp_path / name, paths__processed=str(processed_dir),
+        params = shrunk_params(raw_params, tmp_path / name, mnist_10k, paths__processed=str(processed_dir),
                                model__architecture="conv10", train__epochs=2)
         train.run(params)
         history = pd.read_csv(params.paths.history).drop(columns="seconds")
@@ -215,14 +178,14 @@ def test_a_damaged_split_is_one_line_naming_the_file(tmp_path, damage, reason):
 
 
 @pytest.mark.slow
-def test_two_replicas_on_two_logical_cpus_match_one_and_write_one_set_of_outputs(raw_params, tmp_path):
+def test_two_replicas_on_two_logical_cpus_match_one_and_write_one_set_of_outputs(raw_params, mnist_10k, tmp_path):
     """train.distribute: mirrored on the CPU split in two (the test hook) against one replica, same seed and batch."""
     import keras
     import mlflow
 
     from stages import download, preprocess
 
-    data = shrunk_params(raw_params, tmp_path / "data", preprocess__limit=2000)
+    data = shrunk_params(raw_params, tmp_path / "data", mnist_10k, preprocess__limit=2000)
     download.run(data)
     preprocess.run(data)
     accuracies = {}
@@ -230,12 +193,12 @@ def test_two_replicas_on_two_logical_cpus_match_one_and_write_one_set_of_outputs
         folder = tmp_path / f"replicas-{replicas}"
         folder.mkdir()
         params = shrunk_params(
-            raw_params, folder, paths__processed=data.paths.processed, model__architecture="lenet", train__epochs=3,
+            raw_params, folder, mnist_10k, paths__processed=data.paths.processed, model__architecture="lenet", train__epochs=3,
             preprocess__limit=2000, train__batch_size=32, train__precision="float32",
             train__distribute="mirrored" if replicas > 1 else "off",
             tracking__enabled=replicas > 1, tracking__uri=f"sqlite:///{folder / 'mlflow.db'}",
         )
-        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump()))  # tmp_path: the project
+        write_params(tmp_path, params)  # tmp_path: the project
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
                train.TEST_CPU_DEVICES_VARIABLE: str(replicas)}
         result = subprocess.run([sys.executable, "-m", "stages.train"], cwd=tmp_path, env=env, capture_output=True,

@@ -1,0 +1,74 @@
+"""Architectures: every preset builds, inline specs and their errors, the strong default bn_cnn, the model loader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stages.architectures import ModelFileError, SpecError, build_model, load_model, presets, resolve_spec
+from stages.params import ParamsError
+
+EXPECTED_PARAMETERS = {"single_conv": 217_610, "lenet": 1_256_080}
+
+
+@pytest.mark.parametrize("name", list(presets()))
+def test_every_preset_builds_to_ten_probabilities(name):
+    model = build_model(presets()[name], name=name)
+    assert model.output_shape == (None, 10)
+    if name in EXPECTED_PARAMETERS:
+        assert model.count_params() == EXPECTED_PARAMETERS[name]
+
+
+def test_custom_inline_spec_builds(make_params):
+    layers = [{"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"},
+              {"type": "GlobalAveragePooling2D"}, {"type": "Dense", "units": 10}]
+    params = make_params(model__layers=layers)
+    architecture = resolve_spec(params.model.architecture, params.model.layers)
+    assert architecture.name == "custom"
+    assert build_model(architecture.layers).count_params() == (9 * 4 + 4) + (4 * 10 + 10)
+
+
+def test_unknown_layer_type_fails_at_params_load(make_params):
+    with pytest.raises(ParamsError, match=r"model\.layers\[1\]\.type: unknown layer type 'Dens'; did you mean 'Dense'"):
+        make_params(model__layers=[{"type": "Flatten"}, {"type": "Dens", "units": 10}])
+
+
+@pytest.mark.parametrize(("layers", "message"), [
+    ([{"type": "Flatten"}, {"type": "Dense", "unit": 10}], r"model\.layers\[1\] \(Dense\): .*unit"),
+    ([{"type": "Conv2D", "filters": 8, "kernel_size": 40}, {"type": "Flatten"}, {"type": "Dense", "units": 10}],
+     r"model\.layers\[0\] \(Conv2D\)"),
+    ([{"type": "Flatten"}, {"type": "Dense", "units": 7}], r"last layer must output 10 values"),
+])
+def test_bad_spec_fails_at_build_with_layer_index(layers, message):
+    with pytest.raises(SpecError, match=message):
+        build_model(layers)
+
+
+def test_bn_cnn_builds_with_the_documented_parameter_count():
+    model = build_model(presets()["bn_cnn"], name="bn_cnn")
+    assert model.output_shape == (None, 10)
+    assert model.count_params() == 858_794
+
+
+def test_bn_cnn_is_deterministic_at_inference_and_random_in_training():
+    model = build_model(presets()["bn_cnn"], name="bn_cnn")
+    images = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+    first, second = model(images, training=False), model(images, training=False)
+    np.testing.assert_array_equal(np.asarray(first), np.asarray(second))
+    np.testing.assert_allclose(np.asarray(first).sum(axis=1), 1.0, rtol=1e-5)
+    shifted = model.layers[0](images, training=True)  # RandomTranslation moves the pixels only when training
+    assert not np.array_equal(np.asarray(shifted), images)
+
+
+def test_the_loader_names_a_missing_model_and_what_to_do(tmp_path):
+    with pytest.raises(ModelFileError, match=r"model file .*model\.keras not found: run `dvc repro train`"):
+        load_model(tmp_path / "model.keras", 10, advice="run `dvc repro train`")
+
+
+def test_the_loader_refuses_a_model_for_other_inputs(tmp_path):
+    import keras
+
+    other = keras.Sequential([keras.Input(shape=(8,)), keras.layers.Dense(3, activation="softmax")])
+    other.save(tmp_path / "other.keras")
+    with pytest.raises(ModelFileError, match=r"maps \(8,\) to \(3,\), expected \(28, 28, 1\) images to 10 class"):
+        load_model(tmp_path / "other.keras", 10, advice="retrain")
