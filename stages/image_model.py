@@ -58,9 +58,9 @@ class ImageClassifier:
     """The pyfunc model's behaviour (load_context, predict), without mlflow: tracking.py adds the base class."""
 
     def load_context(self, context) -> None:
-        import keras
+        from stages.architectures import NUM_CLASSES, load_model
 
-        self.model = keras.saving.load_model(context.artifacts[ARTIFACT], safe_mode=True)
+        self.model = load_model(context.artifacts[ARTIFACT], NUM_CLASSES, advice="log it again: `dvc repro train`")
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
