@@ -13,7 +13,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import MNIST_10K
 from PIL import Image
 
 from benchmarks.project_copy import copy_project, project_env, set_params, sh
@@ -65,8 +64,7 @@ def test_basic_auth_is_checked_before_training(auth_server, make_params, process
 
 # Two people on two machines: clones A and B of the project share a bare git origin, a DVC remote over SSH and the
 # MLflow server. Tiny runs: a few hundred digits, one epoch of the smallest preset.
-TEAM = {
-    "data.source": str(MNIST_10K),
+TEAM = {  # data.source: the mnist_10k fixture
     "preprocess.limit": 400,
     "model.architecture": "single_conv",
     "train.epochs": 1,
@@ -80,7 +78,7 @@ def run_sh(project: Path, *command: str, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def clones(tmp_path_factory, mlflow_server, sshd_server):
+def clones(tmp_path_factory, mlflow_server, sshd_server, mnist_10k):
     """A has run `dvc repro` and pushed data, models, run-cache and dvc.lock; B has cloned and pulled."""
     base = tmp_path_factory.mktemp("team")
     origin = base / "origin.git"
@@ -88,7 +86,7 @@ def clones(tmp_path_factory, mlflow_server, sshd_server):
     (base / "storage").mkdir()
     a = base / "a"
     a.mkdir()
-    copy_project(a, {**TEAM, "tracking.uri": mlflow_server.uri})
+    copy_project(a, {**TEAM, "data.source": str(mnist_10k), "tracking.uri": mlflow_server.uri})
     run_sh(a, "dvc", "remote", "add", "-d", "storage", sshd_server.url(base / "storage"))
     run_sh(a, "dvc", "remote", "modify", "--local", "storage", "keyfile", str(sshd_server.key))
     run_sh(a, "git", "remote", "add", "origin", str(origin))
