@@ -85,6 +85,9 @@ DIGIT_REACH, NUMBER_REACH = 0.5, 1.5
 STROKE_LIMIT, STROKE_WIDTH = 3.5, 3.0
 # Marks of one digit that do not touch overlap horizontally by at least this share of the narrower one.
 SAME_DIGIT_OVERLAP = 0.5
+# A group of marks with less than PIECE_AREA of the median digit's ink and less than PIECE_HEIGHT of its height is a
+# piece of a neighbouring digit, not a digit.
+PIECE_AREA, PIECE_HEIGHT = 0.25, 0.5
 CANVAS_SIZE = 28
 # How each dataset framed its items in the 28x28 canvas: (box the item is scaled to fit, how it is centred).
 FRAMING = {"mnist": (20, "mass"), "fashion_mnist": (28, "box")}
@@ -379,7 +382,21 @@ def digit_groups(marks: list) -> list[list]:
                     break
             if merged:
                 break
-    return [group_marks for _, _, group_marks in sorted(groups, key=lambda group: group[0])]
+    groups.sort(key=lambda group: group[0])
+    # A piece far smaller and shorter than a digit (a broken-off serif or foot) joins the nearest digit beside it.
+    while len(groups) > 1:
+        areas = [sum(mark.area for mark in marks) for _, _, marks in groups]
+        heights = [max(m.bbox[2] for m in marks) - min(m.bbox[0] for m in marks) for _, _, marks in groups]
+        pieces = [index for index in range(len(groups)) if areas[index] < PIECE_AREA * np.median(areas)
+                  and heights[index] < PIECE_HEIGHT * np.median(heights)]
+        if not pieces:
+            break
+        piece = pieces[0]
+        left, right, marks = groups.pop(piece)
+        gaps = [max(left - group[1], group[0] - right) for group in groups]
+        nearest = groups[int(np.argmin(gaps))]
+        nearest[0], nearest[1], nearest[2] = min(nearest[0], left), max(nearest[1], right), nearest[2] + marks
+    return [group_marks for _, _, group_marks in groups]
 
 
 # --- MNIST's framing --------------------------------------------------------------------------------------------

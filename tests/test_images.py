@@ -97,6 +97,15 @@ def test_a_digit_in_two_strokes_stays_one_digit():
     assert all(digit.array.shape == (28, 28, 1) for digit in digits)
 
 
+def test_a_broken_off_piece_joins_the_digit_beside_it():
+    lightness = page()
+    bar(lightness, 100, 100, 100, 10)  # a 1 ...
+    bar(lightness, 182, 116, 8, 16)  # ... whose foot broke off, beside it
+    bar(lightness, 100, 180, 100, 25)  # and another digit further right
+    digits = images.split_number(as_photo(lightness, "PNG"))
+    assert len(digits) == 2 and digits[0].box[0] + digits[0].box[2] >= 131
+
+
 def test_boxes_are_in_the_original_image_pixels():
     lightness = page(1500, 2000)
     bar(lightness, 600, 400, 300, 40)
