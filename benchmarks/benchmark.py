@@ -295,7 +295,8 @@ def measure_throughput(config: argparse.Namespace, params, work: Path) -> dict:
     # Measured again after the trainings: on a shared machine the less disturbed of the two counts.
     after = sgemm_rate()
     sgemm = {key: max(sgemm[key], after[key]) for key in ("flops_per_second", "flops_per_cpu_second")} | {
-        key: after[key] for key in ("size", "threads")} | {"runs": sgemm["runs"] + after["runs"]}
+        key: after[key] for key in ("size", "threads")} | {"runs": sgemm["runs"] + after["runs"],
+                                                          "loads": [sgemm["load"], after["load"]]}
     return {"rows": rows, "auto_precision": auto_precision(), "sgemm": sgemm}
 
 

@@ -65,6 +65,7 @@ def sgemm_rate(size: int = 2048, seconds: float = 3.0) -> dict[str, float]:
         best_cpu = max(best_cpu, flops / cpu) if cpu > 0 else best_cpu
         runs += 1
     return {"flops_per_second": best_wall, "flops_per_cpu_second": best_cpu, "size": size, "runs": runs,
+            "load": os.getloadavg()[0],
             "threads": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
 
 
@@ -93,10 +94,11 @@ def efficiency_section(throughput: dict) -> list[str]:
         f"Limit: the epoch's matrix-multiply FLOPs (convolutions and dense layers; training images forward + "
         f"backward, validation images forward) at numpy's float32 sgemm rate on this machine in this run: "
         f"{sgemm['flops_per_second'] / 1e9:.0f} GFLOP/s ({sgemm['threads']} threads, {sgemm['size']}² matrices, best "
-        f"of {sgemm['runs']}), {sgemm['flops_per_cpu_second'] / 1e9:.0f} GFLOP per CPU-second. The per-CPU-second "
+        f"of {sgemm['runs']}), {sgemm['flops_per_cpu_second'] / 1e9:.0f} GFLOP per CPU-second; 1-minute load "
+        f"average {', '.join(f'{load:.1f}' for load in sgemm['loads'])} when measured. The per-CPU-second "
         "fraction compares FLOPs per CPU-second of the process with sgemm's: other processes' load disturbs it "
-        "less than the wall-clock fraction. Ratios: the other's seconds per epoch / the stage's (above 1: the "
-        "stage is faster).",
+        "less than the wall-clock fraction, which means little once the load exceeds the cores. Ratios: the "
+        "other's seconds per epoch / the stage's (above 1: the stage is faster).",
         "",
         "| preset | MFLOP per image train / val | stage s/epoch | limit s/epoch | fraction of limit | "
         "per CPU-second | vs plain Keras | vs PyTorch |",
