@@ -127,10 +127,11 @@ def connect(params: Params):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = user_uri
-    client = mlflow.MlflowClient(uri, uri)
     name = params.tracking.experiment
     with store_lock(uri):
         try:
+            # In the lock: the client creates (migrates) a new SQLite store, which two first runs must not race.
+            client = mlflow.MlflowClient(uri, uri)
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 location = (project_root() / "mlartifacts").as_uri() if _is_local_sqlite(uri) else None
