@@ -463,8 +463,10 @@ def measure_sweep(config: argparse.Namespace, work: Path) -> dict:
         print(f"sweep: {runs} runs, {label}", flush=True)
         load_before = os.getloadavg()[0]
         started = time.perf_counter()
-        check(run_measured(["dvc", "queue", "start", "-j", str(jobs)], project, env, logs / "start.log"), "start",
-              logs)
+        # Output to a file, not a pipe: the queue's workers outlive `dvc queue start` and keep what it hands them.
+        with open(logs / "start.log", "w") as start_log:
+            subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=project, env=env, stdout=start_log,
+                           stderr=subprocess.STDOUT, check=True)
         status = wait_for_queue(project, env, runs)
         seconds = time.perf_counter() - started
         subprocess.run(["dvc", "queue", "stop"], cwd=project, env=env, capture_output=True)
