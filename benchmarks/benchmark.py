@@ -240,6 +240,7 @@ def default_params(overrides: dict[str, Any]):
 def prepare_data(source: Path, dataset: str, base: Path, limit: int | None = None) -> Path:
     """download + preprocess in this process (neither imports TensorFlow); returns the processed folder."""
     from stages import download, preprocess
+    from stages import source as source_stage
     from stages.params import parse_params, read_yaml
 
     raw = read_yaml(ROOT / "params.yaml")
@@ -248,6 +249,7 @@ def prepare_data(source: Path, dataset: str, base: Path, limit: int | None = Non
         set_dotted(raw, key, value)
     params = parse_params(raw)
     with contextlib.redirect_stdout(sys.stderr):
+        source_stage.run(params)
         download.run(params)
         preprocess.run(params)
     return Path(params.paths.processed)

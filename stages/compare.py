@@ -19,6 +19,7 @@ from stages.params import Params
 COLUMNS = {
     "tags.mlflow.runName": "run",
     "tags.dvc.exp_name": "dvc experiment",
+    "tags.dataset": "dataset",  # mnist_10k (the shipped sample) is no full-MNIST result
     "params.model.name": "architecture",
     "params.train.optimizer.name": "optimizer",
     "params.train.optimizer.learning_rate": "learning rate",
@@ -27,6 +28,8 @@ COLUMNS = {
     "metrics.test_accuracy": "test accuracy",
     "metrics.test_loss": "test loss",
     "metrics.train_seconds": "training seconds",
+    "metrics.train_images": "train images",
+    "metrics.test_images": "test images",
 }
 
 
@@ -36,7 +39,7 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=list(COLUMNS.values()))
     evaluated = runs[(runs["status"] == "FINISHED") & runs["metrics.test_accuracy"].notna()]
     table = evaluated.reindex(columns=list(COLUMNS)).rename(columns=COLUMNS)
-    for column in ("epochs", "parameters"):
+    for column in ("epochs", "parameters", "train images", "test images"):
         table[column] = pd.to_numeric(table[column]).astype("Int64")
     table["learning rate"] = pd.to_numeric(table["learning rate"])
     return table.sort_values(["test accuracy", "test loss"], ascending=[False, True]).reset_index(drop=True)

@@ -1,17 +1,20 @@
 """download stage: fetch a dataset's four IDX files, verify them and write `{paths.raw}/{dataset}/` with a manifest.
 
-Reads params: data.dataset, data.source, data.timeout, data.retries, paths.raw.
+Reads params: data.dataset, data.timeout, data.retries, paths.raw; and `{paths.source}`, where the source stage
+wrote which registry entry to get and from where (see stages/source.py).
 Writes: `{paths.raw}/{dataset}/` holding train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,
 t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz and manifest.json:
-`{"dataset", "files": {name: {"source", "sha256" (of the unpacked IDX bytes), "verified"}}, "content_hash"}`.
+`{"dataset" (what the files are, e.g. mnist_10k), "sample_of" (null, or the full dataset a sample stands in for),
+"files": {name: {"source", "sha256" (of the unpacked IDX bytes), "verified"}}, "content_hash"}`.
 Run alone: `python -m stages.download` from the project root.
 
-With `data.source: null` each file comes from the official mirrors, tried in order: network errors, 5xx answers
-and truncated bodies are retried with a short backoff, then any failure (HTTP error, bad gzip, invalid IDX, a
-checksum matching no published value) moves on to the next mirror. `data.source` may instead name a local folder,
-a file:// URL or an http(s):// base URL holding the four files; such a copy is verified against the same
-checksums, and one that matches none but is valid IDX (a sample such as mnist-10k) is accepted with a warning and
-recorded as unverified. The folder is written atomically: a failure leaves nothing in `{paths.raw}`.
+From the official mirrors each file is tried mirror by mirror: network errors, 5xx answers and truncated bodies
+are retried with a short backoff, then any failure (HTTP error, bad gzip, invalid IDX, a checksum matching no
+published value) moves on to the next mirror. The shipped sample is read from the package and verified against
+its registry checksums. A `data.source` folder, file:// URL or http(s):// base URL is verified against the same
+checksums; a copy of the shipped sample is recognised as the sample, and one that matches nothing but is valid
+IDX is accepted with a warning and recorded as unverified. The folder is written atomically: a failure leaves
+nothing in `{paths.raw}`.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +47,7 @@ from stages.datasets import (
     TRAIN_LABELS,
     DatasetSpec,
     dataset_spec,
+    sample_of,
 )
 from stages.entry import stage_main
 from stages.idx import IdxError, load_images_labels, parse_idx, unpack
@@ -169,19 +175,58 @@ def check_file(name: str, raw: bytes, spec: DatasetSpec) -> CheckedFile:
     return CheckedFile(gz_bytes, digests["content_sha256"], verified)
 
 
-def describe_network_error(reason: object, timeout: float) -> str:
+def describe_network_error(reason: object, timeout: float, timeout_key: str = "data.timeout") -> str:
     """A short, human reason for a failed connection (urllib wraps the real cause in URLError.reason)."""
     if isinstance(reason, ConnectionRefusedError):
         return "connection refused"
     if isinstance(reason, socket.gaierror):
         return f"host name not resolved (offline?): {reason.strerror or reason}"
     if isinstance(reason, TimeoutError):
-        return f"no answer within {timeout:g} s (data.timeout)"
+        return f"no answer within {timeout:g} s ({timeout_key})"
     if isinstance(reason, http.client.IncompleteRead):
         return f"truncated body: connection closed after {len(reason.partial)} bytes"
     if isinstance(reason, OSError) and reason.strerror:
         return reason.strerror.lower()
     return str(reason) or type(reason).__name__
+
+
+def probe(url: str, timeout: float) -> str | None:
+    """None when the server behind `url` answers at all, else why it cannot be reached.
+
+    Only a connection that never gets an answer (DNS failure, refused, timed out, no route) or a proxy refusing
+    with 407 counts as unreachable. Any other answer, an HTTP error or a broken TLS handshake included, means the
+    mirror is there: the download then reports what is wrong with it instead of quietly using something else.
+    """
+    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
+    try:
+        # A fresh opener reads the proxy settings now (urlopen keeps the first ones it saw).
+        urllib.request.build_opener().open(request, timeout=timeout).close()
+    except urllib.error.HTTPError as error:
+        return "the proxy refused to connect (HTTP 407 Proxy Authentication Required)" if error.code == 407 else None
+    except urllib.error.URLError as error:
+        return unreachable_reason(error.reason, timeout)
+    except OSError as error:  # a timeout while waiting for the status line
+        return unreachable_reason(error, timeout)
+    return None
+
+
+def unreachable_reason(reason: object, timeout: float) -> str | None:
+    if isinstance(reason, ssl.SSLError) or not isinstance(reason, OSError):
+        return None
+    # An https proxy's refusal surfaces as http.client's "Tunnel connection failed: 407 ...".
+    if "Tunnel connection failed" in str(reason):
+        return f"the proxy refused to connect ({reason})" if " 407" in str(reason) else None
+    return describe_network_error(reason, timeout, "data.probe_timeout")
+
+
+def probe_mirrors(spec: DatasetSpec, timeout: float) -> list[str]:
+    """`- <mirror>: <why>` for every official mirror when none can be reached; [] as soon as any one answers."""
+    urls = [Origin(mirror, official=True).locate(TRAIN_LABELS) for mirror in spec.mirrors]
+    with ThreadPoolExecutor(max_workers=max(1, len(urls))) as pool:
+        reasons = list(pool.map(lambda url: probe(url, timeout), urls))
+    if any(reason is None for reason in reasons):
+        return []
+    return [f"  - {mirror}: {reason}" for mirror, reason in zip(spec.mirrors, reasons, strict=True)]
 
 
 def http_get(url: str, timeout: float, label: str) -> bytes:
@@ -270,9 +315,26 @@ def content_hash(content_sha256s: list[str]) -> str:
     return hashlib.sha256("".join(content_sha256s).encode()).hexdigest()
 
 
-def build_manifest(dataset: str, entries: dict[str, dict]) -> dict:
+def identified_name(spec: DatasetSpec, source: str | None) -> str | None:
+    """The registry entry a user's copy may turn out to be: the shipped sample of `spec`, if it has one."""
+    sample = sample_of(spec.name)
+    return sample.name if source is not None and sample is not None else None
+
+
+def identify(spec: DatasetSpec, entries: dict[str, dict]) -> DatasetSpec:
+    """The shipped sample when a user's copy of `spec` is exactly it (by content checksums), else `spec`."""
+    sample = sample_of(spec.name)
+    if sample is not None and all(entries[name]["sha256"] in sample.known_digests[name] for name in FILE_NAMES):
+        for entry in entries.values():
+            entry["verified"] = True
+        return sample
+    return spec
+
+
+def build_manifest(spec: DatasetSpec, entries: dict[str, dict]) -> dict:
     return {
-        "dataset": dataset,
+        "dataset": spec.name,
+        "sample_of": spec.sample_of,
         "files": {name: entries[name] for name in FILE_NAMES},
         "content_hash": content_hash([entries[name]["sha256"] for name in FILE_NAMES]),
     }
@@ -288,7 +350,7 @@ def reusable_manifest(destination: Path, spec: DatasetSpec, source: str | None, 
     try:
         manifest = json.loads((destination / MANIFEST_NAME).read_text())
         files = manifest["files"]
-        if manifest["dataset"] != spec.name or set(files) != set(FILE_NAMES):
+        if manifest["dataset"] not in (spec.name, identified_name(spec, source)) or set(files) != set(FILE_NAMES):
             return None
         for name in FILE_NAMES:
             entry = files[name]
@@ -331,7 +393,6 @@ def download(spec: DatasetSpec | str, destination: str | os.PathLike, source: st
             (staging / name).write_bytes(checked.gz_bytes)
             entries[name] = {"source": origin.locate(name), "sha256": checked.content_sha256,
                              "verified": checked.verified}
-            print(f"download: {name} <- {origin.locate(name)} ({'verified' if checked.verified else 'unverified'})")
         # Each file is valid on its own; the pairs must also agree (as many labels as images, labels 0-9).
         try:
             load_images_labels(staging / TRAIN_IMAGES, staging / TRAIN_LABELS)
@@ -340,7 +401,14 @@ def download(spec: DatasetSpec | str, destination: str | os.PathLike, source: st
             where = source or "the official mirrors"
             raise DownloadError(f"the files from {where} do not fit together: "
                                 f"{str(error).replace(str(staging), str(destination))}") from None
-        manifest = build_manifest(spec.name, entries)
+        if source is not None and not all(entry["verified"] for entry in entries.values()):
+            spec = identify(spec, entries)
+            if spec.sample_of:
+                print(f"download: these are the files of {spec.name}, the {spec.sample_of} sample shipped with the "
+                      "project (their content checksums match); recorded as such")
+        for name, entry in entries.items():
+            print(f"download: {name} <- {entry['source']} ({'verified' if entry['verified'] else 'unverified'})")
+        manifest = build_manifest(spec, entries)
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
 
     unverified = [name for name in FILE_NAMES if not entries[name]["verified"]]
@@ -351,13 +419,29 @@ def download(spec: DatasetSpec | str, destination: str | os.PathLike, source: st
     return manifest
 
 
+def read_source(path: Path) -> dict[str, str]:
+    """The source stage's decision: {"dataset": registry entry, "source": "mirrors" | "sample" | data.source}."""
+    try:
+        choice = json.loads(path.read_text())
+        dataset_spec(choice["dataset"])
+        if not isinstance(choice["source"], str):
+            raise TypeError
+    except FileNotFoundError:
+        raise PipelineError(f"{path} not found: run the source stage first (`dvc repro source`)") from None
+    except (ValueError, KeyError, TypeError):
+        raise PipelineError(f"{path} is not the source stage's output; rerun it with `dvc repro -f source`") from None
+    return choice
+
+
 def run(params: Params) -> dict:
-    dataset = params.data.dataset
-    destination = Path(params.paths.raw) / dataset
-    manifest = download(dataset, destination, source=params.data.source, timeout=params.data.timeout,
+    raw = Path(params.paths.raw)
+    choice = read_source(Path(params.paths.source))
+    destination = raw / params.data.dataset
+    source = None if choice["source"] in ("mirrors", "sample") else choice["source"]
+    manifest = download(choice["dataset"], destination, source=source, timeout=params.data.timeout,
                         retries=params.data.retries, root=os.environ.get("DVC_ROOT"))
     verified = all(entry["verified"] for entry in manifest["files"].values())
-    print(f"download: {dataset} ready in {destination} ({'verified' if verified else 'UNVERIFIED'}, "
+    print(f"download: {manifest['dataset']} ready in {destination} ({'verified' if verified else 'UNVERIFIED'}, "
           f"content hash {manifest['content_hash'][:12]})")
     return manifest
 

@@ -16,6 +16,8 @@ records. Before any work, every `paths.*` must lie inside the project (DVC track
 What a stage does beyond that is an argument at its call site, never guessed:
 
   skip_imports  modules made unimportable before the stage starts (see KERAS_UNUSED_IMPORTS)
+  quiet_tensorflow  import TensorFlow and find its devices first, dropping the lines it prints on every start of a
+                CPU-only machine (see TENSORFLOW_STARTUP_NOISE); any other line it prints still shows
   fast_exit     end the process with `exit_without_teardown` instead of returning: for `main()` only, since it
                 ends the calling process (tests call `run()` or start `python -m stages.<name>`)
 """
@@ -25,8 +27,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -40,12 +44,25 @@ from stages.params import load_params
 # Keras imports these at start-up for helpers no stage uses (scikit-learn wrappers, image galleries): ~1 s a stage.
 KERAS_UNUSED_IMPORTS = ("sklearn", "matplotlib")
 
+# What TensorFlow's C++ side prints on every start on a CPU-only machine. Raising TF_CPP_MIN_LOG_LEVEL would also
+# hide real errors (cuInit's line is logged at ERROR), so these exact lines are dropped and everything else kept.
+TENSORFLOW_STARTUP_NOISE = re.compile("|".join([
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
+    r"I\d{4} [\d:. ]+\d+ port\.cc:\d+\] oneDNN custom operations are on\. .*",
+    r"I\d{4} [\d:. ]+\d+ cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine, GPU will not be used\.",
+    r"I\d{4} [\d:. ]+\d+ cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized to use available CPU .*",
+    r"To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.",
+]))
+# cuInit failing is news where an NVIDIA device exists, and start-up noise where none does.
+CUINIT_FAILURE = re.compile(r"E\d{4} [\d:. ]+\d+ cuda_\w+\.cc:\d+\] failed call to cuInit: .*")
+
 
 def stage_main(
     run: Callable[[Any], Any],
     *,
     skip_imports: Iterable[str] = (),
     fast_exit: bool = False,
+    quiet_tensorflow: bool = False,
     params_path: str = "params.yaml",
 ) -> None:
     """Run `run(load_params(params_path))`; exit with the code above (0 on success when fast_exit)."""
@@ -54,8 +71,10 @@ def stage_main(
     policy = SignalPolicy()
     try:
         with policy.installed(), leave_when_parent_is_gone(policy):
-            params = load_params(params_path)
+            params = load_params(params_path)  # a bad params.yaml fails before TensorFlow's seconds of start-up
             check_paths_inside(params.paths.model_dump(), project_root())
+            if quiet_tensorflow:
+                start_tensorflow_quietly()
             run(params)
         code = 0
     except PipelineError as error:
@@ -76,6 +95,48 @@ def stage_main(
 
 
 CONTINUE = "nothing half-written was left; rerun `dvc repro` to continue"
+
+
+def has_nvidia_device() -> bool:
+    return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/proc/driver/nvidia").exists()
+
+
+def startup_noise(line: str, gpu_present: bool) -> bool:
+    return bool(TENSORFLOW_STARTUP_NOISE.fullmatch(line) or (not gpu_present and CUINIT_FAILURE.fullmatch(line)))
+
+
+@contextlib.contextmanager
+def stderr_without(noise: Callable[[str], bool]) -> Iterator[None]:
+    """Hold back what the block writes to stderr, then write every line of it for which `noise` is false.
+
+    TensorFlow's C++ side writes to file descriptor 2 directly, so the descriptor itself points at a temporary
+    file for the block (a file, not a pipe: a full pipe would block TensorFlow while it holds the GIL).
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
+                    if not noise(line.rstrip("\n"))]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+def start_tensorflow_quietly() -> None:
+    """Import TensorFlow and find its devices (where it looks for a GPU) without its CPU-only start-up lines."""
+    gpu_present = has_nvidia_device()
+    with stderr_without(lambda line: startup_noise(line, gpu_present)):
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
 
 
 class SignalPolicy:

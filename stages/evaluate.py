@@ -1,9 +1,11 @@
 """Evaluate stage: score the trained model on the test set and save what the plots stage draws.
 
-Reads `{paths.processed}/test.npz` and `{paths.model}`; params `evaluate.*`, `data.dataset`, `paths.*`.
+Reads `{paths.processed}/test.npz`, `{paths.processed}/dataset.json` and `{paths.model}`; params `evaluate.*`,
+`data.dataset`, `paths.*`.
 Writes, each atomically, to the `paths.*` key of the same name:
   metrics          test_loss, test_accuracy, macro_f1, macro_precision, macro_recall, throughput_images_per_s,
-                   test_images (flat, so `dvc metrics show` lists them)
+                   dataset (e.g. mnist_10k, the shipped sample), train_images, val_images, test_images
+                   (flat, so `dvc metrics show` and `dvc exp show` list them)
   predictions      index, actual, predicted, confidence, prob_0..prob_9 (one row per test image)
   confusion        counts, rows = actual class, columns = predicted class
   per_class        class, name, precision, recall, f1, support
@@ -24,7 +26,7 @@ import pandas as pd
 from stages import tracking
 from stages.architectures import load_model
 from stages.common import PipelineError, load_npz, require_files, save_npz, write_csv, write_json
-from stages.datasets import class_names
+from stages.datasets import class_names, data_summary, read_data_info
 from stages.entry import KERAS_UNUSED_IMPORTS, stage_main
 
 # Keras clips probabilities to [epsilon, 1 - epsilon] before the log (keras.config.epsilon()); the same clip here
@@ -183,6 +185,7 @@ def run(params) -> dict[str, float | int]:
     test_path, model_path = Path(paths.processed) / "test.npz", Path(paths.model)
     require_files({test_path: "preprocess", model_path: "train"})
     names = class_names(params.data.dataset)
+    data = data_summary(read_data_info(paths.processed))
 
     images, labels = load_test_set(test_path)
     model = load_model(model_path, len(names), advice="rerun `dvc repro train`")
@@ -190,7 +193,10 @@ def run(params) -> dict[str, float | int]:
 
     scores = compute_metrics(labels, probabilities)
     test_images = scores.pop("test_images")
-    metrics = {**scores, "throughput_images_per_s": round(images_per_second, 1), "test_images": test_images}
+    if data["test_images"] != test_images:
+        raise PipelineError(f"{test_path} holds {test_images} images but dataset.json beside it says "
+                            f"{data['test_images']}; rerun `dvc repro preprocess`")
+    metrics = {**scores, "throughput_images_per_s": round(images_per_second, 1), **data}
     confusion = confusion_matrix(labels, probabilities.argmax(axis=1), len(names))
 
     count = min(params.evaluate.activation_images, len(images))
@@ -206,12 +212,12 @@ def run(params) -> dict[str, float | int]:
     tracking.log_evaluation(params, metrics, [Path(path) for path in (paths.metrics, paths.predictions,
                                                                        paths.confusion, paths.per_class)])
     print(f"test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f}, macro F1 "
-          f"{metrics['macro_f1']:.4f} on {test_images:,} images; {images_per_second:,.0f} images/s")
+          f"{metrics['macro_f1']:.4f} on {test_images:,} {data['dataset']} images; {images_per_second:,.0f} images/s")
     return metrics
 
 
 def main() -> None:
-    stage_main(run, skip_imports=KERAS_UNUSED_IMPORTS, fast_exit=True)
+    stage_main(run, skip_imports=KERAS_UNUSED_IMPORTS, fast_exit=True, quiet_tensorflow=True)
 
 
 if __name__ == "__main__":

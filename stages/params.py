@@ -52,6 +52,7 @@ class Paths(Section):
     """Every file or folder the stages read or write (see params.yaml for what each holds)."""
 
     params_check: str
+    source: str
     raw: str
     processed: str
     data_summary: str
@@ -74,7 +75,8 @@ class Paths(Section):
 
 class Data(Section):
     dataset: Literal["mnist", "fashion_mnist"]
-    source: str | None
+    source: Annotated[str, Field(min_length=1)]
+    probe_timeout: Annotated[float, Field(gt=0, le=60)]
     timeout: Annotated[float, Field(gt=0, le=600)]
     retries: Annotated[int, Field(ge=0, le=10)]
 

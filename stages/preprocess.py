@@ -1,9 +1,11 @@
 """preprocess stage: turn the raw IDX files into normalized, one-hot, split arrays ready for Keras.
 
 Reads params: seed, data.dataset, preprocess.val_fraction, preprocess.limit, paths.raw, paths.processed,
-paths.data_summary. Reads `{paths.raw}/{dataset}/` (written by the download stage).
+paths.data_summary. Reads `{paths.raw}/{dataset}/` (written by the download stage) with its manifest.
 Writes `{paths.processed}/train.npz`, `val.npz`, `test.npz`, each with `x` (float32 N x 28 x 28 x 1 in [0, 1]),
-`y` (float32 one-hot N x 10) and `labels` (uint8 N), and `{paths.data_summary}` (images per class and split).
+`y` (float32 one-hot N x 10) and `labels` (uint8 N); `{paths.processed}/dataset.json`, which names the data
+(e.g. the shipped sample mnist_10k rather than mnist) with each split's size and content hash; and
+`{paths.data_summary}` (images per class and split).
 Run alone: `python -m stages.preprocess` from the project root.
 
 The validation set is split off the training images (after `preprocess.limit` keeps the first N of them),
@@ -12,13 +14,23 @@ stratified by class and seeded, so the same seed always holds out the same image
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from stages.common import PipelineError, save_npz, write_csv
-from stages.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, class_names
+from stages.common import PipelineError, save_npz, write_csv, write_json
+from stages.datasets import (
+    DATA_INFO_NAME,
+    TEST_IMAGES,
+    TEST_LABELS,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+    class_names,
+    dataset_spec,
+    split_sha256,
+)
 from stages.entry import stage_main
 from stages.idx import IdxError, load_images_labels
 from stages.params import Params
@@ -96,6 +108,37 @@ def load_pair(raw_dir: Path, images_name: str, labels_name: str) -> tuple[np.nda
     return images, labels.astype(np.uint8)
 
 
+def read_manifest(raw_dir: Path) -> dict:
+    """Download's record of what the raw files are; the data is named after it, not after data.dataset."""
+    path = raw_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+        dataset_spec(manifest["dataset"])
+        manifest["files"][TRAIN_IMAGES]["source"], manifest["files"][TEST_IMAGES]["source"]
+    except FileNotFoundError:
+        raise PipelineError(f"{path} not found: run the download stage first "
+                            "(`dvc repro download` or `python -m stages.download`)") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise PipelineError(f"{path} is unreadable: rerun the download stage (`dvc repro -f download`)") from None
+    return manifest
+
+
+def data_info(manifest: dict, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+    """dataset.json: the data's registry name, and each split as written (size and content hash of x, labels)."""
+    spec = dataset_spec(manifest["dataset"])
+    origins = {"train": TRAIN_IMAGES, "val": TRAIN_IMAGES, "test": TEST_IMAGES}
+    return {
+        "dataset": spec.name,
+        "sample_of": spec.sample_of,
+        "content_hash": manifest["content_hash"],
+        "splits": {
+            split: {"name": spec.test_split if split == "test" else split, "images": len(labels),
+                    "sha256": split_sha256(x, labels), "origin": manifest["files"][origins[split]]["source"]}
+            for split, (x, labels) in splits.items()
+        },
+    }
+
+
 def run(params: Params) -> dict[str, int]:
     seed = params.seed
     dataset = params.data.dataset
@@ -104,6 +147,7 @@ def run(params: Params) -> dict[str, int]:
     raw_dir = Path(params.paths.raw) / dataset
     processed_dir = Path(params.paths.processed)
 
+    manifest = read_manifest(raw_dir)
     train_images, train_labels = load_pair(raw_dir, TRAIN_IMAGES, TRAIN_LABELS)
     test_images, test_labels = load_pair(raw_dir, TEST_IMAGES, TEST_LABELS)
     available = len(train_labels)
@@ -116,14 +160,20 @@ def run(params: Params) -> dict[str, int]:
         "val": (train_images[val_indices], train_labels[val_indices]),
         "test": (test_images, test_labels),
     }
+    written = {}
     for split, (images, labels) in splits.items():
-        save_npz(processed_dir / f"{split}.npz", x=normalize(images), y=one_hot(labels), labels=labels)
+        x = normalize(images)
+        save_npz(processed_dir / f"{split}.npz", x=x, y=one_hot(labels), labels=labels)
+        written[split] = (x, labels)
+    write_json(processed_dir / DATA_INFO_NAME, data_info(manifest, written))
     table = class_counts({split: labels for split, (_, labels) in splits.items()}, class_names(dataset))
     write_csv(params.paths.data_summary, table)
 
     sizes = {split: len(labels) for split, (_, labels) in splits.items()}
     note = f" (first {len(train_labels)} of {available} training images)" if limit is not None else ""
-    print(f"preprocess: {dataset} train {sizes['train']}, val {sizes['val']}, test {sizes['test']}{note}; "
+    test_name = dataset_spec(manifest["dataset"]).test_split
+    print(f"preprocess: {manifest['dataset']} train {sizes['train']}, val {sizes['val']}, {test_name} "
+          f"{sizes['test']}{note}; "
           f"seed {seed} -> {processed_dir}")
     return sizes
 

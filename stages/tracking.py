@@ -36,6 +36,12 @@ SQLITE_TIMEOUT_SECONDS = 60
 HEALTH_TIMEOUT_SECONDS = 10  # a busy server's first request opens its store
 # A search worker names its study and trial to the training it starts (through DVC) in these variables.
 SEARCH_TAGS = {"SEARCH_STUDY": "search.study", "SEARCH_TRIAL": "search.trial"}
+# MLflow 3's UI opens an experiment on the page its kind names; without the tag it shows the GenAI overview.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# MLflow caps a dataset digest at 36 characters; the full sha256 goes in the input's tag of this name.
+DIGEST_LENGTH = 36
+SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 
 
 def tracking_uri(params: Params) -> str:
@@ -136,9 +142,12 @@ def connect(params: Params):
             if experiment is None:
                 location = (project_root() / "mlartifacts").as_uri() if _is_local_sqlite(uri) else None
                 try:
-                    return client, client.create_experiment(name, artifact_location=location)
+                    return client, client.create_experiment(name, artifact_location=location,
+                                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
                 except MlflowException:
                     experiment = client.get_experiment_by_name(name)  # another process created it first
+            if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before the project set it, or by hand
+                client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         except MlflowException as error:
             raise PipelineError(f"MLflow tracking store {uri} failed: {error.message.splitlines()[0]}") from None
     return client, experiment.experiment_id
@@ -161,14 +170,15 @@ def _git(*args: str) -> str:
         return ""
 
 
-def run_tags(params: Params, data_hash: str) -> dict[str, str]:
+def run_tags(params: Params, data_hash: str, data_info: dict) -> dict[str, str]:
     import keras
     import tensorflow as tf
 
     tags = {
         "git.commit": _git("rev-parse", "HEAD") or "unknown",
         "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
-        "dataset": params.data.dataset,
+        "dataset": data_info["dataset"],  # what preprocess read: the shipped sample, not data.dataset, offline
+        "dataset.content_hash": data_info["content_hash"],
         "data.sha256": data_hash,
         "tensorflow.version": tf.__version__,
         "keras.version": keras.__version__,
@@ -178,7 +188,31 @@ def run_tags(params: Params, data_hash: str) -> dict[str, str]:
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
     tags.update({tag: os.environ[variable] for variable, tag in SEARCH_TAGS.items() if os.environ.get(variable)})
+    if data_info.get("sample_of"):
+        tags["dataset.sample_of"] = data_info["sample_of"]
     return tags
+
+
+def log_datasets(data_info: dict) -> None:
+    """The three splits as MLflow dataset inputs of the active run, so the runs table's Dataset column names them.
+
+    Metadata only (name, digest, source): MLflow's own digest would hash a sample of the arrays. The digest is
+    the first 36 characters of the split's content sha256, which its input tag `sha256` holds in full.
+    """
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    for split, entry in data_info["splits"].items():
+        with warnings.catch_warnings():  # a relative path "can be interpreted in multiple ways": all local
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(entry["origin"])
+        dataset = MetaDataset(source, name=f"{data_info['dataset']}-{entry['name']}",
+                              digest=entry["sha256"][:DIGEST_LENGTH])
+        mlflow.log_input(dataset, context=SPLIT_CONTEXTS[split],
+                         tags={"sha256": entry["sha256"], "images": str(entry["images"])})
 
 
 def mark_orphans_killed(client, experiment_id: str, keep: str | None = None) -> None:
@@ -373,10 +407,11 @@ def _resumable_run(client, uri: str, resume_dir: Path | None) -> str | None:
 
 
 @contextlib.contextmanager
-def training_run(params: Params, architecture: str, data_hash: str = "",
+def training_run(params: Params, architecture: str, data_hash: str, data_info: dict,
                  resume_dir: Path | None = None) -> Iterator[NullRun | TrainingRun]:
     """Open the MLflow run for a training of `architecture` (the name train resolved, logged as `model.name`)
-    and close it FINISHED, FAILED or KILLED, whatever happens.
+    and close it FINISHED, FAILED or KILLED, whatever happens. `data_info` (preprocess's dataset.json) names the
+    data in the run's tags and dataset inputs.
 
     When the server goes away during training, the run's id is kept in the training's resume folder: the training
     resumed from that folder completes that run instead of opening a second one (unless it was finished or
@@ -403,10 +438,11 @@ def training_run(params: Params, architecture: str, data_hash: str = "",
         run_name = (f"{architecture}-{params.train.optimizer.name}-"
                     f"{hashlib.sha256(name_spec.encode()).hexdigest()[:6]}")
         run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
-                               tags=run_tags(params, data_hash), log_system_metrics=False)
+                               tags=run_tags(params, data_hash, data_info), log_system_metrics=False)
         run_id = run.info.run_id
         logged = {**flatten(params.model_dump()), "model.name": architecture}
         client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in logged.items()])
+        log_datasets(data_info)
 
     handle = TrainingRun(client, run_id, uri, run_name)
     status = "FAILED"
@@ -456,7 +492,8 @@ def log_evaluation(params: Params, metrics: dict[str, float], files: list[Path])
         return
     client, run_id = attached
     for key, value in metrics.items():
-        client.log_metric(run_id, key, float(value))
+        if isinstance(value, int | float):  # not the dataset's name: the run carries it as a tag
+            client.log_metric(run_id, key, float(value))
     for path in files:
         client.log_artifact(run_id, str(path), "reports")
     if "test_accuracy" not in metrics:

@@ -1,7 +1,8 @@
 """Train stage: build the Keras model params.yaml describes and fit it on the processed data.
 
-Reads  {paths.processed}/train.npz, val.npz; params seed, model.*, train.*, tracking.*
+Reads  {paths.processed}/train.npz, val.npz, dataset.json; params seed, model.*, train.*, tracking.*
 Writes {paths.model} (best epoch by train.checkpoint_monitor), {paths.history}, {paths.summary}, {paths.run}
+       (run.json also names the data: the dataset and its split sizes, from dataset.json)
 Run alone: python -m stages.train
 
 An interrupted run resumes from its last finished epoch: the state lives in {paths.resume}/<key>/ (outside DVC's outs,
@@ -35,6 +36,7 @@ import pandas as pd
 from stages import tracking
 from stages.architectures import Architecture, SpecError, build_model, resolve_spec
 from stages.common import PipelineError, atomic_path, load_npz, write_csv, write_json, write_text
+from stages.datasets import data_summary, read_data_info
 from stages.entry import KERAS_UNUSED_IMPORTS, stage_main
 from stages.params import Params
 
@@ -400,7 +402,8 @@ def run(params: Params) -> dict:
     resume_dir = Path(paths.resume) / resume_key(params, data_hash)
     if not params.train.resume:
         shutil.rmtree(resume_dir, ignore_errors=True)
-    with tracking.training_run(params, architecture.name, data_hash, resume_dir) as run_handle:
+    data_info = read_data_info(processed)
+    with tracking.training_run(params, architecture.name, data_hash, data_info, resume_dir) as run_handle:
         started = time.perf_counter()
         model, history = fit(params, model, train, val, resume_dir, run_handle.keras_callbacks())
         seconds = time.perf_counter() - started
@@ -419,7 +422,8 @@ def run(params: Params) -> dict:
             "best_val_accuracy": float(history["val_accuracy"].max()),
         }
         # run.json last: evaluate and plots attach to the MLflow run it names.
-        write_json(paths.run, {**result, **run_handle.log_training(params, model, result, example=val[0][:5])})
+        write_json(paths.run, {**result, **data_summary(data_info),
+                               **run_handle.log_training(params, model, result, example=val[0][:5])})
         shutil.rmtree(resume_dir, ignore_errors=True)
     print(f"trained {result['architecture']} ({result['parameters']:,} parameters, {precision}, "
           f"{result['replicas']} replica{'s' if result['replicas'] > 1 else ''}) for "
@@ -428,7 +432,7 @@ def run(params: Params) -> dict:
 
 
 def main() -> None:
-    stage_main(run, skip_imports=KERAS_UNUSED_IMPORTS, fast_exit=True)
+    stage_main(run, skip_imports=KERAS_UNUSED_IMPORTS, fast_exit=True, quiet_tensorflow=True)
 
 
 if __name__ == "__main__":

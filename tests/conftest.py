@@ -97,10 +97,11 @@ def make_params(raw_params, tmp_path, mnist_10k):
 @pytest.fixture(scope="session")
 def processed_dir(raw_params, tmp_path_factory, mnist_10k) -> Path:
     """mnist-10k through the real download and preprocess stages once per session (first 1,000 images)."""
-    from stages import download, preprocess
+    from stages import download, preprocess, source
 
     base = tmp_path_factory.mktemp("pipeline")
     params = shrunk_params(raw_params, base, mnist_10k, preprocess__limit=1000)
+    source.run(params)
     download.run(params)
     preprocess.run(params)
     return Path(params.paths.processed)

@@ -23,6 +23,8 @@ import pytest
 from conftest import ROOT, write_params
 
 from stages import download as download_stage
+from stages import source as source_stage
+from stages.common import PipelineError
 from stages.datasets import DATASETS, FILE_NAMES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, DatasetSpec, sample_of
 from stages.download import DownloadError, content_hash, download, resolve_origins
 from stages.idx import encode_idx, read_idx
@@ -339,17 +341,23 @@ def test_http_source_matching_no_checksum_is_accepted_with_a_warning(server, tmp
     assert "warning:" in capsys.readouterr().err
 
 
-def test_local_folder_mnist_10k_is_accepted_unverified(tmp_path, capsys, mnist_10k):
+def test_local_folder_holding_the_sample_is_recognised_as_the_sample(tmp_path, capsys, mnist_10k):
     destination = tmp_path / "raw" / "mnist"
     manifest = download("mnist", destination, source=str(mnist_10k))
     files = {name: (mnist_10k / name).read_bytes() for name in FILE_NAMES}
     assert_holds(destination, files)
     assert all((destination / name).read_bytes() == files[name] for name in FILE_NAMES)  # copied byte for byte
-    assert not any(entry["verified"] for entry in manifest["files"].values())
+    # By its content checksums: the shipped sample's, not MNIST's, so nothing downstream calls it MNIST.
+    assert (manifest["dataset"], manifest["sample_of"]) == ("mnist_10k", "mnist")
+    assert all(entry["verified"] for entry in manifest["files"].values())
     assert manifest["files"][TRAIN_IMAGES]["source"] == str(mnist_10k / TRAIN_IMAGES)
-    warning = capsys.readouterr().err
-    assert warning.startswith("warning:") and "match no published mnist checksum" in warning
+    output = capsys.readouterr()
+    assert "warning" not in output.err and "(unverified)" not in output.out
+    assert "the files of mnist_10k" in output.out
     assert read_idx(destination / TRAIN_IMAGES).shape == (8000, 28, 28)
+    # Asked again, the earlier copy is reused rather than fetched anew.
+    assert download("mnist", destination, source=str(mnist_10k)) == manifest
+    assert "nothing to fetch" in capsys.readouterr().out
 
 
 def test_relative_folder_is_taken_from_the_dvc_root(tmp_path, mnist_10k):
@@ -455,14 +463,22 @@ def test_official_mirrors_are_tried_in_registry_order():
 
 def test_run_writes_the_dataset_folder(make_params):
     params = make_params(data__dataset="mnist")
+    source_stage.run(params)
     manifest = download_stage.run(params)
     assert json.loads((Path(params.paths.raw) / "mnist" / "manifest.json").read_text()) == manifest
 
 
+def test_run_without_the_source_decision_says_which_stage_writes_it(make_params):
+    with pytest.raises(PipelineError, match=r"source.json not found: run the source stage first"):
+        download_stage.run(make_params())
+
+
 def test_main_reports_a_bad_source_in_one_line(tmp_path, make_params):
     write_params(tmp_path, make_params(data__source=str(tmp_path / "nowhere"), paths__raw=str(tmp_path / "raw")))
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, "-m", "stages.source"], cwd=tmp_path, env=env, check=True, timeout=120)
     result = subprocess.run([sys.executable, "-m", "stages.download"], cwd=tmp_path, capture_output=True, text=True,
-                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
+                            env=env, timeout=120)
     assert result.returncode == 1
     assert result.stderr.startswith("error: data.source") and len(result.stderr.splitlines()) == 1
     assert_clean(tmp_path / "raw")

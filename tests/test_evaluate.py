@@ -27,7 +27,7 @@ from stages.preprocess import one_hot
 
 NUM_CLASSES = 10
 METRIC_KEYS = ["test_loss", "test_accuracy", "macro_f1", "macro_precision", "macro_recall",
-               "throughput_images_per_s", "test_images"]
+               "throughput_images_per_s", "dataset", "train_images", "val_images", "test_images"]
 
 # Five predictions over three classes, small enough to score by hand:
 #   true 0 -> 0 (p_true .7)   true 0 -> 1 (p_true .2)   true 1 -> 1 (.8)   true 1 -> 1 (.6)   true 2 -> 0 (p_true .4)
@@ -207,6 +207,10 @@ def stage_params(make_params, trained_model_file, mnist_test_images, tmp_path):
     processed = tmp_path / "data" / "processed"
     processed.mkdir(parents=True)
     np.savez(processed / "test.npz", x=images, y=np.eye(NUM_CLASSES, dtype=np.float32)[labels], labels=labels)
+    splits = {"train": 300, "val": 60, "test": len(labels)}
+    (processed / "dataset.json").write_text(json.dumps({"dataset": "mnist_10k", "content_hash": "0" * 64, "splits": {
+        split: {"name": split, "images": images_count, "sha256": "0" * 64, "origin": "stages/mnist_10k"}
+        for split, images_count in splits.items()}}))
     (tmp_path / "models").mkdir()
     shutil.copy(trained_model_file, tmp_path / "models" / "model.keras")
     return params
@@ -221,7 +225,9 @@ def test_run_writes_every_report_consistent_with_keras(stage_params, mnist_test_
 
     assert list(metrics) == METRIC_KEYS
     assert json.loads((reports / "metrics.json").read_text()) == metrics
-    assert all(type(metrics[key]) is float for key in METRIC_KEYS[:-1]) and metrics["test_images"] == 200
+    assert all(type(metrics[key]) is float for key in METRIC_KEYS[:6]) and metrics["test_images"] == 200
+    # Which data, from dataset.json: the sample is never reported as MNIST.
+    assert (metrics["dataset"], metrics["train_images"], metrics["val_images"]) == ("mnist_10k", 300, 60)
     assert metrics["throughput_images_per_s"] > 0
     # The oracle: Keras scoring the same model on the same images.
     keras_loss, keras_accuracy = keras.saving.load_model(tmp_path / "models" / "model.keras").evaluate(

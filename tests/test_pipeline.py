@@ -1,25 +1,38 @@
-"""End to end: the real DVC pipeline in a temporary git copy of the project, on the real mnist-10k digits.
+"""End to end: the real DVC pipeline in a temporary git copy of the project, as a first run on a machine offline.
 
-One `dvc repro` (with params tracing on) feeds several checks: dvc.yaml declares exactly the params each stage
-reads, a second repro does nothing, DVC's metrics and plots render, a plots-only change reruns plots only, and a
-typo passed with `dvc exp run -S` fails the stage with a did-you-mean instead of running with the default.
+The official mirrors are a refused port on 127.0.0.1 (through the test-only registry override), so the default
+`data.source: auto` falls back to the MNIST sample shipped with the project. One `dvc repro` (with params tracing
+on, and TensorFlow's log level left unset) feeds several checks: every record names the sample, TensorFlow starts
+quietly, MLflow shows a training experiment with three dataset inputs, dvc.yaml declares exactly the params each
+stage reads, a second repro does nothing, DVC's metrics and plots render, a plots-only change reruns plots only,
+and a typo passed with `dvc exp run -S` fails the stage with a did-you-mean instead of running with the default.
+Last, a local HTTP mirror comes up and the command the fallback warning printed moves the workspace to it.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import re
+import socket
+import threading
 import time
 from collections import defaultdict
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from benchmarks.project_copy import copy_project, project_env, set_params, sh
+from stages.datasets import FILE_NAMES, TEST_REGISTRY_ENV
+from stages.idx import write_idx
 
 pytestmark = pytest.mark.slow
 
-QUICK = {
+QUICK = {  # data.source stays at its default, auto
     "preprocess.limit": 600,
     "model.architecture": "conv10",
     "train.epochs": 1,
@@ -27,13 +40,85 @@ QUICK = {
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, mnist_10k):
-    """The project after one traced `dvc repro` with MLflow on (store in the copy's own mlflow.db)."""
-    path = copy_project(tmp_path_factory.mktemp("project"), {**QUICK, "data.source": str(mnist_10k)})
+def registry(tmp_path_factory):
+    """The test-only registry override, for every command of this module: MNIST's mirrors are a refused port."""
+    path = tmp_path_factory.mktemp("registry") / "registry.json"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path.write_text(json.dumps({"mnist": {"mirrors": [f"http://127.0.0.1:{port}/mnist/"]}}))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(TEST_REGISTRY_ENV, str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, registry):
+    """The project after one traced `dvc repro` offline with MLflow on (store in the copy's own mlflow.db)."""
+    path = copy_project(tmp_path_factory.mktemp("project"), QUICK)
     trace = path.parent / "params-trace.tsv"
-    result = sh(path, "dvc", "repro", env=project_env([path], STAGES_TRACE_PARAMS=str(trace)))
-    (path.parent / "repro.log").write_text(result.stdout + result.stderr)
+    env = project_env([path], STAGES_TRACE_PARAMS=str(trace))
+    del env["TF_CPP_MIN_LOG_LEVEL"]  # TensorFlow at its default verbosity, as a user runs it
+    result = sh(path, "dvc", "repro", env=env)
+    (path.parent / "repro.log").write_text(result.stdout)
+    (path.parent / "repro.err").write_text(result.stderr)
     return path
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_offline_first_run_trains_on_the_shipped_sample_and_every_record_says_so(project):
+    import mlflow
+
+    warning = (project.parent / "repro.err").read_text()
+    assert warning.count("warning: no official mnist mirror could be reached") == 1
+    assert "connection refused" in warning and "10,000 real digits" in warning
+    assert read_json(project / "data" / "source.json") == {"dataset": "mnist_10k", "source": "sample"}
+    manifest = read_json(project / "data" / "raw" / "mnist" / "manifest.json")
+    assert (manifest["dataset"], manifest["sample_of"]) == ("mnist_10k", "mnist")
+    counts = {"dataset": "mnist_10k", "train_images": 480, "val_images": 120, "test_images": 2000}
+    metrics = read_json(project / "reports" / "metrics.json")
+    run_record = read_json(project / "models" / "run.json")
+    assert {key: metrics[key] for key in counts} == counts == {key: run_record[key] for key in counts}
+    run = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(run_record["run_id"])
+    assert (run.data.tags["dataset"], run.data.tags["dataset.sample_of"]) == ("mnist_10k", "mnist")
+    shown = json.loads(sh(project, "dvc", "exp", "show", "--json").stdout)
+    assert json.dumps(shown).count('"dataset": "mnist_10k"') >= 1  # dvc exp show lists it beside the metrics
+
+
+def test_tensorflow_stages_start_without_noise(project):
+    """No oneDNN, absl, CUDA or CPU-feature lines, while TensorFlow's log level is at its default."""
+    log = (project.parent / "repro.log").read_text()
+    assert "Running stage 'train'" in log and "Running stage 'evaluate'" in log  # TensorFlow did start, twice
+    stderr = (project.parent / "repro.err").read_text()
+    for noise in ("cuInit", "oneDNN", "absl::InitializeLog", "cpu_feature_guard", "Could not find cuda drivers"):
+        assert noise not in stderr + log, noise
+
+
+def split_digest(path: Path) -> str:
+    """The oracle: sha256 of a split's stored x bytes, then its labels bytes."""
+    with np.load(path) as arrays:
+        return hashlib.sha256(arrays["x"].tobytes() + arrays["labels"].tobytes()).hexdigest()
+
+
+def test_mlflow_shows_a_training_experiment_with_three_dataset_inputs(project):
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("mnist")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    run = client.get_run(read_json(project / "models" / "run.json")["run_id"])
+    inputs = {tags["mlflow.data.context"]: (item.dataset, tags) for item in run.inputs.dataset_inputs
+              for tags in [{tag.key: tag.value for tag in item.tags}]}
+    assert set(inputs) == {"training", "validation", "test"}
+    for context, split in (("training", "train"), ("validation", "val"), ("test", "test")):
+        dataset, tags = inputs[context]
+        full = split_digest(project / "data" / "processed" / f"{split}.npz")
+        assert dataset.digest == full[:36] and tags["sha256"] == full
+        assert dataset.name.startswith("mnist_10k-")
+    assert inputs["test"][0].name == "mnist_10k-held-out"  # never "test": these come from MNIST's training set
 
 
 def declared_params(stage: dict) -> list[str]:
@@ -143,7 +228,58 @@ def test_queued_experiments_land_in_the_project_store_and_compare_ranks_them(pro
     sh(project, "python", "-m", "stages.compare")
     table = (project / "reports" / "compare.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "test accuracy" not in line]
-    accuracies = [float(row.split("|")[8]) for row in rows]
+    accuracies = [float(row.split("|")[9]) for row in rows]
     assert len(rows) >= 3 and accuracies == sorted(accuracies, reverse=True)
     assert all(name in table for name in names)
     assert (project / "reports" / "compare.png").stat().st_size > 0
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    """A local HTTP mirror serving generated MNIST-format files (300 training, 100 test images) from a folder."""
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, size=(300, 28, 28), dtype=np.uint8), (np.arange(300) % 10).astype(np.uint8),
+              rng.integers(0, 256, size=(100, 28, 28), dtype=np.uint8), (np.arange(100) % 10).astype(np.uint8)]
+    folder = tmp_path / "mirror" / "mnist"
+    folder.mkdir(parents=True)
+    for name, array in zip(FILE_NAMES, arrays, strict=True):
+        write_idx(folder / name, array)
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(folder.parent))
+    handler.log_message = lambda *args: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/mnist/", folder
+    server.shutdown()
+    server.server_close()
+
+
+def test_back_online_the_printed_command_moves_the_workspace_to_the_full_set(project, registry, mirror):
+    import mlflow
+
+    url, folder = mirror
+    # The mirror comes up, serving files registered (as "mnist") with their checksums.
+    registry.write_text(json.dumps({"mnist": {"mirrors": [url], "known_digests": {
+        name: [hashlib.sha256((folder / name).read_bytes()).hexdigest()] for name in FILE_NAMES}}}))
+    unchanged = sh(project, "dvc", "repro").stdout  # the network's state is no dep of any stage
+    assert "Running stage 'source'" not in unchanged and "Running stage 'train'" not in unchanged
+
+    warning = (project.parent / "repro.err").read_text()
+    command = warning.split("get the full set with: ")[1].splitlines()[0].split()
+    assert command[:4] == ["dvc", "exp", "run", "-S"]
+    switched = sh(project, *command).stdout
+    assert "Running stage 'train'" in switched and "is cached" not in switched
+    metrics = read_json(project / "reports" / "metrics.json")
+    assert (metrics["dataset"], metrics["train_images"] + metrics["val_images"], metrics["test_images"]) == \
+        ("mnist", 300, 100)
+    manifest = read_json(project / "data" / "raw" / "mnist" / "manifest.json")
+    assert manifest["dataset"] == "mnist" and all(entry["verified"] for entry in manifest["files"].values())
+    run = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(
+        read_json(project / "models" / "run.json")["run_id"])
+    assert run.data.tags["dataset"] == "mnist" and "dataset.sample_of" not in run.data.tags
+    assert {item.dataset.name for item in run.inputs.dataset_inputs} == {"mnist-train", "mnist-val", "mnist-test"}
+
+    # Back to auto while online: the source stage probes again rather than replaying the offline decision from
+    # the run-cache, finds the mirror, and nothing else has to change.
+    again = sh(project, "dvc", "exp", "run", "-S", "data.source=auto").stdout
+    assert "Running stage 'source'" in again and "Running stage 'train'" not in again
+    assert read_json(project / "reports" / "metrics.json")["dataset"] == "mnist"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +12,11 @@ import pytest
 
 from stages import download as download_stage
 from stages import preprocess
+from stages import source as source_stage
 from stages.common import PipelineError
-from stages.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
-from stages.idx import IdxError, write_idx
+from stages.datasets import FILE_NAMES, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, dataset_spec
+from stages.download import build_manifest
+from stages.idx import IdxError, read_idx_bytes, write_idx
 from stages.preprocess import check_images, class_counts, normalize, one_hot, stratified_split
 
 # Unbalanced on purpose: 40, 31, 25, ... images per class, shuffled, so stratification has something to do.
@@ -35,6 +39,9 @@ def write_raw(raw_dir: Path, train: int = len(unbalanced_labels()), test: int = 
     for name, array in [(TRAIN_IMAGES, train_images), (TRAIN_LABELS, train_labels), (TEST_IMAGES, test_images),
                         (TEST_LABELS, test_labels)]:
         write_idx(raw_dir / name, array)
+    entries = {name: {"source": f"generated/{name}", "sha256": hashlib.sha256(read_idx_bytes(raw_dir / name)).hexdigest(),
+                      "verified": False} for name in FILE_NAMES}
+    (raw_dir / "manifest.json").write_text(json.dumps(build_manifest(dataset_spec(raw_dir.name), entries)))
     return train_images, train_labels, test_images, test_labels
 
 
@@ -214,6 +221,7 @@ def test_fashion_mnist_class_names_reach_the_report(make_params):
 
 def test_download_then_preprocess_on_real_digits(make_params, capsys):
     params = make_params()  # data.source = ../shared/data/mnist-10k, preprocess.limit = 400
+    source_stage.run(params)
     download_stage.run(params)
     sizes = preprocess.run(params)
     assert sizes == {"train": 320, "val": 80, "test": 2000}
@@ -221,4 +229,13 @@ def test_download_then_preprocess_on_real_digits(make_params, capsys):
     # Real digits: mostly dark background, every class present in the test set.
     assert 0.05 < test["x"].mean() < 0.25
     assert np.all(np.bincount(test["labels"], minlength=10) > 0)
-    assert "preprocess: mnist train 320, val 80, test 2000 (first 400 of 8000 training images)" in capsys.readouterr().out
+    # A copy of the shipped sample is recognised as the sample, whose held-out digits are no MNIST test set.
+    assert ("preprocess: mnist_10k train 320, val 80, held-out 2000 (first 400 of 8000 training images)"
+            in capsys.readouterr().out)
+    info = json.loads((Path(params.paths.processed) / "dataset.json").read_text())
+    assert info["dataset"] == "mnist_10k" and info["sample_of"] == "mnist"
+    for split, size in sizes.items():
+        stored = load_split(params, split)
+        expected = hashlib.sha256(stored["x"].tobytes() + stored["labels"].tobytes()).hexdigest()
+        assert info["splits"][split]["images"] == size and info["splits"][split]["sha256"] == expected
+
