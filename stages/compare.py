@@ -53,7 +53,7 @@ def markdown(table: pd.DataFrame, experiment: str) -> str:
     shown["test accuracy"] = shown["test accuracy"].map("{:.4f}".format)
     shown["test loss"] = shown["test loss"].map("{:.4f}".format)
     shown["training seconds"] = shown["training seconds"].map("{:.1f}".format)
-    shown = shown.fillna("").astype(str)
+    shown = shown.astype(object).fillna("").astype(str)  # runs made before a column existed show blanks
     lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
     lines += ["| " + " | ".join(row) + " |" for row in shown.itertuples(index=False)]
     return header + "\n".join(lines) + "\n"

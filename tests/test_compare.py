@@ -24,10 +24,16 @@ def test_comparison_table_lists_evaluated_runs_best_first():
         "metrics.test_accuracy": [0.95, 0.97, np.nan, 0.5],
         "metrics.test_loss": [0.2, 0.1, np.nan, 1.5],
         "metrics.train_seconds": [10.0, 8.0, 1.0, 3.0],
+        "tags.dataset": ["mnist", "mnist_10k", "mnist", None],  # d: made before runs named their data
+        "metrics.train_images": [48000.0, 6400.0, 48000.0, np.nan],
+        "metrics.test_images": [10000.0, 2000.0, 10000.0, np.nan],
     })
     table = compare.comparison_table(runs)
     assert table["run"].tolist() == ["b", "a", "d"]
+    assert table["dataset"].tolist()[:2] == ["mnist_10k", "mnist"]
+    assert table["test images"].tolist()[:2] == [2000, 10000]
     assert table["architecture"].tolist() == ["conv32", "lenet", "custom"]
     assert table["parameters"].tolist() == [693962, 1256080, 100]
     text = compare.markdown(table, "mnist")
     assert text.index("| b |") < text.index("| a |")
+    assert "| b | exp-b | mnist_10k | conv32 |" in text
