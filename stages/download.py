@@ -220,7 +220,11 @@ def unreachable_reason(reason: object, timeout: float) -> str | None:
 
 
 def probe_mirrors(spec: DatasetSpec, timeout: float) -> list[str]:
-    """`- <mirror>: <why>` for every official mirror when none can be reached; [] as soon as any one answers."""
+    """`- <mirror>: <why>` for every official mirror when none can be reached; [] when any one answers.
+
+    The mirrors are probed at once, so an offline machine waits one probe_timeout at most (name resolution
+    aside: the system resolver keeps its own timeout).
+    """
     urls = [Origin(mirror, official=True).locate(TRAIN_LABELS) for mirror in spec.mirrors]
     with ThreadPoolExecutor(max_workers=max(1, len(urls))) as pool:
         reasons = list(pool.map(lambda url: probe(url, timeout), urls))

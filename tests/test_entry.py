@@ -125,3 +125,49 @@ def test_a_running_non_daemon_thread_is_waited_for(tmp_path):
     result = run_stage(tmp_path, body)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "thread done\n" + HANDLERS
+
+
+# The lines TensorFlow 2.21 printed on this CPU-only machine, each start (timestamps and thread ids vary).
+TENSORFLOW_NOISE = [
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "I0000 00:00:1795816565.450220   15855 port.cc:153] oneDNN custom operations are on. You may see slightly "
+    "different numerical results due to floating-point round-off errors from different computation orders. To turn "
+    "them off, set the environment variable `TF_ENABLE_ONEDNN_OPTS=0`.",
+    "I0000 00:00:1795816565.450707   15855 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will "
+    "not be used.",
+    "I0000 00:00:1795816565.779473   15855 cpu_feature_guard.cc:227] This TensorFlow binary is optimized to use "
+    "available CPU instructions in performance-critical operations.",
+    "To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild TensorFlow with the "
+    "appropriate compiler flags.",
+]
+CUINIT = ("E0000 00:00:1795816584.410293   15855 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: "
+          "Failed call to cuInit: UNKNOWN ERROR (303)")
+REAL_ERROR = "E0000 00:00:1795817015.048704   23083 node_def_util.cc:682] something real went wrong"
+
+
+def test_tensorflow_startup_noise_is_exactly_the_known_lines():
+    from stages.entry import startup_noise
+
+    assert all(startup_noise(line, gpu_present=False) for line in [*TENSORFLOW_NOISE, CUINIT])
+    assert not startup_noise(CUINIT, gpu_present=True)  # where a GPU exists, a failing cuInit is news
+    for line in (REAL_ERROR, "Traceback (most recent call last):", "warning: no official mnist mirror",
+                 "E0000 00:00:1.0 1 cuda_platform.cc:52] failed to load libcuda"):
+        assert not startup_noise(line, gpu_present=False), line
+
+
+def test_held_back_stderr_keeps_everything_but_the_noise_even_from_c_code(tmp_path):
+    """What the C++ side writes to file descriptor 2 is filtered too; every other line comes through, in order."""
+    lines = [*TENSORFLOW_NOISE[:2], REAL_ERROR, CUINIT, "a Python warning"]
+    script = textwrap.dedent(f"""
+        import os, sys
+        from stages.entry import startup_noise, stderr_without
+        with stderr_without(lambda line: startup_noise(line, gpu_present=False)):
+            for line in {lines[:4]!r}:
+                os.write(2, (line + "\\n").encode())  # as TensorFlow's logger does, under Python's feet
+            print({lines[4]!r}, file=sys.stderr)
+        print("after", file=sys.stderr)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0
+    assert result.stderr.splitlines() == [REAL_ERROR, "a Python warning", "after"]

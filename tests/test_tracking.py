@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import time
@@ -59,7 +60,17 @@ def test_pipeline_run_is_recorded_completely(make_params, processed_dir, store):
         history = client.get_metric_history(run.info.run_id, key)
         assert [m.step for m in history] == [1, 2]
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
-    assert run.data.tags["dataset"] == "mnist" and len(run.data.tags["data.sha256"]) == 64
+    # processed_dir holds the MNIST sample (a copy of it, recognised by its checksums), and the run says so.
+    assert (run.data.tags["dataset"], run.data.tags["dataset.sample_of"]) == ("mnist_10k", "mnist")
+    assert len(run.data.tags["data.sha256"]) == 64
+    inputs = {tag.value: item.dataset for item in run.inputs.dataset_inputs for tag in item.tags
+              if tag.key == "mlflow.data.context"}
+    assert {context: dataset.name for context, dataset in inputs.items()} == {
+        "training": "mnist_10k-train", "validation": "mnist_10k-val", "test": "mnist_10k-held-out"}
+    with np.load(processed_dir / "val.npz") as val:
+        digest = hashlib.sha256(val["x"].tobytes() + val["labels"].tobytes()).hexdigest()
+    assert inputs["validation"].digest == digest[:36]
+    assert client.get_experiment_by_name("mnist").tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.data.tags["precision"] in ("float32", "mixed_bfloat16")
     assert {"git.commit", "git.dirty", "tensorflow.version", "keras.version"} <= set(run.data.tags)
 
@@ -154,3 +165,12 @@ def test_default_store_is_the_project_roots_sqlite(make_params, monkeypatch, tmp
     assert tracking.tracking_uri(make_params()) .startswith(f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking.tracking_uri(make_params()) == "http://127.0.0.1:5000"
+
+
+def test_an_experiment_made_without_a_kind_opens_in_the_training_view(make_params, store):
+    client = client_for(store)
+    experiment_id = client.create_experiment("mnist")  # as an older version of the project, or a user, made it
+    assert "mlflow.experimentKind" not in client.get_experiment(experiment_id).tags
+    _, connected_id = tracking.connect(make_params(tracking__enabled=True))
+    assert connected_id == experiment_id
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
