@@ -70,7 +70,8 @@ TRANSIENT_HTTP_STATUSES = frozenset({408, 425, 429})
 SOURCE_ADVICE = (
     "To use a local copy instead, put the four files ({names}) in a folder and point data.source at it: "
     "`dvc exp run -S data.source=/path/to/folder`, or set `data.source:` in params.yaml "
-    "(a folder, a file:// URL or an http(s):// base URL)."
+    "(a folder, a file:// URL or an http(s):// base URL). For MNIST, `dvc exp run -S data.source=sample` trains on "
+    "the 10,000-digit sample shipped with the project."
 )
 
 
@@ -310,7 +311,7 @@ def fetch_checked(spec: DatasetSpec, name: str, origins: list[Origin], timeout: 
     else:
         what = f"could not get {name} of {spec.name} from data.source:"
         advice = ("Point data.source at a folder, a file:// URL or an http(s):// base URL holding the four files "
-                  f"({', '.join(FILE_NAMES)}), or set it to null to use the official mirrors.")
+                  f"({', '.join(FILE_NAMES)}), or set it to auto to use the official mirrors.")
     raise DownloadError("\n".join([what, *failures, advice]))
 
 
@@ -381,7 +382,7 @@ def download(spec: DatasetSpec | str, destination: str | os.PathLike, source: st
     origins = resolve_origins(spec, source, root)
     if origins[0].folder is not None and not origins[0].folder.is_dir():
         raise DownloadError(f"data.source {source!r}: folder {origins[0].folder} does not exist; point data.source "
-                            f"at a folder holding {', '.join(FILE_NAMES)}, or set it to null to use the official "
+                            f"at a folder holding {', '.join(FILE_NAMES)}, or set it to auto to use the official "
                             "mirrors")
     manifest = reusable_manifest(destination, spec, source, origins)
     if manifest is not None:
