@@ -122,18 +122,19 @@ def project_inputs(tmp_path_factory, raw_params, mnist_10k):
     """A folder with params.yaml and every input the TensorFlow-free stages read (evaluate's made up)."""
     from test_plots import write_stage_inputs
 
-    from stages import download, preprocess
+    from stages import download, preprocess, source
 
     base = tmp_path_factory.mktemp("no-tensorflow")
     params = shrunk_params(raw_params, base, mnist_10k)
     write_params(base, params)
+    source.run(params)
     download.run(params)
     preprocess.run(params)
     write_stage_inputs(params)
     return base
 
 
-@pytest.mark.parametrize("command", [["stages.params"], ["stages.download"], ["stages.preprocess"],
+@pytest.mark.parametrize("command", [["stages.params"], ["stages.source"], ["stages.download"], ["stages.preprocess"],
                                      ["stages.plots"], ["stages.predict", "--help"]], ids=lambda c: " ".join(c))
 def test_runs_without_tensorflow(project_inputs, command):
     result = subprocess.run([sys.executable, "-c", REFUSE_TENSORFLOW, *command], cwd=project_inputs,

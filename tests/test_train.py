@@ -50,7 +50,9 @@ def test_one_epoch_lowers_the_loss_and_writes_outputs(make_params, processed_dir
     assert result["parameters"] == keras.saving.load_model(paths.model, safe_mode=True).count_params()
     assert "Total params" in Path(paths.summary).read_text()
     recorded = json.loads(Path(paths.run).read_text())
-    assert recorded == {**result, "run_id": None} and recorded["epochs_run"] == len(history) == 1
+    # Which data, from preprocess's dataset.json: processed_dir holds the MNIST sample (800 + 200 of its digits).
+    data = {"dataset": "mnist_10k", "train_images": 800, "val_images": 200, "test_images": 2000}
+    assert recorded == {**result, **data, "run_id": None} and recorded["epochs_run"] == len(history) == 1
     assert not any(Path(paths.model).parent.glob(".*tmp*")), "no temp files left behind"
 
 
