@@ -147,7 +147,12 @@ def connect(params: Params):
                 except MlflowException:
                     experiment = client.get_experiment_by_name(name)  # another process created it first
             if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before the project set it, or by hand
-                client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+                try:
+                    client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+                except MlflowException:
+                    # Two runs setting it at once collide on the tag's key in the server's database; one wins.
+                    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment.experiment_id).tags:
+                        raise
         except MlflowException as error:
             raise PipelineError(f"MLflow tracking store {uri} failed: {error.message.splitlines()[0]}") from None
     return client, experiment.experiment_id

@@ -94,17 +94,21 @@ def make_params(raw_params, tmp_path, mnist_10k):
     return make
 
 
-@pytest.fixture(scope="session")
-def processed_dir(raw_params, tmp_path_factory, mnist_10k) -> Path:
-    """mnist-10k through the real download and preprocess stages once per session (first 1,000 images)."""
+def run_data_stages(params: Params) -> Path:
+    """The real source, download and preprocess stages, in DVC's order; returns the processed folder."""
     from stages import download, preprocess, source
 
-    base = tmp_path_factory.mktemp("pipeline")
-    params = shrunk_params(raw_params, base, mnist_10k, preprocess__limit=1000)
     source.run(params)
     download.run(params)
     preprocess.run(params)
     return Path(params.paths.processed)
+
+
+@pytest.fixture(scope="session")
+def processed_dir(raw_params, tmp_path_factory, mnist_10k) -> Path:
+    """mnist-10k through the real data stages once per session (first 1,000 images)."""
+    base = tmp_path_factory.mktemp("pipeline")
+    return run_data_stages(shrunk_params(raw_params, base, mnist_10k, preprocess__limit=1000))
 
 
 # --- one small trained model per session, shared by every test that classifies real digits ----------------------

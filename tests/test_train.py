@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, shrunk_params, write_params
+from conftest import ROOT, run_data_stages, shrunk_params, write_params
 
 from stages import train
 from stages.architectures import build_model, presets
@@ -185,11 +185,8 @@ def test_two_replicas_on_two_logical_cpus_match_one_and_write_one_set_of_outputs
     import keras
     import mlflow
 
-    from stages import download, preprocess
-
     data = shrunk_params(raw_params, tmp_path / "data", mnist_10k, preprocess__limit=2000)
-    download.run(data)
-    preprocess.run(data)
+    run_data_stages(data)
     accuracies = {}
     for replicas in (1, 2):
         folder = tmp_path / f"replicas-{replicas}"
