@@ -200,7 +200,9 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(postgre
             assert [r.info.run_id for r in by_trial[trial.number]] == [trial.user_attrs["mlflow_run_id"]]
             assert by_trial[trial.number][0].info.status == "FINISHED"
             assert "test_accuracy" in by_trial[trial.number][0].data.metrics
-    assert [r.info.status for r in by_trial[killed]] == ["KILLED"], "the killed worker's training was stopped"
+    # Stopped, not finished nor left running: the lost worker takes the trial's output pipe with it, so the stage
+    # ends either on the signal (KILLED) or on the broken pipe first (FAILED).
+    assert [r.info.status for r in by_trial[killed]] in (["KILLED"], ["FAILED"]), "the killed worker's training stopped"
 
     # The report: best first, Optuna's plots, the best params as a command; also on the study's MLflow run.
     report = tmp_path / "b" / "reports" / "search"
