@@ -130,6 +130,15 @@ def predict_arrays(model, arrays: Sequence[np.ndarray]) -> np.ndarray:
     return np.asarray(model.predict(np.stack(arrays), verbose=0), dtype=np.float64)
 
 
+def classify_prepared(model, prepared: list[tuple[str, np.ndarray]], save_dir) -> np.ndarray | None:
+    """Save what the model sees (when asked), then classify it in one call; None when nothing could be read."""
+    if not prepared:
+        return None
+    if save_dir is not None:
+        save_preprocessed(prepared, save_dir)
+    return predict_arrays(model, [array for _, array in prepared])
+
+
 def predict_files(
     paths: Sequence[str | os.PathLike],
     model,
@@ -140,11 +149,9 @@ def predict_files(
 ) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """The core of the CLI: predictions for the readable images, in input order, and (file, reason) for the rest."""
     prepared, failed = prepare_files(paths, dataset, max_pixels)
-    if save_dir is not None and prepared:
-        save_preprocessed(prepared, save_dir)
-    if not prepared:
+    probabilities = classify_prepared(model, prepared, save_dir)
+    if probabilities is None:
         return [], failed
-    probabilities = predict_arrays(model, [array for _, array in prepared])
     predictions = [
         Prediction(file, row, class_names) for (file, _), row in zip(prepared, probabilities, strict=True)
     ]
@@ -197,11 +204,10 @@ def read_number_files(
     # Each digit is saved as <stem>-<position>-28x28.png.
     prepared = [(f"{Path(file).with_suffix('')}-{position}", digit.array)
                 for file, digits in found for position, digit in enumerate(digits, start=1)]
-    if save_dir is not None and prepared:
-        save_preprocessed(prepared, save_dir)
-    if not prepared:
+    probabilities = classify_prepared(model, prepared, save_dir)
+    if probabilities is None:
         return [], failed
-    rows = iter(predict_arrays(model, [array for _, array in prepared]))
+    rows = iter(probabilities)
     readings = [
         NumberReading(file, [Prediction(file, next(rows), class_names) for _ in digits], [d.box for d in digits])
         for file, digits in found
