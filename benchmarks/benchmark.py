@@ -50,9 +50,9 @@ from typing import Any
 
 from benchmarks import torch_baseline
 from benchmarks.efficiency import sgemm_rate
-from benchmarks.project_copy import ROOT, copy_project, paths_under, project_env, set_dotted, set_params
+from benchmarks.project_copy import ROOT, copy_project, paths_under, project_env, set_params
 from benchmarks.report import MLFLOW_INFERENCE, NOTES, evaluate_targets, markdown
-from stages.datasets import DATASETS
+from stages.core.datasets import DATASETS
 
 FASHION_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 MNIST_10K_SOURCE = DATASETS["mnist_10k"].folder  # the sample shipped in stages/mnist_10k
@@ -226,7 +226,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def default_params(overrides: dict[str, Any]):
     """params.yaml with the --set overrides, validated (a typo fails here, before anything runs)."""
-    from stages.params import ParamsError, parse_params, read_yaml
+    from stages.core.schema import ParamsError, parse_params, read_yaml, set_dotted
 
     raw = read_yaml(ROOT / "params.yaml")
     for key, value in overrides.items():
@@ -241,7 +241,7 @@ def prepare_data(source: Path, dataset: str, base: Path, limit: int | None = Non
     """download + preprocess in this process (neither imports TensorFlow); returns the processed folder."""
     from stages import download, preprocess
     from stages import source as source_stage
-    from stages.params import parse_params, read_yaml
+    from stages.core.schema import parse_params, read_yaml, set_dotted
 
     raw = read_yaml(ROOT / "params.yaml")
     for key, value in {**paths_under(raw, base), "data.source": str(source),
@@ -304,7 +304,7 @@ def measure_throughput(config: argparse.Namespace, params, work: Path) -> dict:
 
 def auto_precision() -> str:
     """What `train.precision: auto` picks on this machine (the train stage's own choice; imports TensorFlow)."""
-    from stages.train import choose_precision
+    from stages.core.devices import choose_precision
 
     return choose_precision("auto")
 
@@ -370,7 +370,7 @@ def measure_pipeline(config: argparse.Namespace, overrides: dict[str, Any], work
     full = check(run_measured(["dvc", "repro"], project, env, logs / "repro-full.log"), "dvc repro", logs)
     load_after = os.getloadavg()[0]
     loaded_full = read_probe(probe)
-    from stages.params import read_yaml
+    from stages.core.schema import read_yaml
 
     paths = read_yaml(project / "params.yaml")["paths"]
     metrics = json.loads((project / paths["metrics"]).read_text())
@@ -483,7 +483,7 @@ def measure_sweep(config: argparse.Namespace, work: Path) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from stages.architectures import preset_names
+    from stages.core.architectures import preset_names
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: mnist-10k, lenet only, 2 epochs")
@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> None:
     results["load_average_end"] = list(os.getloadavg())
     results["targets"] = evaluate_targets(results)
 
-    from stages.common import write_json, write_text
+    from stages.core.files import write_json, write_text
 
     config.output.mkdir(parents=True, exist_ok=True)
     write_json(config.output / "benchmark.json", results)

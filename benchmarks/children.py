@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 from benchmarks.efficiency import model_flops
-from benchmarks.project_copy import set_dotted
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -70,7 +69,7 @@ def run_stage(spec: dict) -> dict:
     import numpy as np
 
     from stages import train
-    from stages.params import parse_params, read_yaml
+    from stages.core.schema import parse_params, read_yaml, set_dotted
 
     raw = read_yaml(spec["params_file"])
     for key, value in spec["overrides"].items():
@@ -81,15 +80,7 @@ def run_stage(spec: dict) -> dict:
     os.chdir(workdir)  # relative paths (the resume state among them) land in the run's own folder
 
     clock = epoch_clock()
-    make_callbacks = train.make_callbacks
-
-    def callbacks_then_clock(*args, **kwargs):
-        callbacks = make_callbacks(*args, **kwargs)
-        callbacks.ordered.append(clock)
-        return callbacks
-
-    train.make_callbacks = callbacks_then_clock
-    result = train.run(params)
+    result = train.run(params, extra_callbacks=[clock])
     model = keras.models.load_model(params.paths.model)
     accuracy, loss = evaluate_on_test(model, Path(params.paths.processed) / "test.npz")
     with np.load(Path(params.paths.processed) / "train.npz") as train, np.load(
@@ -108,7 +99,7 @@ def run_keras(spec: dict) -> dict:
     import keras
     import numpy as np
 
-    from stages.architectures import build_model, presets
+    from stages.core.architectures import build_model, presets
 
     processed = Path(spec["processed"])
     keras.utils.set_random_seed(spec["seed"])

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from stages.core.files import CODE_ROOT as ROOT
+from stages.core.schema import set_dotted
 
 
 def project_env(pythonpath: list[Path], **extra: str) -> dict[str, str]:
@@ -30,15 +31,6 @@ def project_env(pythonpath: list[Path], **extra: str) -> dict[str, str]:
 def paths_under(raw_params: dict, base: Path) -> dict[str, str]:
     """Dotted overrides that move every `paths.*` of params.yaml under `base`, keeping the layout below it."""
     return {f"paths.{key}": str(base / value) for key, value in raw_params["paths"].items()}
-
-
-def set_dotted(raw: dict, key: str, value: Any) -> None:
-    """Set `train.optimizer.name`-style keys in a params mapping; the sections on the way must exist."""
-    *parents, leaf = key.split(".")
-    node = raw
-    for part in parents:
-        node = node[part]
-    node[leaf] = value
 
 
 def set_params(project: Path, overrides: dict[str, Any]) -> None:
@@ -68,11 +60,12 @@ def copy_project(destination: Path, overrides: dict[str, Any]) -> Path:
     return destination
 
 
-def sh(project: Path, *command: str, env: dict | None = None, check: bool = True,
-       timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run a command in a copy; unless `check` is off, a failure raises with the command's output."""
-    result = subprocess.run(command, cwd=project, env=env or project_env([project]), capture_output=True, text=True,
-                            timeout=timeout)
+def sh(project: Path, *command: str, env: dict | None = None, check: bool = True, timeout: float = 900,
+       **variables: str) -> subprocess.CompletedProcess:
+    """Run a command in a copy (environment: `env`, or the copy's own plus `variables`); unless `check` is off, a
+    failure raises with the command's output."""
+    result = subprocess.run(command, cwd=project, env=env or project_env([project], **variables), capture_output=True,
+                            text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, command))} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
                              f"{result.stderr[-3000:]}")

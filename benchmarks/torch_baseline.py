@@ -63,7 +63,7 @@ def run_torch(spec: dict) -> dict:
     import numpy as np
     import torch
 
-    from stages.architectures import INPUT_SHAPE, presets
+    from stages.core.architectures import INPUT_SHAPE, presets
 
     torch.manual_seed(spec["seed"])
     processed = Path(spec["processed"])

@@ -11,10 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from stages import tracking
-from stages.common import PipelineError, atomic_path, write_text
-from stages.entry import stage_main
-from stages.params import Params
+from stages.core.entry import tool_main
+from stages.core.errors import PipelineError
+from stages.core.files import atomic_path, write_text
+from stages.core.schema import Params
+from stages.core.tracking import store
 
 COLUMNS = {
     "tags.mlflow.runName": "run",
@@ -83,7 +84,7 @@ def accuracy_figure(table: pd.DataFrame):
 def run(params: Params) -> pd.DataFrame:
     if not params.tracking.enabled:
         raise PipelineError("tracking.enabled is false: there are no MLflow runs to compare")
-    table = comparison_table(tracking.search_runs(params))
+    table = comparison_table(store.search_runs(params))
     write_text(params.paths.compare, markdown(table, params.tracking.experiment))
     if not table.empty:
         with atomic_path(params.paths.compare_plot) as tmp:
@@ -93,7 +94,7 @@ def run(params: Params) -> pd.DataFrame:
 
 
 def main() -> None:
-    stage_main(run, fast_exit=True)
+    tool_main(run, fast_exit=True)
 
 
 if __name__ == "__main__":

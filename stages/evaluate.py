@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages import tracking
-from stages.architectures import load_model
-from stages.common import PipelineError, load_npz, require_files, save_npz, write_csv, write_json
-from stages.datasets import class_names, data_summary, read_data_info
-from stages.entry import KERAS_UNUSED_IMPORTS, stage_main
+from stages.core.architectures import load_model
+from stages.core.datasets import class_names, data_summary, read_data_info
+from stages.core.entry import KERAS_UNUSED_IMPORTS, stage_main
+from stages.core.errors import PipelineError
+from stages.core.files import load_npz, require_files, save_npz, write_csv, write_json
+from stages.core.tracking import registry
 
 # Keras clips probabilities to [epsilon, 1 - epsilon] before the log (keras.config.epsilon()); the same clip here
 # keeps a confidently wrong prediction from giving an infinite loss and matches model.evaluate.
@@ -209,7 +210,7 @@ def run(params) -> dict[str, float | int]:
              labels=labels[:count], activations=activations)
     # metrics.json last: its presence means every other report of this run is complete.
     write_json(paths.metrics, metrics)
-    tracking.log_evaluation(params, metrics, [Path(path) for path in (paths.metrics, paths.predictions,
+    registry.log_evaluation(params, metrics, [Path(path) for path in (paths.metrics, paths.predictions,
                                                                        paths.confusion, paths.per_class)])
     print(f"test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f}, macro F1 "
           f"{metrics['macro_f1']:.4f} on {test_images:,} {data['dataset']} images; {images_per_second:,.0f} images/s")

@@ -25,10 +25,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from stages import tracking
-from stages.common import PipelineError, atomic_path, load_npz, require_files
-from stages.datasets import class_names
-from stages.entry import stage_main
+from stages.core.datasets import class_names
+from stages.core.entry import stage_main
+from stages.core.errors import PipelineError
+from stages.core.files import atomic_path, load_npz, require_files
+from stages.core.tracking import store
 
 HISTORY_CURVES = {"loss": ("loss", "val_loss"), "accuracy": ("accuracy", "val_accuracy")}
 PREDICTION_COLUMNS = ("index", "actual", "predicted", "confidence")
@@ -253,7 +254,7 @@ def run(params) -> list[Path]:
                                                 figsize=figsize, dpi=dpi),
     }
     written = [save_figure(figure, plots / name) for name, figure in figures.items()]
-    tracking.log_files(params, written, "plots")
+    store.log_files(params, written, "plots")
     print(f"wrote {len(written)} plots to {plots}")
     return written
 

@@ -1,7 +1,7 @@
 """Classify your own images with the trained model: `python -m stages.predict IMAGE [IMAGE ...]`.
 
 Reads PNG, JPEG, BMP, GIF, WebP and anything else Pillow opens, from clean drawings to photos and scans of paper,
-and brings each one to MNIST form the way MNIST itself was made (see stages/images.py: the paper, its lighting and
+and brings each one to MNIST form the way MNIST itself was made (see stages/reading/images.py: the paper, its lighting and
 its rules removed, then cropped to the ink, fitted in 20x20 and centred by mass at (14, 14)).
 
 Prints the predicted class with its confidence and the top-k classes per image (`--json`: one JSON object per
@@ -9,7 +9,7 @@ line). `--save-preprocessed DIR` writes the 28x28 images the model saw.
 
 `--number` reads each image as a written number: its digits left to right, each with its probability (`--json`
 adds each digit's box in the image's pixels). `--serve` serves a page to draw digits and numbers on
-(stages/drawing_page.py) at http://127.0.0.1:8000 instead (`--port` for another port).
+(stages/reading/drawing_page.py) at http://127.0.0.1:8000 instead (`--port` for another port).
 
 The model defaults to `paths.model` and the class names to `data.dataset`, both from params.yaml in the working
 directory; without one, pass --model and --dataset.
@@ -30,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.architectures import ModelFileError, load_model
-from stages.common import PipelineError, atomic_path
-from stages.images import (
+from stages.core.architectures import ModelFileError, load_model
+from stages.core.errors import PipelineError
+from stages.core.files import atomic_path
+from stages.reading.images import (
     MAX_IMAGE_PIXELS,
     ImageError,
     load_image,
@@ -41,8 +42,6 @@ from stages.images import (
     to_png_image,
 )
 
-# The framing of library calls that name no dataset; the command line takes data.dataset from params.yaml.
-DEFAULT_DATASET = "mnist"
 MODEL_ADVICE = "run `dvc repro` first to train it, or pass --model PATH"
 
 EXIT_OK, EXIT_BAD_IMAGE, EXIT_BAD_MODEL = 0, 1, 2
@@ -86,7 +85,7 @@ class Prediction:
 
 
 def prepare_files(
-    paths: Sequence[str | os.PathLike], dataset: str = DEFAULT_DATASET, max_pixels: int = MAX_IMAGE_PIXELS
+    paths: Sequence[str | os.PathLike], dataset: str, max_pixels: int = MAX_IMAGE_PIXELS
 ) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, str]]]:
     """(file, model input) for each readable image and (file, reason) for each one that is not."""
     prepared, failed = [], []
@@ -143,7 +142,7 @@ def predict_files(
     paths: Sequence[str | os.PathLike],
     model,
     class_names: list[str],
-    dataset: str = DEFAULT_DATASET,
+    dataset: str,
     save_dir: str | os.PathLike | None = None,
     max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> tuple[list[Prediction], list[tuple[str, str]]]:
@@ -190,7 +189,7 @@ def read_number_files(
     paths: Sequence[str | os.PathLike],
     model,
     class_names: list[str],
-    dataset: str = DEFAULT_DATASET,
+    dataset: str,
     save_dir: str | os.PathLike | None = None,
     max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> tuple[list[NumberReading], list[tuple[str, str]]]:
@@ -217,7 +216,7 @@ def read_number_files(
 
 def defaults_from_params(params_path: str | os.PathLike = "params.yaml") -> tuple[Path, str]:
     """(model path, dataset) as params.yaml sets them (paths.model, data.dataset)."""
-    from stages.params import ParamsError, load_params
+    from stages.core.schema import ParamsError, load_params
 
     try:
         params = load_params(params_path)
@@ -228,7 +227,7 @@ def defaults_from_params(params_path: str | os.PathLike = "params.yaml") -> tupl
 
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    from stages.datasets import CLASS_NAMES
+    from stages.core.datasets import NUM_CLASSES, SELECTABLE
 
     parser = argparse.ArgumentParser(
         prog="python -m stages.predict",
@@ -242,7 +241,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print one JSON object per line per image")
     parser.add_argument("--save-preprocessed", type=Path, metavar="DIR",
                         help="write the 28x28 images the model saw into DIR")
-    parser.add_argument("--dataset", choices=sorted(CLASS_NAMES),
+    parser.add_argument("--dataset", choices=SELECTABLE,
                         help="whose class names and framing to use (default: data.dataset from params.yaml)")
     parser.add_argument("--number", action="store_true",
                         help="read each image as a written number: its digits left to right")
@@ -252,7 +251,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     arguments = parser.parse_args(argv)
     if arguments.serve == bool(arguments.images):
         parser.error("give IMAGE files to classify, or --serve for the drawing page (not both)")
-    if not 1 <= arguments.top <= len(CLASS_NAMES[arguments.dataset or DEFAULT_DATASET]):
+    if not 1 <= arguments.top <= NUM_CLASSES:
         parser.error(f"--top must be between 1 and the number of classes, got {arguments.top}")
     return arguments
 
@@ -260,9 +259,8 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code (see the module docstring)."""
     arguments = parse_arguments(argv)
-    # TensorFlow's C++ start-up chatter (CPU features, no CUDA) would bury the one line per image; errors still show.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from stages.datasets import class_names
+    from stages.core.datasets import class_names
+    from stages.core.entry import start_tensorflow_quietly
 
     try:
         if arguments.model is None or arguments.dataset is None:
@@ -270,9 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             arguments.model = arguments.model or default_model
             arguments.dataset = arguments.dataset or default_dataset
         names = class_names(arguments.dataset)
+        start_tensorflow_quietly()  # its start-up lines would bury the one line per image; real errors still show
         model = load_model(arguments.model, len(names), MODEL_ADVICE)
         if arguments.serve:
-            from stages import drawing_page
+            from stages.reading import drawing_page
 
             drawing_page.serve(model, names, arguments.dataset, arguments.port)
             return EXIT_OK

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.common import PipelineError, save_npz, write_csv, write_json
-from stages.datasets import (
+from stages.core.datasets import (
     DATA_INFO_NAME,
+    IMAGE_SIZE,
+    NUM_CLASSES,
     TEST_IMAGES,
     TEST_LABELS,
     TRAIN_IMAGES,
@@ -31,19 +32,17 @@ from stages.datasets import (
     dataset_spec,
     split_sha256,
 )
-from stages.entry import stage_main
-from stages.idx import IdxError, load_images_labels
-from stages.params import Params
-
-IMAGE_SHAPE = (28, 28)
-NUM_CLASSES = 10
-SPLITS = ("train", "val", "test")
+from stages.core.entry import stage_main
+from stages.core.errors import PipelineError
+from stages.core.files import save_npz, write_csv, write_json
+from stages.core.idx import IdxError, load_images_labels
+from stages.core.schema import Params
 
 
 def check_images(images: np.ndarray, name: str) -> None:
     """The models expect 28 x 28 grey bytes; anything else is the wrong dataset, not something to resize silently."""
-    if images.shape[1:] != IMAGE_SHAPE:
-        raise IdxError(f"{name}: images are {'x'.join(map(str, images.shape[1:]))}, expected 28x28 "
+    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise IdxError(f"{name}: images are {'x'.join(map(str, images.shape[1:]))}, expected {IMAGE_SIZE}x{IMAGE_SIZE} "
                        "(an MNIST-style dataset)")
     if images.dtype != np.uint8:
         raise IdxError(f"{name}: pixels are {images.dtype}, expected uint8 (0-255)")

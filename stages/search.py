@@ -33,9 +33,23 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from stages import tracking
-from stages.common import PipelineError, write_csv, write_text
-from stages.params import Params, ParamsError, describe_error, did_you_mean, load_params, parse_params, read_yaml
+from stages.core.errors import PipelineError
+from stages.core.files import write_csv, write_text
+from stages.core.schema import (
+    PARAMS_FILE,
+    Params,
+    ParamsError,
+    describe_error,
+    did_you_mean,
+    flatten,
+    load_params,
+    minimised,
+    parse_params,
+    read_yaml,
+    set_dotted,
+)
+from stages.core.tracking import study as tracking_study
+from stages.core.tracking.training import SEARCH_TAGS
 
 STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
 STORAGE_HINT = "use sqlite:///optuna.db (this machine alone) or postgresql://user:password@host/database (a team)"
@@ -137,27 +151,9 @@ class SearchSpec(BaseModel):
         return self
 
 
-def flat_keys(mapping: dict, prefix: str = "") -> list[str]:
-    """Dotted leaf keys of a params mapping: what `dvc exp run -S key=value` can set."""
-    keys = []
-    for key, value in mapping.items():
-        if isinstance(value, dict) and value:
-            keys.extend(flat_keys(value, f"{prefix}{key}."))
-        else:
-            keys.append(f"{prefix}{key}")
-    return keys
-
-
-def set_dotted(raw: dict, key: str, value: Any) -> None:
-    *parents, leaf = key.split(".")
-    for part in parents:
-        raw = raw[part]
-    raw[leaf] = value
-
-
 def check_space(space: dict[str, Dimension], raw_params: dict) -> list[str]:
     """Each searched key must be a params.yaml key, and each choice or bound a value params.yaml accepts there."""
-    known = flat_keys(raw_params)
+    known = list(flatten(raw_params))
     problems = []
     for key, dimension in space.items():
         if key not in known:
@@ -276,7 +272,7 @@ def trial_result(params: Params, metric: str) -> tuple[float, dict[str, Any]]:
     import pandas as pd
 
     history = pd.read_csv(params.paths.history)
-    value = float(history[metric].min() if "loss" in metric else history[metric].max())
+    value = float(history[metric].min() if minimised(metric) else history[metric].max())
     test = json.loads(Path(params.paths.metrics).read_text())
     run = json.loads(Path(params.paths.run).read_text())
     return value, {"test_accuracy": test.get("test_accuracy"), "mlflow_run_id": run.get("run_id")}
@@ -287,12 +283,12 @@ def make_objective(spec: SearchSpec, raw_params: dict, project: Path):
         values = suggest(trial, spec.space, raw_params)
         name = f"{spec.study}-{trial.number}"
         trial.set_user_attr("dvc_exp", name)
-        variables = dict(zip(tracking.SEARCH_TAGS, (spec.study, str(trial.number)), strict=True))
+        variables = dict(zip(SEARCH_TAGS, (spec.study, str(trial.number)), strict=True))
         print(f"trial {trial.number} ({name}): {shlex.join(set_arguments(values))}", flush=True)
         code, output = run_trial(trial_command(name, values, spec.trial_timeout), {**os.environ, **variables})
         if code != 0:
             raise TrialFailed(f"trial {trial.number}: `dvc exp run` exited with {code}")
-        value, produced = trial_result(load_params(project / "params.yaml"), spec.metric)
+        value, produced = trial_result(load_params(project / PARAMS_FILE), spec.metric)
         for key, attribute in {**produced, "restored": RESTORED_MARK in output}.items():
             trial.set_user_attr(key, attribute)
         trial.set_user_attr("pushed", push_experiment(name, project))
@@ -346,7 +342,7 @@ def open_study(spec: SearchSpec):
         sampler = optuna.samplers.GridSampler({key: d.choices for key, d in spec.space.items()})
     else:
         sampler = optuna.samplers.TPESampler()  # unseeded: workers seeded alike would propose the same trials
-    direction = "minimize" if "loss" in spec.metric else "maximize"
+    direction = "minimize" if minimised(spec.metric) else "maximize"
     study = optuna.create_study(study_name=spec.study, storage=storage, sampler=sampler, direction=direction,
                                 load_if_exists=True)
     if study.direction.name.lower() != direction:
@@ -422,7 +418,7 @@ def run(params: Params, spec_path: str | Path = "search.yaml") -> None:
     from optuna.trial import TrialState
 
     project = Path.cwd()
-    raw_params = read_yaml(project / "params.yaml")
+    raw_params = read_yaml(project / PARAMS_FILE)
     spec = load_search(spec_path, raw_params)
     study = open_study(spec)
     failures = StopAfterFailures()
@@ -439,16 +435,16 @@ def run(params: Params, spec_path: str | Path = "search.yaml") -> None:
         raise SearchError(f"study {spec.study!r} has no COMPLETE trial yet: nothing to report")
     files = write_report(study, spec, Path(params.paths.search))
     runs = [t.user_attrs["mlflow_run_id"] for t in complete_trials(study) if t.user_attrs.get("mlflow_run_id")]
-    tracking.log_study(params, spec.study, runs, files)
+    tracking_study.log_study(params, spec.study, runs, files)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from stages.entry import stage_main
+    from stages.core.entry import tool_main
 
     parser = argparse.ArgumentParser(prog="python -m stages.search", description=__doc__.splitlines()[0])
     parser.add_argument("spec", nargs="?", default="search.yaml", help="the search spec (default: search.yaml)")
     arguments = parser.parse_args(argv)
-    stage_main(lambda params: run(params, arguments.spec))
+    tool_main(lambda params: run(params, arguments.spec))
 
 
 if __name__ == "__main__":

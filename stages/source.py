@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import sys
 
-from stages.common import PipelineError, write_json
-from stages.datasets import dataset_spec, sample_of
-from stages.download import probe_mirrors
-from stages.entry import stage_main
-from stages.params import Params
+from stages.core.datasets import dataset_spec, sample_of
+from stages.core.entry import stage_main
+from stages.core.errors import PipelineError
+from stages.core.files import write_json
+from stages.core.mirrors import probe_mirrors
+from stages.core.schema import Params
 
 SWITCH_COMMAND = "dvc exp run -S data.source=mirrors"
 # Measured: the default params reached 0.9905 on the held-out digits (offline `dvc repro`, 6,400 training images).

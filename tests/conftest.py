@@ -1,21 +1,19 @@
-"""Shared fixtures: tests shrink the real params.yaml instead of keeping a second config."""
+"""Fixtures only; what they build on lives in tests/helpers/. Session fixtures are shared by every test that needs
+one: one PostgreSQL cluster, one team MLflow server, one sshd, one small trained model, the processed sample."""
 
 from __future__ import annotations
 
-import copy
-import os
 import sys
 from pathlib import Path
 
 import pytest
-from servers import mlflow_server, postgresql_server, sshd_server  # noqa: F401  (session fixtures)
+from helpers import servers
+from helpers.digits import SPLIT_FILES, train_small_model
+from helpers.params import shrunk_params
+from helpers.project import ROOT, run_data_stages
 
-from benchmarks.project_copy import ROOT, paths_under, set_dotted  # noqa: F401  (ROOT, set_dotted: for tests)
-from stages.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
-from stages.params import Params, parse_params, read_yaml
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-SPLIT_FILES = {"train": (TRAIN_IMAGES, TRAIN_LABELS), "test": (TEST_IMAGES, TEST_LABELS)}
+from stages.core.datasets import DATASETS, TEST_IMAGES, TEST_LABELS
+from stages.core.schema import PARAMS_FILE, Params, read_yaml
 
 
 @pytest.fixture(scope="session")
@@ -26,15 +24,6 @@ def mnist_10k() -> Path:
     if missing:
         pytest.fail(f"the mnist-10k sample lacks {', '.join(missing)} in {folder}: `git checkout stages/mnist_10k`")
     return folder
-
-
-def mnist_digits(folder: Path, split: str, count: int | None = None) -> tuple:
-    """The first `count` digits of a split as the preprocess stage stores them (its own loader and normalize):
-    float32 N x 28 x 28 x 1 in [0, 1], and uint8 labels."""
-    from stages import preprocess
-
-    images, labels = preprocess.load_pair(folder, *SPLIT_FILES[split])
-    return preprocess.normalize(images[:count]), labels[:count]
 
 
 @pytest.fixture(autouse=True)
@@ -53,35 +42,7 @@ def isolated_process_state(monkeypatch):
 @pytest.fixture(scope="session")
 def raw_params() -> dict:
     """The shipped params.yaml as a plain mapping (never modified: copy it)."""
-    return read_yaml(ROOT / "params.yaml")
-
-
-def shrunk_params(raw_params: dict, base: Path, mnist_10k: Path, **overrides) -> Params:
-    """The real params.yaml with every path under `base`, shrunk for tests, plus dotted-key overrides.
-
-    Defaults for tests: 1 epoch, tracking off, data from the mnist-10k sample, 400 training images.
-    Keyword names use `__` for dots: shrunk_params(raw, base, mnist_10k, train__epochs=2).
-    """
-    raw = copy.deepcopy(raw_params)
-    defaults = {
-        **paths_under(raw_params, base),
-        "data.source": str(mnist_10k),
-        "preprocess.limit": 400,
-        "train.epochs": 1,
-        "tracking.enabled": False,
-    }
-    for key, value in {**defaults, **{k.replace("__", "."): v for k, v in overrides.items()}}.items():
-        set_dotted(raw, key, value)
-    return parse_params(raw)
-
-
-def write_params(folder: Path, params: Params | dict) -> Path:
-    """`folder`/params.yaml holding `params` (a Params or a raw mapping), for a stage run as a program there."""
-    import yaml
-
-    path = Path(folder) / "params.yaml"
-    path.write_text(yaml.safe_dump(params.model_dump() if isinstance(params, Params) else params, sort_keys=False))
-    return path
+    return read_yaml(ROOT / PARAMS_FILE)
 
 
 @pytest.fixture
@@ -94,16 +55,6 @@ def make_params(raw_params, tmp_path, mnist_10k):
     return make
 
 
-def run_data_stages(params: Params) -> Path:
-    """The real source, download and preprocess stages, in DVC's order; returns the processed folder."""
-    from stages import download, preprocess, source
-
-    source.run(params)
-    download.run(params)
-    preprocess.run(params)
-    return Path(params.paths.processed)
-
-
 @pytest.fixture(scope="session")
 def processed_dir(raw_params, tmp_path_factory, mnist_10k) -> Path:
     """mnist-10k through the real data stages once per session (first 1,000 images)."""
@@ -111,46 +62,50 @@ def processed_dir(raw_params, tmp_path_factory, mnist_10k) -> Path:
     return run_data_stages(shrunk_params(raw_params, base, mnist_10k, preprocess__limit=1000))
 
 
-# --- one small trained model per session, shared by every test that classifies real digits ----------------------
-
-def train_small_model(path: Path, mnist_10k: Path) -> Path:
-    """LeNet, 3 epochs of adam on the 8,000 mnist-10k training digits (about 15 s on two cores)."""
-    import keras
-
-    from stages.architectures import build_model, presets
-    from stages.preprocess import one_hot
-
-    digits, labels = mnist_digits(mnist_10k, "train")
-    keras.utils.set_random_seed(0)
-    model = build_model(presets()["lenet"])
-    model.compile(optimizer="adam", loss="categorical_crossentropy")
-    model.fit(digits, one_hot(labels), epochs=3, batch_size=128, verbose=0)
-    model.save(path)
-    return path
-
-
 @pytest.fixture(scope="session")
 def test_digits(mnist_10k):
     """The 2,000 test digits of mnist-10k, uint8 28x28 (white on black)."""
-    from stages.idx import read_idx
+    from stages.core.idx import read_idx
 
     return read_idx(mnist_10k / TEST_IMAGES)
 
 
 @pytest.fixture(scope="session")
 def test_labels(mnist_10k):
-    from stages.idx import read_idx
+    from stages.core.idx import read_idx
 
     return read_idx(mnist_10k / TEST_LABELS)
 
 
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory, mnist_10k) -> Path:
+    """One small trained model per session, shared by every test that classifies real digits."""
     return train_small_model(tmp_path_factory.mktemp("model") / "model.keras", mnist_10k)
 
 
 @pytest.fixture(scope="session")
 def model(model_path):
-    from stages.architectures import load_model
+    from stages.core.architectures import load_model
 
     return load_model(model_path, 10, advice="the session's model should load")
+
+
+@pytest.fixture(scope="session")
+def postgresql_server():
+    """A throw-away PostgreSQL cluster for the session (see helpers/servers.py)."""
+    with servers.postgresql() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgresql_server, tmp_path_factory):
+    """One MLflow server on PostgreSQL for the session. Tests name their own experiment to keep runs apart."""
+    with servers.team_mlflow_server(postgresql_server, tmp_path_factory.mktemp("mlflow-server")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def sshd_server(tmp_path_factory):
+    """sshd on 127.0.0.1 that lets the current user in with a throw-away key only."""
+    with servers.sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.architectures import ModelFileError, SpecError, build_model, load_model, presets, resolve_spec
-from stages.params import ParamsError
+from stages.core.architectures import ModelFileError, SpecError, build_model, load_model, presets, resolve_spec
+from stages.core.schema import ParamsError
 
 EXPECTED_PARAMETERS = {"single_conv": 217_610, "lenet": 1_256_080}
 

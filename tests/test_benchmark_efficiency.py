@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from benchmarks.efficiency import epoch_efficiency, epoch_flops, model_flops, sgemm_rate
-from stages.architectures import build_model, presets
+from stages.core.architectures import build_model, presets
 
 
 def test_lenet_flops_counted_by_hand():
@@ -35,7 +35,7 @@ def test_sgemm_rate_is_measured():
 def test_torch_twin_has_the_keras_models_parameters_and_output_shape():
     torch = pytest.importorskip("torch", reason="optional: pip install -e '.[bench]'")
     from benchmarks.torch_baseline import build_torch_model
-    from stages.architectures import INPUT_SHAPE
+    from stages.core.architectures import INPUT_SHAPE
 
     keras_model = build_model(presets()["lenet"], name="lenet")
     torch_model = build_torch_model(presets()["lenet"], INPUT_SHAPE)

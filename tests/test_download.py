@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -20,14 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, write_params
+from helpers.net import free_port
+from helpers.params import write_params
+from helpers.project import ROOT
 
 from stages import download as download_stage
 from stages import source as source_stage
-from stages.common import PipelineError
-from stages.datasets import DATASETS, FILE_NAMES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, DatasetSpec, sample_of
+from stages.core.datasets import DATASETS, FILE_NAMES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, DatasetSpec, sample_of
+from stages.core.errors import PipelineError
+from stages.core.idx import encode_idx, read_idx
 from stages.download import DownloadError, content_hash, download, resolve_origins
-from stages.idx import encode_idx, read_idx
 
 SLOW_ANSWER_S = 1.0
 
@@ -140,10 +141,7 @@ def no_backoff(monkeypatch):
 
 
 def closed_port_url() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
+    return f"http://127.0.0.1:{free_port()}/"
 
 
 def spec_with(*mirrors: str, digests: dict[str, str] | None = None) -> DatasetSpec:

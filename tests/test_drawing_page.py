@@ -18,9 +18,11 @@ import urllib.error
 import urllib.request
 
 import pytest
-from handwriting import drawn, pen_strokes
+from helpers.handwriting import drawn, pen_strokes
+from helpers.net import answers, free_port, wait_until
+from helpers.project import ROOT
+from helpers.servers import require
 from PIL import Image
-from servers import ROOT, free_port, require, wait_until
 
 pytestmark = pytest.mark.slow  # a real server process with TensorFlow: seconds to start
 
@@ -57,15 +59,8 @@ def page_server(model_path, tmp_path_factory):
         )
     url = f"http://127.0.0.1:{port}/"
 
-    def answers() -> bool:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return True
-        except OSError:
-            return False
-
     try:
-        wait_until(answers, 180, "the drawing page", process, log)
+        wait_until(lambda: answers(url), 180, "the drawing page", process, log)
         yield PageServer(url, process)
     finally:
         process.terminate()

@@ -9,15 +9,16 @@ import textwrap
 
 import psutil
 import pytest
-from conftest import ROOT, set_dotted, write_params
+from helpers.params import write_params
+from helpers.project import ROOT
 
-from stages.entry import CONTINUE
-from stages.params import read_yaml
+from stages.core.entry import CONTINUE
+from stages.core.schema import read_yaml, set_dotted
 
 STAGE = """
 import atexit, os, signal, sys
-from stages.common import PipelineError
-from stages.entry import KERAS_UNUSED_IMPORTS, stage_main
+from stages.core.errors import PipelineError
+from stages.core.entry import KERAS_UNUSED_IMPORTS, stage_main
 
 atexit.register(print, "early exit handler ran")
 
@@ -109,7 +110,7 @@ def test_unexpected_exception_prints_its_traceback_and_exits_1(tmp_path):
 
 
 def test_keras_stage_builds_a_model_without_the_imports_it_skips(tmp_path):
-    body = ("from stages.architectures import build_model, resolve_spec; "
+    body = ("from stages.core.architectures import build_model, resolve_spec; "
             "architecture = resolve_spec(params.model.architecture, params.model.layers); "
             "model = build_model(architecture.layers, architecture.name); "
             "print(model.count_params(), sorted(n for n in ('sklearn', 'matplotlib') if sys.modules.get(n)))")
@@ -146,7 +147,7 @@ REAL_ERROR = "E0000 00:00:1795817015.048704   23083 node_def_util.cc:682] someth
 
 
 def test_tensorflow_startup_noise_is_exactly_the_known_lines():
-    from stages.entry import startup_noise
+    from stages.core.entry import startup_noise
 
     assert all(startup_noise(line, gpu_present=False) for line in [*TENSORFLOW_NOISE, CUINIT])
     assert not startup_noise(CUINIT, gpu_present=True)  # where a GPU exists, a failing cuInit is news
@@ -160,7 +161,7 @@ def test_held_back_stderr_keeps_everything_but_the_noise_even_from_c_code(tmp_pa
     lines = [*TENSORFLOW_NOISE[:2], REAL_ERROR, CUINIT, "a Python warning"]
     script = textwrap.dedent(f"""
         import os, sys
-        from stages.entry import startup_noise, stderr_without
+        from stages.core.entry import startup_noise, stderr_without
         with stderr_without(lambda line: startup_noise(line, gpu_present=False)):
             for line in {lines[:4]!r}:
                 os.write(2, (line + "\\n").encode())  # as TensorFlow's logger does, under Python's feet

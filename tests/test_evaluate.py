@@ -10,10 +10,10 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import mnist_digits
+from helpers.digits import mnist_digits
 from sklearn import metrics as sk_metrics
 
-from stages.common import PipelineError
+from stages.core.errors import PipelineError
 from stages.evaluate import (
     EPSILON,
     compute_metrics,
@@ -153,7 +153,7 @@ def test_predictions_table_layout():
 
 
 def test_conv_activations_skip_augmentation_and_handle_models_without_convolutions():
-    from stages.architectures import build_model
+    from stages.core.architectures import build_model
 
     images = np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32)
     augmented = build_model([
@@ -186,7 +186,7 @@ def trained_model_file(tmp_path_factory, mnist_10k):
     """A conv10 model fitted for one epoch on 300 real training digits, saved as a .keras file."""
     import keras
 
-    from stages.architectures import build_model, presets
+    from stages.core.architectures import build_model, presets
 
     images, labels = mnist_digits(mnist_10k, "train", 300)
     keras.utils.set_random_seed(0)

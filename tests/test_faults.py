@@ -25,8 +25,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
-
-from benchmarks.project_copy import copy_project, project_env, set_params
+from helpers.project import copy_project, project_env, set_params, sh
 
 pytestmark = pytest.mark.slow
 
@@ -52,15 +51,6 @@ SETTINGS = {
 }
 MESSAGE = re.compile(r"^(error|terminated|interrupted)\b")
 WAIT_S = 300
-
-
-def sh(project: Path, *command: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=project, env=project_env([project], **env), capture_output=True,
-                            text=True, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
-                             f"{result.stderr[-3000:]}")
-    return result
 
 
 class Started:
@@ -136,7 +126,7 @@ def assert_recovers(project: Path) -> None:
 
 
 def paths_of(project: Path):
-    from stages.params import load_params
+    from stages.core.schema import load_params
 
     return load_params(project / "params.yaml").paths
 

@@ -7,7 +7,7 @@ import gzip
 import numpy as np
 import pytest
 
-from stages.idx import IdxError, encode_idx, load_images_labels, parse_idx, read_idx, write_idx
+from stages.core.idx import IdxError, encode_idx, load_images_labels, parse_idx, read_idx, write_idx
 
 
 @pytest.fixture

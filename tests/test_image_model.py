@@ -17,12 +17,16 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from helpers.net import answers, free_port, wait_until
 from PIL import Image
-from servers import free_port, wait_until
 
-from stages import image_model, tracking
+from stages.core.tracking import registry, store
 from stages.predict import predict_arrays
+from stages.preprocess import normalize
+from stages.reading import image_model
+from stages.reading.image_model import ImageClassifier
 
 pytestmark = pytest.mark.slow  # MLflow and TensorFlow in a server process: seconds to start
 DIGITS = 20
@@ -34,6 +38,16 @@ def png_base64(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def log_image_model(params, dataset: str):
+    """The session's model logged as train logs it, in a run of its own, as an image model of `dataset`."""
+    import mlflow
+
+    client, experiment_id = store.connect(params)
+    run = client.create_run(experiment_id)
+    with mlflow.start_run(run_id=run.info.run_id):
+        return registry.log_image_model(params, store.tracking_uri(params), ImageClassifier, dataset)
+
+
 def test_the_served_image_model_answers_pngs(make_params, model_path, model, test_digits, tmp_path, monkeypatch):
     import mlflow
 
@@ -42,15 +56,16 @@ def test_the_served_image_model_answers_pngs(make_params, model_path, model, tes
     params = make_params(tracking__enabled=True, tracking__uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     Path(params.paths.model).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(model_path, params.paths.model)
-    uri = tracking.tracking_uri(params)
-    client, experiment_id = tracking.connect(params)
-    run = client.create_run(experiment_id)
-    with mlflow.start_run(run_id=run.info.run_id):
-        info = tracking.log_image_model(params, uri)
+    info = log_image_model(params, "mnist")
     name = params.tracking.registered_image_model
     assert info.registered_model_version == 1 and name != params.tracking.registered_model
-    # The preprocessing code travels with the model (code_paths).
-    assert mlflow.models.get_model_info(f"models:/{name}/1").flavors["python_function"]["code"]
+    # The preprocessing code travels with the model (code_paths): the core and the reading, nothing else.
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/1", dst_path=str(tmp_path / "logged")))
+    code = local / mlflow.models.get_model_info(f"models:/{name}/1").flavors["python_function"]["code"]
+    shipped = {path.relative_to(code).as_posix() for path in code.rglob("*") if "__pycache__" not in path.parts}
+    assert {"stages/__init__.py", "stages/core/entry.py", "stages/reading/images.py"} <= shipped
+    assert not {path for path in shipped if path.count("/") == 1 and path != "stages/__init__.py"}, shipped
+    assert not any(path.startswith("stages/mnist_10k") for path in shipped)
 
     port = free_port()
     log = tmp_path / "serve.log"
@@ -61,18 +76,11 @@ def test_the_served_image_model_answers_pngs(make_params, model_path, model, tes
             cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT,
             # MLflow starts `uvicorn` by name: the environment's bin folder is on PATH, as in an activated venv.
             env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-                 "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true",
+                 "MLFLOW_TRACKING_URI": store.tracking_uri(params), "MLFLOW_DISABLE_TELEMETRY": "true",
                  "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ""},  # the model brings its own copy of `stages`
         )
     try:
-        def answers() -> bool:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
-                return True
-            except OSError:
-                return False
-
-        wait_until(answers, 240, "mlflow models serve", server, log)
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/ping"), 240, "mlflow models serve", server, log)
         digits = test_digits[:DIGITS]
         encoded = [png_base64(Image.fromarray(255 - digit)) for digit in digits]
         encoded += ["this is not base64!", base64.b64encode(b"plain text, no image").decode("ascii")]
@@ -85,7 +93,7 @@ def test_the_served_image_model_answers_pngs(make_params, model_path, model, tes
         server.terminate()
         server.wait(timeout=60)
 
-    expected = predict_arrays(model, list((digits / 255).astype(np.float32)[..., np.newaxis])).argmax(axis=1)
+    expected = predict_arrays(model, list(normalize(digits))).argmax(axis=1)
     served = [row["predicted"] for row in predictions[:DIGITS]]
     print(f"\nserved image model: {np.mean(np.equal(served, expected)):.0%} of {DIGITS} PNGs as the model reads the "
           "original arrays")
@@ -95,3 +103,32 @@ def test_the_served_image_model_answers_pngs(make_params, model_path, model, tes
         assert row["confidence"] == pytest.approx(max(row["probabilities"]))
     assert predictions[DIGITS]["predicted"] == -1 and "not base64" in predictions[DIGITS]["error"]
     assert predictions[DIGITS + 1]["predicted"] == -1 and "not an image" in predictions[DIGITS + 1]["error"]
+
+
+def test_a_fashion_mnist_image_model_frames_items_as_fashion_mnist_and_names_them(make_params, model_path, model,
+                                                                                 tmp_path, monkeypatch):
+    """The dataset travels with the image model: a Fashion item is framed whole in 28x28 (not as a digit in 20x20
+    by centre of mass) and the answer names the class."""
+    import mlflow
+
+    from stages.core.datasets import class_names
+    from stages.reading.images import load_image, preprocess
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = make_params(tracking__enabled=True, tracking__uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    Path(params.paths.model).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(model_path, params.paths.model)
+    info = log_image_model(params, "fashion_mnist")
+
+    item = np.full((90, 60), 255, dtype=np.uint8)  # a dark boot-like shape, off-centre, on white
+    item[20:80, 10:30], item[60:80, 10:55] = 40, 40
+    path = tmp_path / "item.png"
+    Image.fromarray(item).save(path)
+    answer = mlflow.pyfunc.load_model(info.model_uri).predict(pd.DataFrame({"image": [png_base64(Image.open(path))]}))
+
+    framed = {dataset: preprocess(load_image(path), dataset) for dataset in ("fashion_mnist", "mnist")}
+    assert not np.allclose(framed["fashion_mnist"], framed["mnist"])
+    expected = predict_arrays(model, [framed["fashion_mnist"]])[0]
+    np.testing.assert_allclose(answer["probabilities"][0], expected, rtol=1e-5, atol=1e-6)
+    assert answer["label"][0] == class_names("fashion_mnist")[int(expected.argmax())]

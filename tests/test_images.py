@@ -12,11 +12,12 @@ import os
 
 import numpy as np
 import pytest
-from handwriting import FORMS, as_photo, ruled, written_number
+from helpers.handwriting import FORMS, as_photo, ruled, written_number
 from PIL import Image
 
-from stages import images
 from stages.predict import predict_arrays
+from stages.preprocess import normalize
+from stages.reading import images
 
 FORM_DIGITS = int(os.environ.get("IMAGES_FORM_DIGITS", "200"))
 MAX_ACCURACY_LOSS = 0.02
@@ -130,7 +131,7 @@ def overlap(first: tuple, second: tuple) -> float:
 @pytest.fixture(scope="session")
 def clean_accuracy(model, test_digits, test_labels) -> float:
     """The model's accuracy on the original 28x28 arrays of the digits every form renders."""
-    arrays = list((test_digits[:FORM_DIGITS] / 255).astype(np.float32)[..., np.newaxis])
+    arrays = list(normalize(test_digits[:FORM_DIGITS]))
     return float(np.mean(predict_arrays(model, arrays).argmax(axis=1) == test_labels[:FORM_DIGITS]))
 
 

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 import yaml
-from conftest import ROOT, shrunk_params, write_params
+from helpers.params import shrunk_params, write_params
+from helpers.project import ROOT
 
 PACKAGE = ROOT / "stages"
 
@@ -120,7 +121,7 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 @pytest.fixture(scope="module")
 def project_inputs(tmp_path_factory, raw_params, mnist_10k):
     """A folder with params.yaml and every input the TensorFlow-free stages read (evaluate's made up)."""
-    from test_plots import write_stage_inputs
+    from helpers.project import write_stage_inputs
 
     from stages import download, preprocess, source
 

@@ -8,11 +8,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, set_dotted, write_params
+from helpers.params import write_params
+from helpers.project import ROOT
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from stages.params import Params, ParamsError, load_params, parse_params, read_yaml
+from stages.core.schema import Params, ParamsError, load_params, parse_params, read_yaml, set_dotted
 
 
 def broken(raw_params: dict, key: str, value) -> dict:

@@ -15,7 +15,6 @@ import functools
 import hashlib
 import json
 import re
-import socket
 import threading
 import time
 from collections import defaultdict
@@ -25,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers.net import free_port
+from helpers.project import copy_project, project_env, set_params, sh
 
-from benchmarks.project_copy import copy_project, project_env, set_params, sh
-from stages.datasets import FILE_NAMES, TEST_REGISTRY_ENV
-from stages.idx import write_idx
+from stages.core.datasets import FILE_NAMES, TEST_REGISTRY_ENV
+from stages.core.idx import write_idx
 
 pytestmark = pytest.mark.slow
 
@@ -43,10 +43,7 @@ QUICK = {  # data.source stays at its default, auto
 def registry(tmp_path_factory):
     """The test-only registry override, for every command of this module: MNIST's mirrors are a refused port."""
     path = tmp_path_factory.mktemp("registry") / "registry.json"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    path.write_text(json.dumps({"mnist": {"mirrors": [f"http://127.0.0.1:{port}/mnist/"]}}))
+    path.write_text(json.dumps({"mnist": {"mirrors": [f"http://127.0.0.1:{free_port()}/mnist/"]}}))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(TEST_REGISTRY_ENV, str(path))
         yield path

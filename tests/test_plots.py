@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import mnist_digits
+from helpers.project import write_stage_inputs
 from PIL import Image
 
-from stages.common import PipelineError, save_npz, write_csv
-from stages.datasets import class_names
-from stages.evaluate import confusion_matrix, confusion_table, predictions_table
+from stages.core.datasets import NUM_CLASSES
+from stages.core.errors import PipelineError
 from stages.plots import (
     feature_maps_figure,
     grid_shape,
@@ -23,9 +22,7 @@ from stages.plots import (
     run,
     save_figure,
 )
-from stages.preprocess import one_hot
 
-NUM_CLASSES = 10
 PNG_NAMES = ["curves.png", "confusion_matrix.png", "misclassified.png", "feature_maps.png"]
 
 
@@ -42,29 +39,6 @@ def assert_png(path: Path, width: int, height: int) -> np.ndarray:
 def ink_share(pixels: np.ndarray) -> float:
     """The share of pixels that are not white background."""
     return float(np.mean(pixels.min(axis=2) < 250))
-
-
-def write_stage_inputs(params, num_images: int = 60, correct: bool = False) -> None:
-    """The files train, preprocess and evaluate leave behind, from real test digits (data.source) and made-up
-    predictions, where params says."""
-    paths = params.paths
-    images, labels = mnist_digits(Path(params.data.source), "test", num_images)
-    save_npz(Path(paths.processed) / "test.npz", x=images, y=one_hot(labels), labels=labels)
-
-    epochs = np.arange(1, 6)
-    write_csv(paths.history, pd.DataFrame({
-        "epoch": epochs, "loss": 1 / epochs, "accuracy": 1 - 0.5 / epochs, "val_loss": 1.2 / epochs,
-        "val_accuracy": 1 - 0.6 / epochs, "learning_rate": 1e-3, "seconds": 2.0}))
-
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(num_images, NUM_CLASSES))
-    logits[np.arange(num_images), labels] += 10.0 if correct else 1.5
-    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    write_csv(paths.predictions, predictions_table(labels, probabilities))
-    confusion = confusion_matrix(labels, probabilities.argmax(axis=1), NUM_CLASSES)
-    write_csv(paths.confusion, confusion_table(confusion, class_names(params.data.dataset)))
-    save_npz(paths.activations, filters=rng.normal(size=(3, 3, 1, 12)).astype(np.float32),
-             images=images[:4, :, :, 0], labels=labels[:4], activations=rng.random((4, 26, 26, 12), dtype=np.float32))
 
 
 def test_run_writes_every_png_non_blank_at_the_configured_size(make_params):

@@ -23,12 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, write_params
+from helpers.params import write_params
+from helpers.project import ROOT
 from PIL import Image
 
-from stages import images, predict
-from stages.datasets import class_names
+from stages import predict
+from stages.core.datasets import class_names
 from stages.preprocess import normalize
+from stages.reading import images
 
 AGREEMENT_DIGITS = int(os.environ.get("PREDICT_AGREEMENT_DIGITS", "200"))
 MIN_AGREEMENT = 0.95
@@ -355,7 +357,7 @@ def test_save_preprocessed_writes_what_the_model_saw(tmp_path, test_digits, mode
 @pytest.fixture
 def number_file(tmp_path, test_digits, model) -> tuple[Path, str]:
     """A photo of a number written with four test digits, and the number the model reads in the original digits."""
-    from handwriting import written_number
+    from helpers.handwriting import written_number
 
     digits = test_digits[:4]
     photo, _ = written_number(list(digits), np.random.default_rng(3))

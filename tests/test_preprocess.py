@@ -13,10 +13,10 @@ import pytest
 from stages import download as download_stage
 from stages import preprocess
 from stages import source as source_stage
-from stages.common import PipelineError
-from stages.datasets import FILE_NAMES, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, dataset_spec
+from stages.core.datasets import FILE_NAMES, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, dataset_spec
+from stages.core.errors import PipelineError
+from stages.core.idx import IdxError, read_idx_bytes, write_idx
 from stages.download import build_manifest
-from stages.idx import IdxError, read_idx_bytes, write_idx
 from stages.preprocess import check_images, class_counts, normalize, one_hot, stratified_split
 
 # Unbalanced on purpose: 40, 31, 25, ... images per class, shuffled, so stratification has something to do.

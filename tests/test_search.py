@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from helpers.project import ROOT, copy_project, project_env
 
-from benchmarks.project_copy import ROOT, copy_project, project_env
 from stages import search
 
 
@@ -37,7 +37,7 @@ def spec_in(tmp_path, monkeypatch):
 
 
 def test_shipped_search_yaml_is_valid():
-    from stages.params import read_yaml
+    from stages.core.schema import read_yaml
 
     spec = search.load_search(ROOT / "search.yaml", read_yaml(ROOT / "params.yaml"))
     assert spec.space and spec.n_trials >= 1
@@ -233,7 +233,7 @@ def test_report_lists_complete_trials_best_first_with_plots_and_a_ready_command(
     from optuna.distributions import CategoricalDistribution, FloatDistribution
     from optuna.trial import TrialState
 
-    from stages.params import read_yaml
+    from stages.core.schema import read_yaml
 
     spec = search.load_search(ROOT / "search.yaml", read_yaml(ROOT / "params.yaml"))
     study = optuna.create_study(direction="maximize")

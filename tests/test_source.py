@@ -14,10 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from helpers.net import free_port
 
 from stages import source
-from stages.common import PipelineError
-from stages.datasets import TEST_REGISTRY_ENV
+from stages.core.datasets import TEST_REGISTRY_ENV
+from stages.core.errors import PipelineError
 
 
 class Answer(BaseHTTPRequestHandler):
@@ -58,12 +59,6 @@ def url_of(server_or_port) -> str:
     return f"http://127.0.0.1:{port}/mnist/"
 
 
-def refused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def mirrors(tmp_path, monkeypatch):
     """Point the registry's official mirrors of `dataset` at the given URLs, the way the end-to-end test does."""
@@ -77,7 +72,7 @@ def mirrors(tmp_path, monkeypatch):
 
 
 def test_offline_falls_back_to_the_shipped_sample_with_one_warning(make_params, mirrors, capsys):
-    mirrors(url_of(refused_port()), url_of(refused_port()))
+    mirrors(url_of(free_port()), url_of(free_port()))
     params = make_params(data__source="auto")
     started = time.monotonic()
     choice = source.run(params)
@@ -94,7 +89,7 @@ def test_offline_falls_back_to_the_shipped_sample_with_one_warning(make_params, 
 def test_any_answer_means_online_even_an_error(make_params, mirrors, answering, capsys):
     """A mirror that answers 404 is not unreachable: download will report the 404 instead of a silent sample."""
     missing = answering(404)
-    mirrors(url_of(refused_port()), url_of(missing))
+    mirrors(url_of(free_port()), url_of(missing))
     assert source.run(make_params(data__source="auto")) == {"dataset": "mnist", "source": "mirrors"}
     assert missing.seen == ["HEAD /mnist/train-labels-idx1-ubyte.gz HTTP/1.1"]
     assert "warning" not in capsys.readouterr().err
@@ -121,7 +116,7 @@ def test_a_silent_mirror_times_out_after_the_probe_timeout(make_params, mirrors)
 
 
 def test_fashion_mnist_offline_still_needs_data_source(make_params, mirrors):
-    mirrors(url_of(refused_port()), dataset="fashion_mnist")
+    mirrors(url_of(free_port()), dataset="fashion_mnist")
     params = make_params(data__source="auto", data__dataset="fashion_mnist")
     with pytest.raises(PipelineError, match="No sample of fashion_mnist ships.*data.source=/usr/share/datasets"):
         source.run(params)

@@ -13,11 +13,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers.project import copy_project, project_env, set_params, sh
 from PIL import Image
 
-from benchmarks.project_copy import copy_project, project_env, set_params, sh
-from stages import tracking
-from stages.common import PipelineError
+from stages.core.errors import PipelineError
+from stages.core.tracking import registry, store
 
 pytestmark = pytest.mark.slow  # real servers: seconds to start each
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow  # real servers: seconds to start each
 @pytest.fixture(scope="module")
 def auth_server(postgresql_server, tmp_path_factory):
     """A second server, with MLflow's basic auth (users in its own database), admin password from the environment."""
-    from servers import MlflowServer, require_module
+    from helpers.servers import MlflowServer, require_module
 
     require_module("flask_wtf", "Flask-WTF (MLflow's basic-auth app)")
     folder = tmp_path_factory.mktemp("mlflow-auth")
@@ -46,7 +46,7 @@ def test_basic_auth_is_checked_before_training(auth_server, make_params, process
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     with pytest.raises(PipelineError) as missing:
-        tracking.check_server(uri)
+        store.check_server(uri)
     assert str(missing.value) == (
         f"MLflow tracking server {uri} requires a login and the credentials are missing (HTTP 401): set "
         "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to your account on that server")
@@ -59,7 +59,7 @@ def test_basic_auth_is_checked_before_training(auth_server, make_params, process
     assert not Path(params.paths.model).parent.exists()
 
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "team-admin-secret")
-    tracking.check_server(uri)  # the right credentials pass
+    store.check_server(uri)  # the right credentials pass
 
 
 # Two people on two machines: clones A and B of the project share a bare git origin, a DVC remote over SSH and the
@@ -243,7 +243,7 @@ def test_champion_ends_on_the_best_version_when_evaluations_race(mlflow_server, 
     def evaluate(evaluation):
         params, accuracy = evaluation
         start.wait()
-        tracking.log_evaluation(params, {"test_accuracy": accuracy}, [])
+        registry.log_evaluation(params, {"test_accuracy": accuracy}, [])
 
     with ThreadPoolExecutor(len(evaluations)) as pool:
         list(pool.map(evaluate, evaluations))

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.net import free_port
 
-from stages import evaluate, plots, tracking, train
-from stages.common import PipelineError
+from stages import evaluate, plots, train
+from stages.core.errors import PipelineError
+from stages.core.schema import flatten
+from stages.core.tracking import store
 
 
 @pytest.fixture
@@ -102,20 +104,16 @@ def test_a_training_that_raises_ends_failed(make_params, processed_dir, store, m
         def on_epoch_end(self, epoch, logs=None):
             raise RuntimeError("boom")
 
-    monkeypatch.setattr(tracking.TrainingRun, "keras_callbacks", lambda self: [Explode()])
     params = make_params(paths__processed=str(processed_dir), model__architecture="conv10", tracking__enabled=True)
     with pytest.raises(RuntimeError, match="boom"):
-        train.run(params)
+        train.run(params, extra_callbacks=[Explode()])
     assert only_run(client_for(store)).info.status == "FAILED"
     assert not Path(params.paths.model).exists()
 
 
 def test_unreachable_tracking_server_fails_before_training(make_params, processed_dir, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # it would win over tracking.uri
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    uri = f"http://127.0.0.1:{port}"
+    uri = f"http://127.0.0.1:{free_port()}"
     params = make_params(paths__processed=str(processed_dir), tracking__enabled=True, tracking__uri=uri)
     started = time.monotonic()
     with pytest.raises(PipelineError, match=f"MLflow tracking server {uri} is unreachable"):
@@ -145,7 +143,7 @@ def test_a_server_answering_500_fails_in_seconds(monkeypatch):
     started = time.monotonic()
     try:
         with pytest.raises(PipelineError, match=f"MLflow tracking server {uri} answers HTTP 500 .*see the server's log"):
-            tracking.check_server(uri)
+            store.check_server(uri)
     finally:
         server.shutdown()
         server.server_close()
@@ -153,7 +151,7 @@ def test_a_server_answering_500_fails_in_seconds(monkeypatch):
 
 
 def test_flatten_gives_dotted_keys():
-    flat = tracking.flatten({"train": {"optimizer": {"name": "adam", "kwargs": {}}, "epochs": 3}, "seed": 1,
+    flat = flatten({"train": {"optimizer": {"name": "adam", "kwargs": {}}, "epochs": 3}, "seed": 1,
                              "model": {"layers": [{"type": "Flatten"}]}})
     assert flat == {"train.optimizer.name": "adam", "train.optimizer.kwargs": "{}", "train.epochs": 3, "seed": 1,
                     "model.layers": '[{"type": "Flatten"}]'}
@@ -162,15 +160,15 @@ def test_flatten_gives_dotted_keys():
 def test_default_store_is_the_project_roots_sqlite(make_params, monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repo"))
-    assert tracking.tracking_uri(make_params()) .startswith(f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}")
+    assert store.tracking_uri(make_params()) .startswith(f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert tracking.tracking_uri(make_params()) == "http://127.0.0.1:5000"
+    assert store.tracking_uri(make_params()) == "http://127.0.0.1:5000"
 
 
 def test_an_experiment_made_without_a_kind_opens_in_the_training_view(make_params, store):
     client = client_for(store)
     experiment_id = client.create_experiment("mnist")  # as an older version of the project, or a user, made it
     assert "mlflow.experimentKind" not in client.get_experiment(experiment_id).tags
-    _, connected_id = tracking.connect(make_params(tracking__enabled=True))
+    _, connected_id = store.connect(make_params(tracking__enabled=True))
     assert connected_id == experiment_id
     assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"

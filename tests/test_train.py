@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, run_data_stages, shrunk_params, write_params
+from helpers.params import shrunk_params, write_params
+from helpers.project import ROOT, run_data_stages
 
 from stages import train
-from stages.architectures import build_model, presets
-from stages.common import PipelineError
+from stages.core.architectures import build_model, presets
+from stages.core.errors import PipelineError
 
 
 def test_bad_optimizer_argument_is_a_clear_error(make_params):

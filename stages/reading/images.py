@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from stages.common import PipelineError
+from stages.core.datasets import IMAGE_SIZE, dataset_spec
+from stages.core.errors import PipelineError
 
 # Far above any photo of a digit (a 24-megapixel camera frame is 24 million), far below what would exhaust memory:
 # a crafted PNG of a few kilobytes can claim billions of pixels.
@@ -88,9 +89,6 @@ SAME_DIGIT_OVERLAP = 0.5
 # A group of marks with less than PIECE_AREA of the median digit's ink and less than PIECE_HEIGHT of its height is a
 # piece of a neighbouring digit, not a digit.
 PIECE_AREA, PIECE_HEIGHT = 0.25, 0.5
-CANVAS_SIZE = 28
-# How each dataset framed its items in the 28x28 canvas: (box the item is scaled to fit, how it is centred).
-FRAMING = {"mnist": (20, "mass"), "fashion_mnist": (28, "box")}
 # ITU-R 601-2 luma, the weights Pillow's own convert("L") uses.
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -425,7 +423,7 @@ def centre_of_mass(array: np.ndarray) -> tuple[float, float]:
     return float((rows * array).sum() / total), float((columns * array).sum() / total)
 
 
-def place_on_canvas(patch: np.ndarray, centring: str, size: int = CANVAS_SIZE) -> np.ndarray:
+def place_on_canvas(patch: np.ndarray, centring: str, size: int = IMAGE_SIZE) -> np.ndarray:
     """Paste `patch` into a size x size black canvas, centred by its centre of mass ("mass") or its box ("box").
 
     The shift is in whole pixels, so the patch is never blurred and an MNIST digit lands back where it was; it is
@@ -473,9 +471,9 @@ def thin_strokes(ink: np.ndarray, box: int) -> np.ndarray:
     return morphology.erosion(ink, morphology.disk(radius))
 
 
-def frame(ink: np.ndarray, dataset: str = "mnist") -> np.ndarray:
+def frame(ink: np.ndarray, dataset: str) -> np.ndarray:
     """Ink strength (any size, light on black) as the model's input: crop, fit the dataset's box, centre; 28x28x1."""
-    box, centring = FRAMING[dataset]
+    box, centring = dataset_spec(dataset).framing
     rows, columns = ink_bounding_box(ink)
     ink = ink[rows, columns]
     if centring == "mass":  # handwriting, not Fashion-MNIST's photographed items
@@ -492,7 +490,7 @@ def frame(ink: np.ndarray, dataset: str = "mnist") -> np.ndarray:
 
 # --- digits and numbers -----------------------------------------------------------------------------------------
 
-def preprocess(image: Image.Image, dataset: str = "mnist") -> np.ndarray:
+def preprocess(image: Image.Image, dataset: str) -> np.ndarray:
     """An image of one digit (or item) as the model's input: float32 in [0, 1], 28x28x1, light ink on black."""
     return frame(find_ink(image).strength, dataset)
 
@@ -505,7 +503,7 @@ class Digit:
     box: tuple[int, int, int, int]
 
 
-def split_number(image: Image.Image, dataset: str = "mnist") -> list[Digit]:
+def split_number(image: Image.Image, dataset: str) -> list[Digit]:
     """The digits of a written number, left to right, each framed as the model's input."""
     ink = find_ink(image, reach=NUMBER_REACH)
     digits = []

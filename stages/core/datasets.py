@@ -1,4 +1,5 @@
-"""Registry of the supported datasets: class names, the four canonical IDX files, official mirrors and checksums.
+"""The one registry of the datasets: names, class names, image shape and framing, the four canonical IDX files,
+official mirrors and checksums, and the shipped sample.
 
 Every dataset here ships as the same four gzipped IDX files. A downloaded file counts as verified when the md5 or
 sha256 of its `.gz` bytes, or the sha256 of its unpacked IDX bytes, is one of the published values below; the
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.common import PipelineError
+from stages.core.errors import PipelineError
 
 CLASS_NAMES: dict[str, list[str]] = {
     "mnist": [str(digit) for digit in range(10)],
@@ -31,6 +32,14 @@ CLASS_NAMES: dict[str, list[str]] = {
         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
     ],
 }
+
+# Every dataset here: 28x28 grey images of 10 classes, which is what the models take and give.
+IMAGE_SIZE = 28
+INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
+NUM_CLASSES = 10
+# How each dataset framed its items in the 28x28 canvas: (box the item is scaled to fit, how it is centred). An
+# image of the user's is framed the same way before the model sees it (stages/reading/images.py).
+FRAMING: dict[str, tuple[int, str]] = {"mnist": (20, "mass"), "fashion_mnist": (IMAGE_SIZE, "box")}
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
 TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
@@ -56,6 +65,10 @@ class DatasetSpec:
     @property
     def class_names(self) -> list[str]:
         return CLASS_NAMES[self.sample_of or self.name]
+
+    @property
+    def framing(self) -> tuple[int, str]:
+        return FRAMING[self.sample_of or self.name]
 
 
 def _digests(*values: str) -> frozenset[str]:
@@ -141,11 +154,15 @@ DATASETS: dict[str, DatasetSpec] = {
                 "064e1d981dfdee57052d7869b9c2abfe73481254911be6808e621e2b74ce1262",
             ),
         },
-        folder=Path(__file__).parent / "mnist_10k",
+        folder=Path(__file__).parents[1] / "mnist_10k",
         sample_of="mnist",
         test_split="held-out",
     ),
 }
+
+
+# What params.yaml's data.dataset may name: the full datasets (a sample is chosen by data.source, not by name).
+SELECTABLE = tuple(name for name, spec in DATASETS.items() if spec.sample_of is None)
 
 
 def class_names(dataset: str) -> list[str]:

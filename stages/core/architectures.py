@@ -15,11 +15,10 @@ import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from stages.common import PipelineError
+from stages.core.datasets import INPUT_SHAPE, NUM_CLASSES
+from stages.core.errors import PipelineError
 
 PRESETS_FILE = Path(__file__).with_name("architectures.yaml")
-INPUT_SHAPE = (28, 28, 1)
-NUM_CLASSES = 10
 
 # The keras.layers classes a spec may use: image layers, regularisers and in-model augmentation.
 LAYER_TYPES = (

@@ -1,10 +1,9 @@
-"""The bottom layer every module may import: the user-facing error types and atomic writes. It imports nothing
-from this package (the stage entry point is stages/entry.py)."""
+"""Files written whole or not at all (a temp sibling renamed into place), and read back with one clear error."""
 
 from __future__ import annotations
 
 import contextlib
-import errno
+import hashlib
 import json
 import os
 import shutil
@@ -17,17 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from stages.core.errors import DISK_FULL, PipelineError
 
-class PipelineError(Exception):
-    """A problem the user can fix (bad params, missing input, unreachable mirror): printed without a traceback."""
-
-
-class Terminated(BaseException):
-    """Raised in the main thread on SIGTERM (see stages/entry.py) so a stage cleans up as it does on Ctrl-C."""
-
-
-# A full disk, a file-size limit (`ulimit -f`) or a quota: the user's to fix, so one line rather than a traceback.
-DISK_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+# The checkout that holds the `stages` package (and the shipped sample): where the code is, not where it runs.
+CODE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def project_root() -> Path:
@@ -122,3 +114,12 @@ def load_npz(path: str | os.PathLike, keys: tuple[str, ...], writer: str) -> dic
         raise PipelineError(f"{path} is damaged or was not written by the {writer} stage ({reason}): "
                             f"{rerun}") from None
 
+
+
+def sha256_of_files(files: list[Path]) -> str:
+    """One sha256 over the files' own sha256 digests, in order."""
+    digest = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.common import PipelineError
+from stages.core.errors import PipelineError
 
 # Type codes of the IDX header's third byte.
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"),

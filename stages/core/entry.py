@@ -1,12 +1,15 @@
-"""How every stage runs as a program: `python -m stages.<name>` calls `stage_main(run, ...)` from its `main()`.
+"""How every stage and tool runs as a program: `python -m stages.<name>` calls `stage_main(run, ...)` (a DVC
+stage) or `tool_main(run, ...)` (a command-line tool) from its `main()`.
 
-`stage_main` loads params.yaml, runs the stage and turns what ended it into one line on stderr and an exit code:
+Both load params.yaml, run and turn what ended the run into one line on stderr and an exit code:
 
   PipelineError         `error: <what is wrong, what to do>`                                    1
   Ctrl-C / SIGINT       `interrupted (SIGINT); ...`                                              130
   SIGTERM               `terminated (SIGTERM); ...`                                              143
   the parent is gone    `terminated: the process that started this stage (dvc, pid N) is gone`   143
   any other bug         Python's traceback                                                       1
+
+A stage's stop line ends "rerun `dvc repro` to continue"; a tool's says only that nothing half-written was left.
 
 One signal policy for every stage: SIGTERM raises `Terminated` and SIGINT `KeyboardInterrupt` in the main thread, so
 `finally` blocks and context managers clean up (the atomic writer removes its temp file, tracking ends the MLflow
@@ -38,8 +41,9 @@ from typing import Any
 
 import psutil
 
-from stages.common import PipelineError, Terminated, project_root
-from stages.params import load_params
+from stages.core.errors import PipelineError, Terminated
+from stages.core.files import project_root
+from stages.core.schema import PARAMS_FILE, load_params
 
 # Keras imports these at start-up for helpers no stage uses (scikit-learn wrappers, image galleries): ~1 s a stage.
 KERAS_UNUSED_IMPORTS = ("sklearn", "matplotlib")
@@ -57,15 +61,25 @@ TENSORFLOW_STARTUP_NOISE = re.compile("|".join([
 CUINIT_FAILURE = re.compile(r"E\d{4} [\d:. ]+\d+ cuda_\w+\.cc:\d+\] failed call to cuInit: .*")
 
 
-def stage_main(
+def stage_main(run: Callable[[Any], Any], **options) -> None:
+    """Run the DVC stage `run(load_params())`; exit with the code above (0 on success when fast_exit)."""
+    _main(run, after_stop=STAGE_STOPPED, **options)
+
+
+def tool_main(run: Callable[[Any], Any], **options) -> None:
+    """Run the command-line tool `run(load_params())`; exit with the code above (0 on success when fast_exit)."""
+    _main(run, after_stop=TOOL_STOPPED, **options)
+
+
+def _main(
     run: Callable[[Any], Any],
     *,
+    after_stop: str,
     skip_imports: Iterable[str] = (),
     fast_exit: bool = False,
     quiet_tensorflow: bool = False,
-    params_path: str = "params.yaml",
+    params_path: str = PARAMS_FILE,
 ) -> None:
-    """Run `run(load_params(params_path))`; exit with the code above (0 on success when fast_exit)."""
     for name in skip_imports:
         sys.modules.setdefault(name, None)  # an ImportError on import, which Keras catches and skips
     policy = SignalPolicy()
@@ -81,12 +95,12 @@ def stage_main(
         print(f"error: {error}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
-        print(f"interrupted (SIGINT); {CONTINUE}", file=sys.stderr)
+        print(f"interrupted (SIGINT); {after_stop}", file=sys.stderr)
         code = 130
     except Terminated:
         reason = policy.parent_gone
-        print(f"terminated: the process that started this stage ({reason}) is gone; {CONTINUE}" if reason else
-              f"terminated (SIGTERM); {CONTINUE}", file=sys.stderr)
+        print(f"terminated: the process that started this stage ({reason}) is gone; {after_stop}" if reason else
+              f"terminated (SIGTERM); {after_stop}", file=sys.stderr)
         code = 143
     if fast_exit:
         exit_without_teardown(code)
@@ -94,7 +108,8 @@ def stage_main(
         sys.exit(code)
 
 
-CONTINUE = "nothing half-written was left; rerun `dvc repro` to continue"
+TOOL_STOPPED = "nothing half-written was left"
+STAGE_STOPPED = f"{TOOL_STOPPED}; rerun `dvc repro` to continue"
 
 
 def has_nvidia_device() -> bool:

@@ -2,7 +2,7 @@
 
 The page (drawing_page.html, plain HTML and JavaScript) posts the canvas as a PNG to /predict while you draw; the
 answer is the number read, and per digit the top-3 classes and the 28x28 image the model saw. It goes through the
-same code as `python -m stages.predict --number` (stages/images.py), with the model loaded once at start-up.
+same code as `python -m stages.predict --number` (stages/reading/images.py), with the model loaded once at start-up.
 
 FastAPI and uvicorn come with MLflow (this module is imported only to serve the page). The server listens on 127.0.0.1 only: it is a tool for the person at this
 machine, not a service (MLflow's `mlflow models serve` is the service; see the README).
@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from stages.images import ImageError, load_image, split_number, to_png_image
+from stages.reading.images import ImageError, load_image, split_number, to_png_image
 
 # A 280x280 canvas as PNG is 5-30 kB; a photo from a phone is a few MB.
 MAX_UPLOAD_BYTES = 10_000_000
@@ -82,7 +82,7 @@ class Reader:
 
 def create_app(reader: Reader) -> FastAPI:
     app = FastAPI(title="Draw a number", docs_url=None, redoc_url=None, openapi_url=None)
-    page = resources.files("stages").joinpath("drawing_page.html").read_text(encoding="utf-8")
+    page = resources.files("stages.reading").joinpath("drawing_page.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:

@@ -1,6 +1,6 @@
 """Real servers for the tests, one of each per session, on 127.0.0.1: PostgreSQL, the team's MLflow server, sshd.
 
-Loaded by conftest.py. A server whose binary is missing skips its tests on a developer machine and fails them
+conftest.py makes them session fixtures. A server whose binary is missing skips its tests on a developer machine and fails them
 under CI=true (`make test` installs PostgreSQL and openssh-server where it can).
 
 - `postgresql_server`: a throw-away PostgreSQL cluster (pytest-postgresql's executor around pg_ctl, run as the
@@ -23,14 +23,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from benchmarks.project_copy import ROOT
+from helpers.net import answers, free_port, wait_until
+from helpers.project import ROOT
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -54,22 +52,6 @@ def require_module(name: str, what: str) -> None:
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until(condition, timeout: float, what: str, process: subprocess.Popen | None = None, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log.read_text()[-3000:] if log else ''}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not come up in {timeout:.0f} s:\n{log.read_text()[-3000:] if log else ''}")
-        time.sleep(0.1)
 
 
 class PostgreSQL:
@@ -102,46 +84,6 @@ class PostgreSQL:
     def restart(self) -> None:
         self.executor.stop()
         self.start()
-
-
-@pytest.fixture(scope="session")
-def postgresql_server():
-    from pytest_postgresql.executors import PostgreSQLExecutor
-
-    pg_ctl = require(max(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), default=shutil.which("pg_ctl")),
-                     "PostgreSQL (pg_ctl)")
-    # Data, socket and log live in a folder the server's user owns: pytest's own temp folders are root-only.
-    base = Path(tempfile.mkdtemp(prefix="mnist-postgresql-"))
-    if os.geteuid() == 0:
-        shutil.chown(base, "postgres", "postgres")
-        wrapper = base / "pg_ctl"
-        wrapper.write_text(f'#!/bin/sh\nexec runuser -u postgres -- "{pg_ctl}" "$@"\n')
-        wrapper.chmod(0o755)
-        pg_ctl = str(wrapper)
-    port = free_port()
-    executor = PostgreSQLExecutor(
-        executable=pg_ctl, host="127.0.0.1", port=port, datadir=str(base / "data"), unixsocketdir=str(base),
-        logfile=str(base / "postgresql.log"), startparams="-w", dbname="postgres", user="postgres",
-        postgres_options="-c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
-    )
-    server = PostgreSQL(executor, port)
-    server.start()
-    try:
-        yield server
-    finally:
-        with contextlib.suppress(Exception):
-            executor.stop()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def answers(url: str) -> bool:
-    try:
-        urllib.request.urlopen(url, timeout=5).close()
-    except urllib.error.HTTPError:
-        return True  # e.g. 401 from a server with basic auth
-    except OSError:
-        return False
-    return True
 
 
 class MlflowServer:
@@ -192,17 +134,6 @@ class MlflowServer:
         return mlflow.MlflowClient(self.uri, self.uri)
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(postgresql_server, tmp_path_factory):
-    """One MLflow server on PostgreSQL for the session. Tests name their own experiment to keep runs apart."""
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    server = MlflowServer(postgresql_server.create_database("mlflow"), folder).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 class Sshd:
     def __init__(self, port: int, user: str, key: Path):
         self.port, self.user, self.key = port, user, key
@@ -211,12 +142,51 @@ class Sshd:
         return f"ssh://{self.user}@127.0.0.1:{self.port}{path}"
 
 
-@pytest.fixture(scope="session")
-def sshd_server(tmp_path_factory):
+@contextlib.contextmanager
+def postgresql():
+    from pytest_postgresql.executors import PostgreSQLExecutor
+
+    pg_ctl = require(max(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), default=shutil.which("pg_ctl")),
+                     "PostgreSQL (pg_ctl)")
+    # Data, socket and log live in a folder the server's user owns: pytest's own temp folders are root-only.
+    base = Path(tempfile.mkdtemp(prefix="mnist-postgresql-"))
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres", "postgres")
+        wrapper = base / "pg_ctl"
+        wrapper.write_text(f'#!/bin/sh\nexec runuser -u postgres -- "{pg_ctl}" "$@"\n')
+        wrapper.chmod(0o755)
+        pg_ctl = str(wrapper)
+    port = free_port()
+    executor = PostgreSQLExecutor(
+        executable=pg_ctl, host="127.0.0.1", port=port, datadir=str(base / "data"), unixsocketdir=str(base),
+        logfile=str(base / "postgresql.log"), startparams="-w", dbname="postgres", user="postgres",
+        postgres_options="-c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
+    )
+    server = PostgreSQL(executor, port)
+    server.start()
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(Exception):
+            executor.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def team_mlflow_server(postgresql_server: PostgreSQL, folder: Path):
+    """One MLflow server on PostgreSQL for the session. Tests name their own experiment to keep runs apart."""
+    server = MlflowServer(postgresql_server.create_database("mlflow"), folder).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def sshd(folder: Path):
     """sshd on 127.0.0.1 that lets the current user in with a throw-away key only."""
-    sshd = require("/usr/sbin/sshd", "OpenSSH server (/usr/sbin/sshd)")
+    binary = require("/usr/sbin/sshd", "OpenSSH server (/usr/sbin/sshd)")
     keygen = require(shutil.which("ssh-keygen"), "ssh-keygen")
-    folder = tmp_path_factory.mktemp("sshd")
     for name in ("host_key", "client_key"):
         subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(folder / name)], check=True)
     shutil.copy(folder / "client_key.pub", folder / "authorized_keys")
@@ -231,7 +201,7 @@ def sshd_server(tmp_path_factory):
     Path("/run/sshd").mkdir(exist_ok=True)  # its privilege-separation folder, normally made by the service unit
     log = folder / "sshd.log"
     with open(log, "w") as output:
-        process = subprocess.Popen([sshd, "-D", "-e", "-f", str(folder / "sshd_config")], stdout=output,
+        process = subprocess.Popen([binary, "-D", "-e", "-f", str(folder / "sshd_config")], stdout=output,
                                    stderr=subprocess.STDOUT)
 
     def listening() -> bool:

@@ -1,0 +1,196 @@
+"""The Keras callbacks of a training, and the resume state they keep in its resume folder.
+
+Imports Keras at load time: import it from inside a stage's `run()`, after TensorFlow has started quietly.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from stages.core.files import atomic_path, write_csv
+from stages.core.schema import Params, minimised
+
+BEST_WEIGHTS = "best.weights.npz"  # in the resume folder: the best epoch's weights (np.savez order)
+HISTORY_FILE = "history.csv"  # in the resume folder: the finished epochs' rows
+BACKUP_FOLDER = "backup"  # in the resume folder: Keras' BackupAndRestore state
+HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"]
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Appends each finished epoch (with its learning rate and duration) to the resumable history file."""
+
+    def __init__(self, path: Path, history: pd.DataFrame):
+        super().__init__()
+        self.path, self.rows = path, history.to_dict("records")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        row = {"epoch": epoch + 1, **{k: float(logs[k]) for k in HISTORY_COLUMNS[1:5] if k in logs}}
+        row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        row["seconds"] = time.perf_counter() - self.started
+        self.rows.append(row)
+        write_csv(self.path, pd.DataFrame(self.rows, columns=HISTORY_COLUMNS))
+        logs["learning_rate"], logs["seconds"] = row["learning_rate"], row["seconds"]
+
+
+class StopAtAccuracy(keras.callbacks.Callback):
+    """The course's callback: stop once the monitored accuracy reaches the target."""
+
+    def __init__(self, monitor: str, target: float):
+        super().__init__()
+        self.monitor, self.target = monitor, target
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (logs or {}).get(self.monitor, 0.0) >= self.target:
+            print(f"\n{self.monitor} reached {self.target}: stopping after epoch {epoch + 1}")
+            self.model.stop_training = True
+
+
+class EpochSeeds(keras.callbacks.Callback):
+    """Reseeds dropout and augmentation from (seed, epoch, layer) at each epoch's start.
+
+    Their generators' states are not in the weights BackupAndRestore saves; a resumed run would draw epoch 1's
+    masks again. Keyed by the epoch, a resumed epoch draws what the uninterrupted one drew.
+    """
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = seed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # Keras: `variables` are the weights plus the random seeds' states (metrics live elsewhere).
+        weights = {id(variable) for variable in self.model.weights}
+        states = [variable for variable in self.model.variables if id(variable) not in weights]
+        for index, state in enumerate(states):
+            start = np.random.SeedSequence((self.seed, epoch, index)).generate_state(1)[0]
+            state.assign(np.array([start, 0], dtype=state.dtype))
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keeps the best epoch's weights by `monitor`, written atomically: ModelCheckpoint writes in place, and a
+    kill or a full disk during the write would leave a broken file that a resumed run then loads.
+
+    Only the weights, as one .npz: the fit ends by loading them into the model it has. Keras's own writers walk
+    every object of the model and optimizer, about a second per write on 2 cores, a tenth of a small model's
+    epoch; this write takes a few milliseconds.
+    """
+
+    def __init__(self, path: Path, monitor: str, best: float | None):
+        super().__init__()
+        self.path, self.monitor, self.lower_is_better = path, monitor, minimised(monitor)
+        self.best = best if best is not None else (np.inf if self.lower_is_better else -np.inf)
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not (value < self.best if self.lower_is_better else value > self.best):
+            return  # NaN never improves
+        with atomic_path(self.path) as tmp:
+            np.savez(tmp, *self.model.get_weights())
+        self.best = float(value)
+
+
+class LiveMetrics(keras.callbacks.Callback):
+    """Hands each finished epoch to the tracking run, so curves grow live in `mlflow ui`.
+
+    When the run's server has gone away, training stops after this epoch's backup (the backup callback runs after
+    this one) and the run says so when training ends; the resumed training logs what was missed.
+    """
+
+    def __init__(self, run):
+        super().__init__()
+        self.run = run
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.run.log_epoch(epoch, logs or {}):
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        self.run.raise_if_lost()
+
+
+def load_best_weights(model, resume_dir: Path) -> None:
+    """Load the best epoch's weights BestCheckpoint kept, if it kept any."""
+    best = resume_dir / BEST_WEIGHTS
+    if best.exists():
+        with np.load(best) as weights:
+            model.set_weights([weights[f"arr_{index}"] for index in range(len(weights.files))])
+
+
+def backed_up_epoch(metadata: Path) -> int | None:
+    """The last finished epoch BackupAndRestore recorded, or None when its file is missing or unreadable."""
+    try:
+        return int(json.loads(metadata.read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def repair_backup(backup: Path) -> None:
+    """A kill while Keras writes its backup metadata leaves that file unreadable, and Keras then fails on every
+    resume; fall back to the previous backup (what Keras does for unreadable weights), or else start over."""
+    metadata = backup / "training_metadata.json"
+    if not metadata.exists() or backed_up_epoch(metadata) is not None:
+        return
+    previous = backup / "training_metadata.json.bkp"
+    if backed_up_epoch(previous) is not None and (backup / "latest.weights.h5.bkp").exists():
+        shutil.copy(backup / "latest.weights.h5.bkp", backup / "latest.weights.h5")
+        shutil.copy(previous, metadata)
+    else:
+        shutil.rmtree(backup)
+
+
+@dataclass
+class Callbacks:
+    """What fit hands to Keras (`ordered`), the history rows kept so far, and the epochs already finished."""
+
+    epoch_log: EpochLog  # its `rows` are the history
+    finished: int  # epochs a resumed training skips
+    ordered: list = field(default_factory=list)
+
+
+def make_callbacks(params: Params, resume_dir: Path, run, extra: list[Any] = ()) -> Callbacks:
+    """The training's callbacks in the order they must run: history, seeds, best weights, the course's stops,
+    TensorBoard, the tracking run's live metrics, the backup (last of the training's own, so an epoch counts as
+    finished only once its history row and checkpoint exist), then `extra` (the benchmark's clock)."""
+    settings = params.train
+    resume_dir.mkdir(parents=True, exist_ok=True)
+    history_path = resume_dir / HISTORY_FILE
+    initial = pd.read_csv(history_path) if settings.resume and history_path.exists() else pd.DataFrame()
+    monitor = settings.checkpoint_monitor
+    best = None
+    if monitor in initial and len(initial):
+        # A resumed run must not overwrite the best checkpoint with a worse epoch.
+        best = float(initial[monitor].min() if minimised(monitor) else initial[monitor].max())
+    epoch_log = EpochLog(history_path, initial)
+    ordered = [epoch_log, EpochSeeds(params.seed), BestCheckpoint(resume_dir / BEST_WEIGHTS, monitor, best)]
+    if settings.early_stopping.enabled:
+        stopping = settings.early_stopping
+        ordered.append(keras.callbacks.EarlyStopping(
+            monitor=stopping.monitor, patience=stopping.patience, restore_best_weights=stopping.restore_best_weights
+        ))
+    if settings.target_accuracy is not None:
+        ordered.append(StopAtAccuracy(settings.target_monitor, settings.target_accuracy))
+    if settings.tensorboard:
+        ordered.append(keras.callbacks.TensorBoard(log_dir=params.paths.tensorboard))
+    ordered.append(LiveMetrics(run))
+    finished = 0
+    if settings.resume:
+        backup = resume_dir / BACKUP_FOLDER
+        repair_backup(backup)
+        # Rows of an epoch whose backup never finished would be replayed: keep only backed-up epochs.
+        finished = backed_up_epoch(backup / "training_metadata.json") or 0
+        epoch_log.rows = [row for row in epoch_log.rows if row["epoch"] <= finished]
+        ordered.append(keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True))
+    ordered.extend(extra)
+    return Callbacks(epoch_log, finished, ordered)

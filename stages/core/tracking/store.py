@@ -1,0 +1,175 @@
+"""The MLflow store: where it is, whether its server answers, the experiment, and runs attached to by id.
+
+The default store is MLflow's SQLite file `mlflow.db` at the project root with artifacts in `mlartifacts/` beside
+it; runs made by `dvc exp run --temp/--queue` in a temporary copy still land there because DVC sets DVC_ROOT to the
+original repository. `tracking.uri` or MLFLOW_TRACKING_URI selects a tracking server instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from stages.core.errors import PipelineError
+from stages.core.files import project_root
+from stages.core.schema import Params
+
+SQLITE_TIMEOUT_SECONDS = 60
+HEALTH_TIMEOUT_SECONDS = 10  # a busy server's first request opens its store
+# MLflow 3's UI opens an experiment on the page its kind names; without the tag it shows the GenAI overview.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
+def tracking_uri(params: Params) -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri
+    if uri:
+        return uri
+    return f"sqlite:///{project_root() / 'mlflow.db'}?timeout={SQLITE_TIMEOUT_SECONDS}"
+
+
+def _is_local_sqlite(uri: str) -> bool:
+    return uri.startswith("sqlite:///")
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise schema creation, experiment creation and registry updates across concurrent local runs."""
+    if not _is_local_sqlite(uri):
+        yield
+        return
+    lock_path = project_root() / ".mlflow.lock"
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_server(uri: str) -> None:
+    """Fail in seconds, before any training, when a tracking server is down, failing or refuses our credentials.
+
+    MLflow would retry for minutes. `/health` answers without credentials, so the probe asks an endpoint that
+    basic auth protects, with the credentials MLflow's client would send.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+    elif user or password:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user or ''}:{password or ''}".encode()).decode())
+    try:
+        urllib.request.urlopen(request, timeout=HEALTH_TIMEOUT_SECONDS).close()
+    except urllib.error.HTTPError as error:
+        if error.code == 401:
+            given = "were refused" if user or password else "are missing"
+            raise PipelineError(
+                f"MLflow tracking server {uri} requires a login and the credentials {given} (HTTP 401): set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to your account on that server"
+            ) from None
+        if error.code == 403:
+            raise PipelineError(
+                f"MLflow tracking server {uri}: user {user!r} may not use it (HTTP 403): ask its admin for access"
+            ) from None
+        # Anything else would become minutes of MLflow's retries (5xx) or an error deep inside a training.
+        advice = ("it runs but fails: see the server's log (often its backend store is down)" if error.code >= 500
+                  else "is this an MLflow tracking server? Fix tracking.uri / MLFLOW_TRACKING_URI")
+        raise PipelineError(
+            f"MLflow tracking server {uri} answers HTTP {error.code} ({error.reason}): {advice}, or set "
+            "tracking.enabled: false"
+        ) from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise PipelineError(
+            f"MLflow tracking server {uri} is unreachable ({reason}): start it, or fix tracking.uri / "
+            "MLFLOW_TRACKING_URI, or set tracking.enabled: false"
+        ) from None
+
+
+def connect(params: Params):
+    """Point MLflow at the store and return (client, experiment id), creating the experiment once."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri(params)
+    check_server(uri)
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    # MLflow also exports the URI to os.environ; restore it so the user's setting keeps its meaning.
+    if user_uri is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_uri
+    with store_lock(uri):
+        try:
+            # In the lock: the client creates (migrates) a new SQLite store, which two first runs must not race.
+            client = mlflow.MlflowClient(uri, uri)
+            return client, experiment_id(client, params.tracking.experiment, uri)
+        except MlflowException as error:
+            raise PipelineError(f"MLflow tracking store {uri} failed: {error.message.splitlines()[0]}") from None
+
+
+def experiment_id(client, name: str, uri: str) -> str:
+    """The experiment's id, created (or tagged with its kind) when needed; another process may do either first."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        location = (project_root() / "mlartifacts").as_uri() if _is_local_sqlite(uri) else None
+        try:
+            return client.create_experiment(name, artifact_location=location,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except MlflowException:
+            experiment = client.get_experiment_by_name(name)  # another process created it first
+    if EXPERIMENT_KIND_TAG in experiment.tags:
+        return experiment.experiment_id
+    try:  # made before the project set it, or by hand
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    except MlflowException:
+        # Two runs setting it at once collide on the tag's key in the server's database; one wins.
+        if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment.experiment_id).tags:
+            raise
+    return experiment.experiment_id
+
+
+def attached_run(params: Params):
+    """(client, run id) of the training's run from run.json, or None when there is nothing to attach to."""
+    if not params.tracking.enabled:
+        return None
+    path = Path(params.paths.run)
+    if not path.exists():
+        return None
+    run_id = json.loads(path.read_text()).get("run_id")
+    if not run_id:
+        return None
+    client, _ = connect(params)
+    return client, run_id
+
+
+def log_files(params: Params, files: list[Path], folder: str) -> None:
+    attached = attached_run(params)
+    if attached is not None:
+        client, run_id = attached
+        for path in files:
+            client.log_artifact(run_id, str(path), folder)
+
+
+def search_runs(params: Params):
+    """Every run of the experiment as a pandas DataFrame (MLflow's columns: params.*, metrics.*, tags.*)."""
+    import mlflow
+
+    client, experiment_id = connect(params)
+    return mlflow.search_runs(experiment_ids=[experiment_id], order_by=["attributes.start_time DESC"])
+
+
