@@ -62,7 +62,8 @@ def test_the_served_image_model_answers_pngs(make_params, model_path, model, tes
     # The preprocessing code travels with the model (code_paths): the core and the reading, nothing else.
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/1", dst_path=str(tmp_path / "logged")))
     code = local / mlflow.models.get_model_info(f"models:/{name}/1").flavors["python_function"]["code"]
-    shipped = {path.relative_to(code).as_posix() for path in code.rglob("*") if "__pycache__" not in path.parts}
+    shipped = {path.relative_to(code).as_posix() for path in code.rglob("*")
+               if path.is_file() and "__pycache__" not in path.parts}
     assert {"stages/__init__.py", "stages/core/entry.py", "stages/reading/images.py"} <= shipped
     assert not {path for path in shipped if path.count("/") == 1 and path != "stages/__init__.py"}, shipped
     assert not any(path.startswith("stages/mnist_10k") for path in shipped)
