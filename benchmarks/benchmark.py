@@ -269,7 +269,8 @@ def measure_throughput(config: argparse.Namespace, params, work: Path) -> dict:
         print(f"throughput: {preset}, {epochs} epochs on {dataset}", flush=True)
         keras_run = run_child("keras", {
             "processed": str(processed), "architecture": preset, "epochs": epochs, "seed": params.seed,
-            "batch_size": params.train.batch_size, "learning_rate": TUTORIAL_TRAINING["train.optimizer"]["learning_rate"],
+            "batch_size": params.train.batch_size,
+            "learning_rate": TUTORIAL_TRAINING["train.optimizer"]["learning_rate"],
         }, work, f"{preset}-keras-float32")
         stage_runs = {}
         for precision in ("mixed_bfloat16", "float32"):

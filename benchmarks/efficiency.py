@@ -109,7 +109,8 @@ def efficiency_section(throughput: dict) -> list[str]:
         stage = epoch_efficiency(row["stage_float32"], flops, sgemm)
         keras_run = epoch_efficiency(row["keras_float32"], flops, sgemm)
         torch_run = row.get("torch_float32")
-        versus_torch = (f"{epoch_efficiency(torch_run, flops, sgemm)['seconds_per_epoch'] / stage['seconds_per_epoch']:.2f}x"
+        torch_seconds = epoch_efficiency(torch_run, flops, sgemm)["seconds_per_epoch"] if torch_run else None
+        versus_torch = (f"{torch_seconds / stage['seconds_per_epoch']:.2f}x"
                         if torch_run else "not installed" if row["preset"] == "lenet" else "")
         lines.append(
             f"| {row['preset']} | {flops['train'] / 1e6:.1f} / {flops['forward'] / 1e6:.1f} | "

@@ -111,7 +111,8 @@ def evaluate_targets(results: dict) -> list[dict]:
                              f"largest process of the whole repro (wait4): {gigabytes(full['max_rss_bytes'])}"})
         accuracy = full["metrics"].get("test_accuracy")
         fit = full["train_fit_seconds"]
-        ok = accuracy is not None and fit is not None and accuracy >= FASHION_ACCURACY and fit <= TRAINING_BUDGET_SECONDS
+        ok = (accuracy is not None and fit is not None and accuracy >= FASHION_ACCURACY
+              and fit <= TRAINING_BUDGET_SECONDS)
         rows.append({"target": f"default model >= {100 * FASHION_ACCURACY:.1f}% on {pipeline['dataset']} within "
                                f"{TRAINING_BUDGET_SECONDS / 60:g} min of training",
                      "measured": f"{percent(accuracy)} in {fit} s",
@@ -147,7 +148,8 @@ def markdown(results: dict) -> str:
         "",
         "| machine | |",
         "|---|---|",
-        f"| CPU | {machine['cpu_model']}, {machine['usable_cores']} usable of {machine['logical_cores']} logical cores |",
+        f"| CPU | {machine['cpu_model']}, {machine['usable_cores']} usable of {machine['logical_cores']} logical "
+        "cores |",
         f"| CPU flags | {flags} |",
         f"| memory | {gigabytes(machine['memory_bytes'])} |",
         f"| software | Python {machine['python']}, {packages} |",

@@ -1,8 +1,8 @@
-"""MNIST-style image classification pipeline, three kinds of module (imports point down this list, never up):
+"""MNIST-style image classification pipeline. The folder is the map; three rules (tests/test_imports.py):
 
-- stages, one per DVC stage, run as `python -m stages.<name>`: params (validation), download, preprocess, train,
-  evaluate, plots;
-- core modules the stages share: common (errors, atomic writes; imports nothing of ours), params (the schema),
-  entry (how a stage runs as a program), idx, datasets, architectures, tracking (the only one importing mlflow);
-- command-line tools outside the pipeline: predict (your own images), compare (MLflow runs side by side).
+- the top level is what you run, `python -m stages.<name>`: the 7 DVC stages (params source download preprocess
+  train evaluate plots) and the 4 tools (predict compare search server), and nothing else; none imports another;
+- `core/` is what they share (errors, files, entry, schema, datasets, idx, mirrors, architectures, devices,
+  callbacks, tracking/) and imports nothing above it;
+- `reading/` is handwriting in (images, the image model, the drawing page) and imports only core.
 """

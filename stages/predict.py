@@ -1,8 +1,8 @@
 """Classify your own images with the trained model: `python -m stages.predict IMAGE [IMAGE ...]`.
 
 Reads PNG, JPEG, BMP, GIF, WebP and anything else Pillow opens, from clean drawings to photos and scans of paper,
-and brings each one to MNIST form the way MNIST itself was made (see stages/reading/images.py: the paper, its lighting and
-its rules removed, then cropped to the ink, fitted in 20x20 and centred by mass at (14, 14)).
+and brings each one to MNIST form the way MNIST itself was made (see stages/reading/images.py: the paper, its
+lighting and its rules removed, then cropped to the ink, fitted in 20x20 and centred by mass at (14, 14)).
 
 Prints the predicted class with its confidence and the top-k classes per image (`--json`: one JSON object per
 line). `--save-preprocessed DIR` writes the 28x28 images the model saw.

@@ -276,7 +276,8 @@ def test_stalled_server_times_out(server, tmp_path):
 def test_trickling_mirror_hits_the_overall_deadline(server, tmp_path):
     # 1 byte/s never trips the 1.5 s per-read timeout; the deadline from the file's size does, within seconds.
     started = time.monotonic()
-    with pytest.raises(DownloadError, match=r"too slow: \d+ of \d+ bytes in \d+ s .*16 KiB/s after data.timeout = 1.5 s"):
+    too_slow = r"too slow: \d+ of \d+ bytes in \d+ s .*16 KiB/s after data.timeout = 1.5 s"
+    with pytest.raises(DownloadError, match=too_slow):
         download(spec_with(server.url("trickle")), tmp_path / "raw" / "mnist", timeout=1.5, retries=0)
     assert time.monotonic() - started < 10
     assert not (tmp_path / "raw" / "mnist").exists()

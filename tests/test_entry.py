@@ -1,4 +1,5 @@
-"""stage_main run as a program: exit codes, one line per way of ending, and every exit handler survives the fast exit."""
+"""stage_main and tool_main run as a program: exit codes, one line per way of ending, and every exit handler survives
+the fast exit."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from helpers.params import write_params
 from helpers.project import ROOT
 
-from stages.core.entry import CONTINUE
+from stages.core.entry import STAGE_STOPPED, TOOL_STOPPED
 from stages.core.schema import read_yaml, set_dotted
 
 STAGE = """
@@ -31,8 +32,8 @@ stage_main(run, params_path={params!r}, skip_imports={skip_imports}, fast_exit=T
 HANDLERS = "exit handler ran\nearly exit handler ran\n"  # last registered runs first, as at any Python exit
 
 
-def run_stage(tmp_path, body: str, skip_imports: str = "()", params_edit: dict | None = None
-              ) -> subprocess.CompletedProcess:
+def run_stage(tmp_path, body: str, skip_imports: str = "()", params_edit: dict | None = None,
+              main: str = "stage_main") -> subprocess.CompletedProcess:
     params = ROOT / "params.yaml"
     if params_edit:
         raw = read_yaml(params)
@@ -40,6 +41,7 @@ def run_stage(tmp_path, body: str, skip_imports: str = "()", params_edit: dict |
             set_dotted(raw, key, value)
         params = write_params(tmp_path, raw)
     script = textwrap.dedent(STAGE).format(body=body, params=str(params), skip_imports=skip_imports)
+    script = script.replace("stage_main", main)
     return subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
 
@@ -52,12 +54,12 @@ def test_success_flushes_buffered_output_and_runs_exit_handlers(tmp_path):
 
 @pytest.mark.parametrize(("body", "code", "stderr"), [
     ("raise PipelineError('data.source: no such folder')", 1, "error: data.source: no such folder\n"),
-    ("os.kill(os.getpid(), signal.SIGINT); signal.pause()", 130, f"interrupted (SIGINT); {CONTINUE}\n"),
-    ("os.kill(os.getpid(), signal.SIGTERM); signal.pause()", 143, f"terminated (SIGTERM); {CONTINUE}\n"),
+    ("os.kill(os.getpid(), signal.SIGINT); signal.pause()", 130, f"interrupted (SIGINT); {STAGE_STOPPED}\n"),
+    ("os.kill(os.getpid(), signal.SIGTERM); signal.pause()", 143, f"terminated (SIGTERM); {STAGE_STOPPED}\n"),
     # A second signal while the first one's cleanup runs is ignored: the cleanup finishes.
     ("try:\n        os.kill(os.getpid(), signal.SIGTERM); signal.pause()\n    finally:\n"
      "        os.kill(os.getpid(), signal.SIGTERM); os.kill(os.getpid(), signal.SIGINT); print('cleaned up')",
-     143, f"terminated (SIGTERM); {CONTINUE}\n"),
+     143, f"terminated (SIGTERM); {STAGE_STOPPED}\n"),
     ("sys.exit(3)", 3, ""),
     ("sys.exit()", 0, ""),
 ])
@@ -65,6 +67,14 @@ def test_exit_codes(tmp_path, body, code, stderr):
     result = run_stage(tmp_path, body)
     assert (result.returncode, result.stderr) == (code, stderr)
     assert result.stdout.removeprefix("cleaned up\n") == HANDLERS
+
+
+@pytest.mark.parametrize(("signum", "code", "name"), [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_a_tool_stops_in_a_tools_words(tmp_path, signum, code, name):
+    """compare or a search worker stopped by Ctrl-C: no advice to rerun `dvc repro`, which is not what was running."""
+    result = run_stage(tmp_path, f"os.kill(os.getpid(), signal.{signum}); signal.pause()", main="tool_main")
+    assert (result.returncode, result.stderr) == (code, f"{name} ({signum}); {TOOL_STOPPED}\n")
+    assert "dvc repro" not in result.stderr
 
 
 def test_a_stage_leaves_when_the_process_that_started_it_is_gone(tmp_path):
@@ -89,7 +99,7 @@ def test_a_stage_leaves_when_the_process_that_started_it_is_gone(tmp_path):
         # The pipes close once the stage, which holds them too, has exited.
         assert process.stdout.read() == HANDLERS
         assert re.fullmatch(rf"terminated: the process that started this stage \(python3?[\d.]*, pid {process.pid}\) "
-                            rf"is gone; {re.escape(CONTINUE)}\n", process.stderr.read())
+                            rf"is gone; {re.escape(STAGE_STOPPED)}\n", process.stderr.read())
     finally:
         for child in psutil.Process().children(recursive=True):
             child.kill()

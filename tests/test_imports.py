@@ -1,5 +1,7 @@
-"""How the modules of `stages` import each other: one direction only, so the bottom layer knows nothing above it;
-each stage's deps in dvc.yaml cover the code it runs; and the stages that need no TensorFlow run without it."""
+"""The folder is the map (stages/__init__.py): what a user runs on top, `core/` beneath, `reading/` between. A
+module imports only below its level (a stage never imports a stage; reading imports core; core imports core), with
+no circle, lazy imports and `__main__` blocks included; each stage's dvc.yaml deps cover every module its code
+imports; and the stages that need no TensorFlow run without it."""
 
 from __future__ import annotations
 
@@ -10,38 +12,71 @@ import sys
 import pytest
 import yaml
 from helpers.params import shrunk_params, write_params
-from helpers.project import ROOT
+from helpers.project import ROOT, write_stage_inputs
 
 PACKAGE = ROOT / "stages"
+TOOLS = {"predict", "compare", "search", "server"}
+LEVELS = {"core": 0, "reading": 1}  # everything else in `stages` is a stage or tool: level 2
+# Files a module reads beside its code: a change to them is a change to the module.
+DATA_FILES = {"stages/core/architectures.py": ["stages/core/architectures.yaml"],
+              "stages/reading/drawing_page.py": ["stages/reading/drawing_page.html"]}
 
 
-def imported_stage_modules(path) -> set[str]:
-    """The `stages.*` modules a file imports anywhere (lazy imports in functions too), but not in its
-    `if __name__ == "__main__":` block, which runs only when the file is the program rather than the module."""
-    tree = ast.parse(path.read_text())
-    main_blocks = [node for node in tree.body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)]
-    skipped = {id(inner) for block in main_blocks for inner in ast.walk(block)}
+def module_file(module: str):
+    path = ROOT / module.replace(".", "/")
+    for candidate in (path / "__init__.py", path.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def modules() -> list[str]:
+    return sorted(".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+                  for path in PACKAGE.rglob("*.py"))
+
+
+def imports(module: str) -> set[str]:
+    """Every `stages` module the file imports anywhere: at the top, inside functions, in its `__main__` block."""
     found = set()
-    for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
-        if isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "stages":
-                found.update(f"stages.{alias.name}" for alias in node.names)
-            elif node.module.startswith("stages."):
-                found.add(node.module)
+    for node in ast.walk(ast.parse(module_file(module).read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stages"):
+            for alias in node.names:  # `from stages.core import tracking` imports the module stages.core.tracking
+                name = f"{node.module}.{alias.name}"
+                found.add(name if module_file(name) else node.module)
         elif isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names if alias.name.startswith("stages."))
-    return found
+            found.update(alias.name for alias in node.names if alias.name.startswith("stages"))
+    return found - {module, "stages"}
 
 
-def import_graph() -> dict[str, set[str]]:
-    return {f"stages.{path.stem}": imported_stage_modules(path) - {f"stages.{path.stem}"}
-            for path in sorted(PACKAGE.glob("*.py")) if path.stem != "__init__"}
+def level(module: str) -> int:
+    parts = module.split(".")
+    return LEVELS.get(parts[1], 2) if len(parts) > 1 else 3
 
 
-def test_no_module_imports_itself_back_through_others():
-    graph = import_graph()
+def test_the_top_level_is_exactly_the_stages_and_the_tools():
+    stages = {stage["cmd"].split("-m", 1)[1].split()[0].removeprefix("stages.")
+              for stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values()}
+    top = {path.stem for path in PACKAGE.glob("*.py")} - {"__init__"}
+    assert top == stages | TOOLS
+    assert {path.name for path in PACKAGE.iterdir() if path.is_dir()} - {"__pycache__"} == {"core", "reading",
+                                                                                           "mnist_10k"}
+
+
+def test_packages_hold_nothing_but_their_docstring():
+    """So importing a package runs no code, and no dvc.yaml dep needs to list one."""
+    for path in PACKAGE.rglob("__init__.py"):
+        body = ast.parse(path.read_text()).body
+        assert len(body) == 1 and isinstance(body[0], ast.Expr), f"{path} holds code"
+
+
+def test_imports_point_down_only_and_never_within_the_top_level():
+    upward = [f"{module} -> {imported}" for module in modules() for imported in imports(module)
+              if level(imported) > level(module) or (level(module) == 2 and level(imported) == 2)]
+    assert not upward, "imports up or across the top level: " + "; ".join(upward)
+
+
+def test_no_import_circle():
+    graph = {module: imports(module) for module in modules()}
     done: set[str] = set()
 
     def visit(module: str, trail: list[str]) -> None:
@@ -57,48 +92,53 @@ def test_no_module_imports_itself_back_through_others():
         visit(module, [])
 
 
-def test_common_is_the_bottom_layer_and_entry_sits_above_the_schema():
-    graph = import_graph()
-    assert graph["stages.common"] == set()
-    assert graph["stages.entry"] == {"stages.common", "stages.params"}
-    assert "stages.entry" not in graph["stages.tracking"] | graph["stages.params"]
+def test_no_import_hides_from_this_check():
+    """Modules found by name at run time would escape the import graph above and the deps below."""
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        assert "import_module" not in text and "__import__" not in text, path
 
 
-def module_level_imports(module: str) -> set[str]:
-    tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
-    found = set()
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom) and node.module == "stages":
-            found.update(f"stages.{alias.name}" for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stages."):
-            found.add(node.module)
-    return found
+def code_files(module: str) -> set[str]:
+    """The files of `module` and of everything it imports, transitively (package docstrings aside)."""
+    needed, pending = {module}, [module]
+    while pending:
+        for imported in imports(pending.pop()) - needed:
+            needed.add(imported)
+            pending.append(imported)
+    files = {module_file(m).relative_to(ROOT).as_posix() for m in needed}
+    files = {f for f in files if not f.endswith("__init__.py")}
+    return files | {data for f in files for data in DATA_FILES.get(f, [])}
 
 
-def test_each_stage_depends_on_the_code_it_runs():
-    """A stage's deps in dvc.yaml name its module, everything it imports, and what those import at load time, so
-    a code change reruns exactly the stages it touches."""
+def covered(file: str, deps: set[str]) -> bool:
+    return any(file == dep or file.startswith(dep.rstrip("/") + "/") for dep in deps)
+
+
+def test_each_stage_depends_on_exactly_the_code_it_runs():
+    """A stage's deps in dvc.yaml name its module and everything it imports, lazily or not, and no other code, so a
+    code change reruns exactly the stages it touches (editing download.py does not rerun source)."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    gaps = {}
+    gaps, extra = {}, {}
     for name, stage in stages.items():
         module = stage["cmd"].split("-m", 1)[1].split()[0]
-        path = ROOT / (module.replace(".", "/") + ".py")
-        tree = ast.parse(path.read_text())
-        needed = {module}
-        for node in ast.walk(tree):  # the stage's own imports, its `__main__` block's included
-            if isinstance(node, ast.ImportFrom) and node.module == "stages":
-                needed.update(f"stages.{alias.name}" for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stages."):
-                needed.add(node.module)
-        pending = list(needed)
-        while pending:
-            for imported in module_level_imports(pending.pop()) - needed:
-                needed.add(imported)
-                pending.append(imported)
-        files = {f"{m.replace('.', '/')}.py" for m in needed}
-        if files - set(stage["deps"]):
-            gaps[name] = sorted(files - set(stage["deps"]))
+        needed = code_files(module)
+        deps = {dep for dep in stage["deps"] if dep.startswith("stages/")}
+        if missing := sorted(f for f in needed if not covered(f, deps)):
+            gaps[name] = missing
+        if unused := sorted(dep for dep in deps if not any(covered(f, {dep}) for f in needed)):
+            extra[name] = unused
     assert not gaps, f"stages run code that dvc.yaml does not list in their deps: {gaps}"
+    assert not extra, f"dvc.yaml lists code the stages never import: {extra}"
+
+
+def test_train_depends_on_exactly_the_code_the_image_model_ships():
+    """The registered image model carries a copy of these packages: editing any of them must re-register it."""
+    from stages.reading.image_model import ImageClassifier
+
+    train = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]
+    code = {dep for dep in train["deps"] if dep.startswith("stages/")}
+    assert code == {"stages/train.py"} | {f"stages/{package}" for package in ImageClassifier.SHIPPED}
 
 
 # Runs a module as `python -m` would, with TensorFlow and Keras unimportable: a lazy import inside run() counts too.
@@ -121,7 +161,6 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 @pytest.fixture(scope="module")
 def project_inputs(tmp_path_factory, raw_params, mnist_10k):
     """A folder with params.yaml and every input the TensorFlow-free stages read (evaluate's made up)."""
-    from helpers.project import write_stage_inputs
 
     from stages import download, preprocess, source
 

@@ -39,8 +39,8 @@ def write_raw(raw_dir: Path, train: int = len(unbalanced_labels()), test: int = 
     for name, array in [(TRAIN_IMAGES, train_images), (TRAIN_LABELS, train_labels), (TEST_IMAGES, test_images),
                         (TEST_LABELS, test_labels)]:
         write_idx(raw_dir / name, array)
-    entries = {name: {"source": f"generated/{name}", "sha256": hashlib.sha256(read_idx_bytes(raw_dir / name)).hexdigest(),
-                      "verified": False} for name in FILE_NAMES}
+    entries = {name: {"source": f"generated/{name}", "verified": False,
+                      "sha256": hashlib.sha256(read_idx_bytes(raw_dir / name)).hexdigest()} for name in FILE_NAMES}
     (raw_dir / "manifest.json").write_text(json.dumps(build_manifest(dataset_spec(raw_dir.name), entries)))
     return train_images, train_labels, test_images, test_labels
 

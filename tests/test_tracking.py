@@ -14,7 +14,7 @@ from helpers.net import free_port
 from stages import evaluate, plots, train
 from stages.core.errors import PipelineError
 from stages.core.schema import flatten
-from stages.core.tracking import store
+from stages.core.tracking import store as tracking_store
 
 
 @pytest.fixture
@@ -142,8 +142,9 @@ def test_a_server_answering_500_fails_in_seconds(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     started = time.monotonic()
     try:
-        with pytest.raises(PipelineError, match=f"MLflow tracking server {uri} answers HTTP 500 .*see the server's log"):
-            store.check_server(uri)
+        failing = f"MLflow tracking server {uri} answers HTTP 500 .*see the server's log"
+        with pytest.raises(PipelineError, match=failing):
+            tracking_store.check_server(uri)
     finally:
         server.shutdown()
         server.server_close()
@@ -160,15 +161,15 @@ def test_flatten_gives_dotted_keys():
 def test_default_store_is_the_project_roots_sqlite(make_params, monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repo"))
-    assert store.tracking_uri(make_params()) .startswith(f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}")
+    assert tracking_store.tracking_uri(make_params()) .startswith(f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert store.tracking_uri(make_params()) == "http://127.0.0.1:5000"
+    assert tracking_store.tracking_uri(make_params()) == "http://127.0.0.1:5000"
 
 
 def test_an_experiment_made_without_a_kind_opens_in_the_training_view(make_params, store):
     client = client_for(store)
     experiment_id = client.create_experiment("mnist")  # as an older version of the project, or a user, made it
     assert "mlflow.experimentKind" not in client.get_experiment(experiment_id).tags
-    _, connected_id = store.connect(make_params(tracking__enabled=True))
+    _, connected_id = tracking_store.connect(make_params(tracking__enabled=True))
     assert connected_id == experiment_id
     assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"

@@ -193,7 +193,8 @@ def test_two_replicas_on_two_logical_cpus_match_one_and_write_one_set_of_outputs
         folder = tmp_path / f"replicas-{replicas}"
         folder.mkdir()
         params = shrunk_params(
-            raw_params, folder, mnist_10k, paths__processed=data.paths.processed, model__architecture="lenet", train__epochs=3,
+            raw_params, folder, mnist_10k, paths__processed=data.paths.processed, model__architecture="lenet",
+            train__epochs=3,
             preprocess__limit=2000, train__batch_size=32, train__precision="float32",
             train__distribute="mirrored" if replicas > 1 else "off",
             tracking__enabled=replicas > 1, tracking__uri=f"sqlite:///{folder / 'mlflow.db'}",

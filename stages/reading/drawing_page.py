@@ -4,8 +4,9 @@ The page (drawing_page.html, plain HTML and JavaScript) posts the canvas as a PN
 answer is the number read, and per digit the top-3 classes and the 28x28 image the model saw. It goes through the
 same code as `python -m stages.predict --number` (stages/reading/images.py), with the model loaded once at start-up.
 
-FastAPI and uvicorn come with MLflow (this module is imported only to serve the page). The server listens on 127.0.0.1 only: it is a tool for the person at this
-machine, not a service (MLflow's `mlflow models serve` is the service; see the README).
+FastAPI and uvicorn come with MLflow (this module is imported only to serve the page). The server listens on
+127.0.0.1 only: it is a tool for the person at this machine, not a service (MLflow's `mlflow models serve` is the
+service; see the README).
 """
 
 from __future__ import annotations

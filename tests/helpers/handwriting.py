@@ -148,7 +148,8 @@ FORMS = {
 # --- numbers ----------------------------------------------------------------------------------------------------
 
 def ink_box(coverage: np.ndarray, threshold: float = 0.05) -> tuple[int, int, int, int]:
-    rows, columns = np.flatnonzero((coverage > threshold).any(axis=1)), np.flatnonzero((coverage > threshold).any(axis=0))
+    inked = coverage > threshold
+    rows, columns = np.flatnonzero(inked.any(axis=1)), np.flatnonzero(inked.any(axis=0))
     return int(rows[0]), int(columns[0]), int(rows[-1]) + 1, int(columns[-1]) + 1
 
 

@@ -1,7 +1,7 @@
 """Real servers for the tests, one of each per session, on 127.0.0.1: PostgreSQL, the team's MLflow server, sshd.
 
-conftest.py makes them session fixtures. A server whose binary is missing skips its tests on a developer machine and fails them
-under CI=true (`make test` installs PostgreSQL and openssh-server where it can).
+conftest.py makes them session fixtures. A server whose binary is missing skips its tests on a developer machine
+and fails them under CI=true (`make test` installs PostgreSQL and openssh-server where it can).
 
 - `postgresql_server`: a throw-away PostgreSQL cluster (pytest-postgresql's executor around pg_ctl, run as the
   `postgres` user when the tests run as root, since PostgreSQL refuses root). `.uri(database)` gives a
@@ -93,8 +93,8 @@ class MlflowServer:
         self.backend_uri, self.folder, self.extra = backend_uri, folder, extra
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-                    "MLFLOW_DISABLE_TELEMETRY": "true"}
+        pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        self.env = {**os.environ, **(env or {}), "PYTHONPATH": pythonpath, "MLFLOW_DISABLE_TELEMETRY": "true"}
         self.process: subprocess.Popen | None = None
         self.log = folder / "server.log"
 
@@ -106,8 +106,8 @@ class MlflowServer:
             self.process = subprocess.Popen(command, cwd=self.folder, env=self.env, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
         # Its first API answer, not /health: the tracking store is opened on the first request.
-        wait_until(lambda: answers(f"{self.uri}/api/2.0/mlflow/experiments/search?max_results=1"), 180, f"mlflow server on {self.uri}", self.process,
-                   self.log)
+        wait_until(lambda: answers(f"{self.uri}/api/2.0/mlflow/experiments/search?max_results=1"), 180,
+                   f"mlflow server on {self.uri}", self.process, self.log)
         return self
 
     def kill(self) -> None:

@@ -67,7 +67,8 @@ def check_server(uri: str) -> None:
     if os.environ.get("MLFLOW_TRACKING_TOKEN"):
         request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
     elif user or password:
-        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user or ''}:{password or ''}".encode()).decode())
+        credentials = base64.b64encode(f"{user or ''}:{password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {credentials}")
     try:
         urllib.request.urlopen(request, timeout=HEALTH_TIMEOUT_SECONDS).close()
     except urllib.error.HTTPError as error:

@@ -1,0 +1,13 @@
+"""What the stages and tools share; nothing here imports a stage, a tool or `reading`:
+
+  errors        the errors a user can act on (the bottom layer)
+  files         atomic writes, checked reads, where the code and the project are
+  entry         how a stage or tool runs as a program: one line per way of ending, signals, quiet TensorFlow
+  schema        params.yaml's typed model and its one loader
+  datasets      the one registry: names, class names, image shape and framing, files, mirrors, the shipped sample
+  idx, mirrors  reading IDX files; whether the official mirrors can be reached
+  architectures the model presets (architectures.yaml) and the one builder and loader
+  devices       thread pools, precision, seeds, the replicas' strategy
+  callbacks     the training's Keras callbacks and its resume state
+  tracking/     MLflow, and the only code that imports it
+"""

@@ -1,0 +1,2 @@
+"""Handwriting in: images (photos, scans, drawings brought to the dataset's form), the image model MLflow serves,
+and the drawing page. Imports only `core`."""
