@@ -43,6 +43,7 @@ from stages.core.datasets import (
     TRAIN_LABELS,
     DatasetSpec,
     dataset_spec,
+    local_copy_advice,
     sample_of,
 )
 from stages.core.entry import stage_main
@@ -64,12 +65,6 @@ CHUNK_SIZE = 1 << 16
 MIN_BYTES_PER_SECOND = 16 * 1024
 # HTTP statuses that a later attempt may not get again; any other 4xx is final for that mirror.
 TRANSIENT_HTTP_STATUSES = frozenset({408, 425, 429})
-SOURCE_ADVICE = (
-    "To use a local copy instead, put the four files ({names}) in a folder and point data.source at it: "
-    "`dvc exp run -S data.source=/path/to/folder`, or set `data.source:` in params.yaml "
-    "(a folder, a file:// URL or an http(s):// base URL). For MNIST, `dvc exp run -S data.source=sample` trains on "
-    "the 10,000-digit sample shipped with the project."
-)
 
 
 class DownloadError(PipelineError):
@@ -120,7 +115,7 @@ def resolve_origins(spec: DatasetSpec, source: str | None, root: str | None = No
     """The origins to try in order: the official mirrors, or the one place data.source names.
 
     A relative folder is taken from `root` when given: DVC sets DVC_ROOT to the project, and a queued experiment
-    runs in a copy under .dvc/tmp/exps/ where `../shared/...` would point elsewhere.
+    runs in a copy under .dvc/tmp/exps/ where `../data/...` would point elsewhere.
     """
     if source is None:
         if spec.folder is not None:
@@ -246,11 +241,13 @@ def fetch_checked(spec: DatasetSpec, name: str, origins: list[Origin], timeout: 
             failures.append(f"  - {origin.locate(name)}: {error.reason}")
     if origins[0].official:
         what = f"could not download {name} of {spec.name} from any official mirror:"
-        advice = SOURCE_ADVICE.format(names=", ".join(FILE_NAMES))
+        sample = sample_of(spec.name)
+        advice = f"To use a local copy instead, {local_copy_advice(spec.name)}." + (
+            f" Or train on the {sample.name} sample shipped with the project: `dvc exp run -S data.source=sample`."
+            if sample else "")
     else:
         what = f"could not get {name} of {spec.name} from data.source:"
-        advice = ("Point data.source at a folder, a file:// URL or an http(s):// base URL holding the four files "
-                  f"({', '.join(FILE_NAMES)}), or set it to auto to use the official mirrors.")
+        advice = f"Fix it: {local_copy_advice(spec.name)}; or set it to auto to use the official mirrors."
     raise DownloadError("\n".join([what, *failures, advice]))
 
 
@@ -320,9 +317,8 @@ def download(spec: DatasetSpec | str, destination: str | os.PathLike, source: st
     destination = Path(destination)
     origins = resolve_origins(spec, source, root)
     if origins[0].folder is not None and not origins[0].folder.is_dir():
-        raise DownloadError(f"data.source {source!r}: folder {origins[0].folder} does not exist; point data.source "
-                            f"at a folder holding {', '.join(FILE_NAMES)}, or set it to auto to use the official "
-                            "mirrors")
+        raise DownloadError(f"data.source {source!r}: folder {origins[0].folder} does not exist; "
+                            f"{local_copy_advice(spec.name)}; or set it to auto to use the official mirrors")
     manifest = reusable_manifest(destination, spec, source, origins)
     if manifest is not None:
         print(f"download: {spec.name} already in {destination} (content {manifest['content_hash'][:12]}); "

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from stages.core.architectures import load_model
-from stages.core.datasets import class_names, data_summary, read_data_info
+from stages.core.datasets import class_names, read_data_info, split_sizes
 from stages.core.entry import KERAS_UNUSED_IMPORTS, stage_main
 from stages.core.errors import PipelineError
 from stages.core.files import load_npz, require_files, save_npz, write_csv, write_json
@@ -186,7 +186,7 @@ def run(params) -> dict[str, float | int]:
     test_path, model_path = Path(paths.processed) / "test.npz", Path(paths.model)
     require_files({test_path: "preprocess", model_path: "train"})
     names = class_names(params.data.dataset)
-    data = data_summary(read_data_info(paths.processed))
+    data = split_sizes(read_data_info(paths.processed))
 
     images, labels = load_test_set(test_path)
     model = load_model(model_path, len(names), advice="rerun `dvc repro train`")

@@ -37,7 +37,7 @@ from stages.reading.images import (
     MAX_IMAGE_PIXELS,
     ImageError,
     load_image,
-    preprocess,
+    model_input,
     split_number,
     to_png_image,
 )
@@ -91,7 +91,7 @@ def prepare_files(
     prepared, failed = [], []
     for path in paths:
         try:
-            prepared.append((str(path), preprocess(load_image(path, max_pixels), dataset)))
+            prepared.append((str(path), model_input(load_image(path, max_pixels), dataset)))
         except ImageError as error:
             failed.append((str(path), str(error)))
     return prepared, failed

@@ -1,11 +1,11 @@
 """preprocess stage: turn the raw IDX files into normalized, one-hot, split arrays ready for Keras.
 
 Reads params: seed, data.dataset, preprocess.val_fraction, preprocess.limit, paths.raw, paths.processed,
-paths.data_summary. Reads `{paths.raw}/{dataset}/` (written by the download stage) with its manifest.
+paths.class_counts. Reads `{paths.raw}/{dataset}/` (written by the download stage) with its manifest.
 Writes `{paths.processed}/train.npz`, `val.npz`, `test.npz`, each with `x` (float32 N x 28 x 28 x 1 in [0, 1]),
 `y` (float32 one-hot N x 10) and `labels` (uint8 N); `{paths.processed}/dataset.json`, which names the data
 (e.g. the shipped sample mnist_10k rather than mnist) with each split's size and content hash; and
-`{paths.data_summary}` (images per class and split).
+`{paths.class_counts}` (images per class and split).
 Run alone: `python -m stages.preprocess` from the project root.
 
 The validation set is split off the training images (after `preprocess.limit` keeps the first N of them),
@@ -166,7 +166,7 @@ def run(params: Params) -> dict[str, int]:
         written[split] = (x, labels)
     write_json(processed_dir / DATA_INFO_NAME, data_info(manifest, written))
     table = class_counts({split: labels for split, (_, labels) in splits.items()}, class_names(dataset))
-    write_csv(params.paths.data_summary, table)
+    write_csv(params.paths.class_counts, table)
 
     sizes = {split: len(labels) for split, (_, labels) in splits.items()}
     note = f" (first {len(train_labels)} of {available} training images)" if limit is not None else ""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sys
 
-from stages.core.datasets import dataset_spec, sample_of
+from stages.core.datasets import dataset_spec, local_copy_advice, sample_of
 from stages.core.entry import stage_main
 from stages.core.errors import PipelineError
 from stages.core.files import write_json
@@ -48,9 +48,8 @@ def decide(dataset: str, source: str, probe_timeout: float) -> dict[str, str]:
     if source == "sample":
         sample = sample_of(dataset)
         if sample is None:
-            raise PipelineError(f"data.source: sample: no sample of {dataset} ships with the project; point "
-                                "data.source at a folder holding its four IDX files, e.g. Debian's "
-                                "dataset-fashion-mnist in /usr/share/datasets/fashion-mnist")
+            raise PipelineError(f"data.source: sample: no sample of {dataset} ships with the project; "
+                                f"{local_copy_advice(dataset)}")
         return {"dataset": sample.name, "source": "sample"}
     if source != "auto":
         return {"dataset": dataset, "source": source}
@@ -62,9 +61,7 @@ def decide(dataset: str, source: str, probe_timeout: float) -> dict[str, str]:
     if sample is None:
         raise PipelineError(
             f"no official {dataset} mirror could be reached:\n" + "\n".join(reasons) + "\n"
-            f"No sample of {dataset} ships with the project: point data.source at a local copy of its four IDX "
-            "files, e.g. `dvc exp run -S data.source=/usr/share/datasets/fashion-mnist` after "
-            "`apt-get install dataset-fashion-mnist`."
+            f"No sample of {dataset} ships with the project: {local_copy_advice(dataset)}."
         )
     print(fallback_warning(dataset, sample, reasons), file=sys.stderr)
     return {"dataset": sample.name, "source": "sample"}

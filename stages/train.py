@@ -35,7 +35,7 @@ import numpy as np
 
 from stages.core import devices
 from stages.core.architectures import Architecture, SpecError, build_model, resolve_spec
-from stages.core.datasets import data_summary, read_data_info
+from stages.core.datasets import read_data_info, split_sizes
 from stages.core.entry import KERAS_UNUSED_IMPORTS, stage_main
 from stages.core.errors import PipelineError
 from stages.core.files import atomic_path, load_npz, sha256_of_files, write_csv, write_json, write_text
@@ -199,7 +199,7 @@ def run(params: Params, extra_callbacks=()) -> dict:
 
         logged = run_handle.log_training(params, model, result, example=val[0][:5], image_model=ImageClassifier,
                                          dataset=data_info["dataset"])
-        write_json(paths.run, {**result, **data_summary(data_info), **logged})
+        write_json(paths.run, {**result, **split_sizes(data_info), **logged})
         shutil.rmtree(resume_dir, ignore_errors=True)
     print(f"trained {result['architecture']} ({result['parameters']:,} parameters, {precision}, "
           f"{result['replicas']} replica{'s' if result['replicas'] > 1 else ''}) for "

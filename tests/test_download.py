@@ -28,7 +28,7 @@ from stages import source as source_stage
 from stages.core.datasets import DATASETS, FILE_NAMES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, DatasetSpec, sample_of
 from stages.core.errors import PipelineError
 from stages.core.idx import encode_idx, read_idx
-from stages.download import DownloadError, content_hash, download, resolve_origins
+from stages.download import DownloadError, download, resolve_origins
 
 SLOW_ANSWER_S = 1.0
 
@@ -156,13 +156,18 @@ def assert_clean(raw: Path) -> None:
 
 
 def assert_holds(destination: Path, files: dict[str, bytes]) -> dict:
+    """The folder holds exactly `files` (the bytes served), and its manifest agrees with an independent reading of
+    the files written: each one's unpacked sha256, and the dataset hash over them as the manifest format defines it
+    (sha256 of the four hex digests, canonical order)."""
     manifest = json.loads((destination / "manifest.json").read_text())
     assert sorted(p.name for p in destination.iterdir()) == sorted([*FILE_NAMES, "manifest.json"])
+    written = {name: hashlib.sha256(gzip.decompress((destination / name).read_bytes())).hexdigest()
+               for name in FILE_NAMES}
     for name in FILE_NAMES:
         assert gzip.decompress((destination / name).read_bytes()) == gzip.decompress(files[name])
-        assert manifest["files"][name]["sha256"] == content_sha256(files[name])
+        assert manifest["files"][name]["sha256"] == written[name]
     assert list(manifest["files"]) == list(FILE_NAMES)
-    assert manifest["content_hash"] == content_hash([content_sha256(files[name]) for name in FILE_NAMES])
+    assert manifest["content_hash"] == hashlib.sha256("".join(written[n] for n in FILE_NAMES).encode()).hexdigest()
     return manifest
 
 

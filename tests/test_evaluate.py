@@ -1,5 +1,5 @@
 """Tests of the evaluate stage: metrics on hand-made and random predictions (scikit-learn as the oracle), and the
-whole stage on a small conv10 model trained for one epoch on real digits from ../shared/data/mnist-10k."""
+whole stage on a small conv10 model trained for one epoch on real digits from the shipped mnist-10k sample (stages/mnist_10k)."""
 
 from __future__ import annotations
 

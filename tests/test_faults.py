@@ -61,7 +61,7 @@ class Started:
         self.marker.unlink(missing_ok=True)
         self.log_path = project.parent / "output.log"
         if pause:
-            env.update(FAULTS_PAUSE=pause, FAULTS_MARKER=str(self.marker))
+            env.update(STAGES_TEST_PAUSE=pause, STAGES_TEST_PAUSE_MARKER=str(self.marker))
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(command, cwd=project, env=project_env([project, HOOK], **env),
                                             stdout=log, stderr=subprocess.STDOUT)

@@ -113,7 +113,7 @@ def test_a_fashion_mnist_image_model_frames_items_as_fashion_mnist_and_names_the
     import mlflow
 
     from stages.core.datasets import class_names
-    from stages.reading.images import load_image, preprocess
+    from stages.reading.images import load_image, model_input
 
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -128,7 +128,7 @@ def test_a_fashion_mnist_image_model_frames_items_as_fashion_mnist_and_names_the
     Image.fromarray(item).save(path)
     answer = mlflow.pyfunc.load_model(info.model_uri).predict(pd.DataFrame({"image": [png_base64(Image.open(path))]}))
 
-    framed = {dataset: preprocess(load_image(path), dataset) for dataset in ("fashion_mnist", "mnist")}
+    framed = {dataset: model_input(load_image(path), dataset) for dataset in ("fashion_mnist", "mnist")}
     assert not np.allclose(framed["fashion_mnist"], framed["mnist"])
     expected = predict_arrays(model, [framed["fashion_mnist"]])[0]
     np.testing.assert_allclose(answer["probabilities"][0], expected, rtol=1e-5, atol=1e-6)

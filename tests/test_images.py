@@ -90,7 +90,7 @@ def test_a_digit_in_two_strokes_stays_one_digit():
     bar(lightness, 150, 100, 8, 45)
     bar(lightness, 150, 140, 50, 8)
     bar(lightness, 100, 220, 100, 10)  # then a 1
-    digits = images.split_number(as_photo(lightness, "PNG"))
+    digits = images.split_number(as_photo(lightness, "PNG"), "mnist")
     # Boxes hold the strokes' blurred edge: a pixel more each side.
     assert len(digits) == 2
     for digit, expected in zip(digits, [(100, 100, 50, 100), (220, 100, 10, 100)], strict=True):
@@ -103,7 +103,7 @@ def test_a_broken_off_piece_joins_the_digit_beside_it():
     bar(lightness, 100, 100, 100, 10)  # a 1 ...
     bar(lightness, 182, 116, 8, 16)  # ... whose foot broke off, beside it
     bar(lightness, 100, 180, 100, 25)  # and another digit further right
-    digits = images.split_number(as_photo(lightness, "PNG"))
+    digits = images.split_number(as_photo(lightness, "PNG"), "mnist")
     assert len(digits) == 2 and digits[0].box[0] + digits[0].box[2] >= 131
 
 
@@ -111,7 +111,7 @@ def test_boxes_are_in_the_original_image_pixels():
     lightness = page(1500, 2000)
     bar(lightness, 600, 400, 300, 40)
     bar(lightness, 600, 800, 300, 40)
-    boxes = [digit.box for digit in images.split_number(as_photo(lightness, "PNG"))]
+    boxes = [digit.box for digit in images.split_number(as_photo(lightness, "PNG"), "mnist")]
     assert len(boxes) == 2
     # Found at half size (the working size is 1024), so the blurred edge is two pixels a side here.
     for box, expected in zip(boxes, [(400, 600, 40, 300), (800, 600, 40, 300)], strict=True):
@@ -139,7 +139,7 @@ def clean_accuracy(model, test_digits, test_labels) -> float:
 @pytest.mark.parametrize("form", list(FORMS))
 def test_forms_of_paper_keep_the_accuracy(form, model, test_digits, test_labels, clean_accuracy):
     rng = np.random.default_rng(0)
-    arrays = [images.preprocess(FORMS[form](digit, rng)) for digit in test_digits[:FORM_DIGITS]]
+    arrays = [images.model_input(FORMS[form](digit, rng), "mnist") for digit in test_digits[:FORM_DIGITS]]
     accuracy = float(np.mean(predict_arrays(model, arrays).argmax(axis=1) == test_labels[:FORM_DIGITS]))
     print(f"\naccuracy {form:20s} {accuracy:6.1%} (originals {clean_accuracy:.1%}) on {FORM_DIGITS} digits")
     assert accuracy >= clean_accuracy - MAX_ACCURACY_LOSS
@@ -153,7 +153,7 @@ def test_written_numbers_are_read_digit_by_digit(model, test_digits, test_labels
         length = int(rng.integers(2, 7))
         chosen = rng.choice(FORM_DIGITS, size=length, replace=False)
         photo, boxes = written_number(list(test_digits[chosen]), rng)
-        digits = images.split_number(photo)
+        digits = images.split_number(photo, "mnist")
         found += len(digits) == length
         if len(digits) == length:
             read = predict_arrays(model, [digit.array for digit in digits]).argmax(axis=1)
@@ -173,4 +173,4 @@ def test_save_a_rendered_form(tmp_path, test_digits):
     for form, render in FORMS.items():
         image = render(test_digits[0], rng)
         assert isinstance(image, Image.Image) and min(image.size) >= 300, form
-        assert images.preprocess(image).max() == 1
+        assert images.model_input(image, "mnist").max() == 1

@@ -224,8 +224,10 @@ def test_queued_experiments_land_in_the_project_store_and_compare_ranks_them(pro
 
     sh(project, "python", "-m", "stages.compare")
     table = (project / "reports" / "compare.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| ") and "test accuracy" not in line]
-    accuracies = [float(row.split("|")[9]) for row in rows]
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in lines[0].split("|")]
+    rows = [[cell.strip() for cell in line.split("|")] for line in lines[1:]]
+    accuracies = [float(row[header.index("test accuracy")]) for row in rows]
     assert len(rows) >= 3 and accuracies == sorted(accuracies, reverse=True)
     assert all(name in table for name in names)
     assert (project / "reports" / "compare.png").stat().st_size > 0

@@ -4,7 +4,7 @@ The oracle for preprocessing is MNIST itself: its digits were made by the proced
 real test digit, saved the ways a user would save a drawing (black on white, coloured, transparent, ten times
 larger, somewhere on a big canvas, JPEG...), must come back as (nearly) the same 28x28 array, and a model must
 classify it as it classifies the original. The model is a LeNet trained once per session on the 8,000 training
-digits of ../shared/data/mnist-10k.
+digits of the shipped mnist-10k sample (stages/mnist_10k).
 
 `pytest tests/test_predict.py -k agreement -s` prints the agreement rate per form on the first 200 test digits
 (PREDICT_AGREEMENT_DIGITS=<n> for another count). Why 200 and not 100: the disagreements are digits the small model
@@ -118,7 +118,7 @@ def saved(image: Image.Image, format: str = "PNG", **arguments) -> Image.Image:
 def test_an_mnist_digit_comes_back_unchanged(test_digits):
     """MNIST's own procedure made these digits, so applying it again is (nearly) the identity."""
     digits = test_digits[:50]
-    outputs = np.stack([images.preprocess(Image.fromarray(digit)) for digit in digits])
+    outputs = np.stack([images.model_input(Image.fromarray(digit), "mnist") for digit in digits])
     assert outputs.shape == (50, 28, 28, 1) and outputs.dtype == np.float32
     assert outputs.min() >= 0 and outputs.max() == 1
     # At most one pixel's worth of ink moves: the faintest rim pixels fall below the bounding-box threshold.
@@ -139,8 +139,8 @@ def test_an_mnist_digit_comes_back_unchanged(test_digits):
 ])
 def test_every_colour_scheme_gives_light_ink_on_black(test_digits, image_of):
     digit = test_digits[0]
-    expected = images.preprocess(Image.fromarray(digit))
-    output = images.preprocess(image_of(digit))
+    expected = images.model_input(Image.fromarray(digit), "mnist")
+    output = images.model_input(image_of(digit), "mnist")
     # Grey paper rounds each pixel once more, which can tip the centre of mass by a pixel; JPEG adds its noise.
     assert min(np.abs(output - np.roll(expected, shift, axis=0)).max() for shift in (-1, 0, 1)) < 0.05
 
@@ -151,8 +151,8 @@ def test_transparent_margin_around_a_white_card_counts_as_paper(test_digits):
     card = np.zeros((60, 50, 4), dtype=np.uint8)
     card[16:44, 11:39, :3] = (255 - digit)[..., np.newaxis]
     card[16:44, 11:39, 3] = 255
-    output = images.preprocess(Image.fromarray(card, mode="RGBA"))
-    assert np.abs(output - images.preprocess(Image.fromarray(digit))).max() < 0.03
+    output = images.model_input(Image.fromarray(card, mode="RGBA"), "mnist")
+    assert np.abs(output - images.model_input(Image.fromarray(digit), "mnist")).max() < 0.03
 
 
 def test_exif_orientation_is_applied(tmp_path, test_digits):
@@ -160,8 +160,8 @@ def test_exif_orientation_is_applied(tmp_path, test_digits):
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     on_paper(test_digits[0]).rotate(90, expand=True).save(path, quality=95, exif=exif)
-    output = images.preprocess(images.load_image(path))
-    assert np.abs(output - images.preprocess(Image.fromarray(test_digits[0]))).mean() < 0.01
+    output = images.model_input(images.load_image(path), "mnist")
+    assert np.abs(output - images.model_input(Image.fromarray(test_digits[0]), "mnist")).mean() < 0.01
 
 
 def test_bounding_box_ignores_faint_noise():
@@ -201,7 +201,7 @@ def test_fashion_items_fill_the_canvas_centred_by_their_box():
     image = Image.new("L", (300, 200), 255)
     image.paste(0, (100, 50, 200, 150))
     image.paste(0, (100, 150, 140, 170))
-    output = images.preprocess(image, "fashion_mnist")[..., 0]
+    output = images.model_input(image, "fashion_mnist")[..., 0]
     rows, columns = np.flatnonzero(output.any(axis=1)), np.flatnonzero(output.any(axis=0))
     assert rows[-1] - rows[0] + 1 == 28
     assert abs(columns[0] - (27 - columns[-1])) <= 1 and columns[-1] - columns[0] + 1 == 23
@@ -211,7 +211,7 @@ def test_large_images_are_shrunk_before_processing():
     image = Image.new("L", (3000, 2000), 255)
     image.paste(0, (1400, 600, 1600, 1400))
     assert max(images.shrink(image).size) == images.WORKING_SIZE
-    output = images.preprocess(image)[..., 0]
+    output = images.model_input(image, "mnist")[..., 0]
     assert np.flatnonzero(output.any(axis=1)).size == 20
 
 
@@ -223,7 +223,7 @@ def test_large_images_are_shrunk_before_processing():
 ])
 def test_blank_images_are_refused(image):
     with pytest.raises(images.ImageError, match="blank image"):
-        images.preprocess(image)
+        images.model_input(image, "mnist")
 
 
 def test_load_image_messages(tmp_path):
@@ -280,7 +280,7 @@ def reference_predictions(model, test_digits) -> np.ndarray:
 @pytest.mark.parametrize("form", list(FORMS))
 def test_agreement_with_the_original_digits(form, model, test_digits, reference_predictions, tmp_path):
     paths = render_files(form, test_digits[:AGREEMENT_DIGITS], tmp_path)
-    predictions, failed = predict.predict_files(paths, model, class_names("mnist"))
+    predictions, failed = predict.predict_files(paths, model, class_names("mnist"), "mnist")
     assert failed == []
     assert [prediction.file for prediction in predictions] == [str(path) for path in paths]
     agreement = np.mean(np.array([prediction.predicted for prediction in predictions]) == reference_predictions)
@@ -349,7 +349,7 @@ def test_save_preprocessed_writes_what_the_model_saw(tmp_path, test_digits, mode
     for path in paths:
         written = Image.open(out / f"{path.stem}-28x28.png")
         assert written.size == (28, 28) and written.mode == "L"
-        fed = images.preprocess(images.load_image(path))
+        fed = images.model_input(images.load_image(path), "mnist")
         assert np.array_equal(np.asarray(written), np.round(fed[..., 0] * 255).astype(np.uint8))
     assert len(capsys.readouterr().out.splitlines()) == 3
 

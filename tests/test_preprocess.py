@@ -159,7 +159,7 @@ def test_run_writes_normalized_one_hot_splits(make_params):
     np.testing.assert_array_equal(np.rint(splits["test"]["x"][..., 0] * 255), test_images)
     np.testing.assert_array_equal(splits["test"]["labels"], test_labels)
 
-    table = pd.read_csv(params.paths.data_summary)
+    table = pd.read_csv(params.paths.class_counts)
     assert table.groupby("split")["count"].sum().to_dict() == {"test": 30, "train": 160, "val": 40}
     val_counts = table[table["split"] == "val"].sort_values("class")["count"].to_numpy()
     assert np.all(np.abs(val_counts - np.array(CLASS_SIZES) * 0.2) < 1)
@@ -208,19 +208,19 @@ def test_corrupt_labels_fail_with_a_clear_error_and_no_outputs(make_params):
     write_idx(raw_dir / TRAIN_LABELS, train_labels)
     with pytest.raises(IdxError, match="label 11 outside 0-9"):
         preprocess.run(params)
-    assert not Path(params.paths.processed).exists() and not Path(params.paths.data_summary).exists()
+    assert not Path(params.paths.processed).exists() and not Path(params.paths.class_counts).exists()
 
 
 def test_fashion_mnist_class_names_reach_the_report(make_params):
     params = make_params(data__dataset="fashion_mnist", preprocess__limit=None)
     write_raw(Path(params.paths.raw) / "fashion_mnist")
     preprocess.run(params)
-    table = pd.read_csv(params.paths.data_summary)
+    table = pd.read_csv(params.paths.class_counts)
     assert table.loc[table["class"] == 9, "name"].unique().tolist() == ["Ankle boot"]
 
 
 def test_download_then_preprocess_on_real_digits(make_params, capsys):
-    params = make_params()  # data.source = ../shared/data/mnist-10k, preprocess.limit = 400
+    params = make_params()  # data.source = stages/mnist_10k, preprocess.limit = 400
     source_stage.run(params)
     download_stage.run(params)
     sizes = preprocess.run(params)

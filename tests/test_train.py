@@ -15,21 +15,22 @@ from helpers.params import shrunk_params, write_params
 from helpers.project import ROOT, run_data_stages
 
 from stages import train
-from stages.core.architectures import build_model, presets
+from stages.core import devices
+from stages.core.architectures import build_model, presets, resolve_spec
 from stages.core.errors import PipelineError
 
 
 def test_bad_optimizer_argument_is_a_clear_error(make_params):
     params = make_params(train__optimizer__kwargs={"momentun": 0.9}, train__optimizer__name="sgd")
     with pytest.raises(PipelineError, match=r"train\.optimizer\.kwargs: .*momentun"):
-        train.make_optimizer(params, steps_per_epoch=10)
+        train.make_optimizer(params, steps=10)
 
 
 def test_bf16_detection_reads_cpu_flags():
-    assert train.cpu_has_native_bf16("flags\t: fpu avx2 avx512_bf16 sse\n")
-    assert train.cpu_has_native_bf16("flags\t: fpu amx_bf16 amx_tile\n")
-    assert not train.cpu_has_native_bf16("flags\t: fpu avx2 avx512f\n")
-    assert train.choose_precision("float32") == "float32"
+    assert devices.cpu_has_native_bf16("flags\t: fpu avx2 avx512_bf16 sse\n")
+    assert devices.cpu_has_native_bf16("flags\t: fpu amx_bf16 amx_tile\n")
+    assert not devices.cpu_has_native_bf16("flags\t: fpu avx2 avx512f\n")
+    assert devices.choose_precision("float32") == "float32"
 
 
 def test_one_epoch_lowers_the_loss_and_writes_outputs(make_params, processed_dir):
@@ -37,16 +38,18 @@ def test_one_epoch_lowers_the_loss_and_writes_outputs(make_params, processed_dir
 
     params = make_params(paths__processed=str(processed_dir), model__architecture="conv32")
     x_val, y_val = train.load_split(processed_dir, "val")
+    keras.utils.set_random_seed(params.seed)  # before building: the weights the training starts from
     untrained = build_model(presets()["conv32"])
     untrained.compile(loss="categorical_crossentropy")
-    keras.utils.set_random_seed(params.seed)
     initial_loss = untrained.evaluate(x_val, y_val, verbose=0)
 
     result = train.run(params)
 
     paths = params.paths
     history = pd.read_csv(paths.history)
-    assert list(history.columns) == train.HISTORY_COLUMNS
+    from stages.core import callbacks
+
+    assert list(history.columns) == callbacks.HISTORY_COLUMNS
     assert history["val_loss"].iloc[-1] < initial_loss
     assert result["parameters"] == keras.saving.load_model(paths.model, safe_mode=True).count_params()
     assert "Total params" in Path(paths.summary).read_text()
@@ -111,20 +114,24 @@ def interrupted_backup(backup: Path, epochs_done: int):
 
 @pytest.mark.parametrize(("epochs_done", "resumed_epochs"), [(2, 4), (1, 5)])
 def test_backup_left_unreadable_by_a_kill_falls_back_or_starts_over(tmp_path, epochs_done, resumed_epochs):
+    from stages.core.callbacks import repair_backup
+
     backup = tmp_path / "backup"
     fit = interrupted_backup(backup, epochs_done)
     (backup / "training_metadata.json").write_text('{"epo')  # killed while Keras wrote it
 
-    train.repair_backup(backup)
+    repair_backup(backup)
     # Two epochs done: back to the previous backup (epoch 1), 4 epochs left; one epoch: no older backup, start over.
     assert len(fit([]).history["loss"]) == resumed_epochs
 
 
 def test_a_readable_backup_is_left_alone(tmp_path):
+    from stages.core.callbacks import backed_up_epoch, repair_backup
+
     backup = tmp_path / "backup"
     fit = interrupted_backup(backup, 2)
-    train.repair_backup(backup)
-    assert train.backed_up_epoch(backup / "training_metadata.json") == 2
+    repair_backup(backup)
+    assert backed_up_epoch(backup / "training_metadata.json") == 2
     assert len(fit([]).history["loss"]) == 3
 
 
@@ -142,8 +149,8 @@ def test_resumed_fit_is_bit_identical_to_an_uninterrupted_one(make_params, proce
     params = make_params(model__layers=RANDOM_LAYERS, train__epochs=4, train__batch_size=32,
                          train__precision="float32")
     data = train.load_split(processed_dir, "train"), train.load_split(processed_dir, "val")
-    steps = int(np.ceil(len(data[0][0]) / params.train.batch_size))
-    architecture = train.resolve_spec(params.model.architecture, params.model.layers)
+    steps = train.steps_per_epoch(len(data[0][0]), params.train.batch_size)
+    architecture = resolve_spec(params.model.architecture, params.model.layers)
 
     class Interrupt(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -151,8 +158,9 @@ def test_resumed_fit_is_bit_identical_to_an_uninterrupted_one(make_params, proce
                 raise RuntimeError("interrupted after epoch 2")
 
     def fit(resume_dir, extra=()):
-        train.configure(params)
-        return train.fit(params, train.build(params, architecture, steps), *data, resume_dir, list(extra))
+        devices.seed_and_set_precision(params.seed, params.train.deterministic, params.train.precision)
+        return train.fit(params, train.build(params, architecture, steps), *data, resume_dir,
+                         extra_callbacks=list(extra))
 
     whole_model, whole_history = fit(tmp_path / "whole")
     with pytest.raises(RuntimeError, match="interrupted"):
@@ -201,7 +209,7 @@ def test_two_replicas_on_two_logical_cpus_match_one_and_write_one_set_of_outputs
         )
         write_params(tmp_path, params)  # tmp_path: the project
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
-               train.TEST_CPU_DEVICES_VARIABLE: str(replicas)}
+               devices.TEST_CPU_DEVICES_VARIABLE: str(replicas)}
         result = subprocess.run([sys.executable, "-m", "stages.train"], cwd=tmp_path, env=env, capture_output=True,
                                 text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -224,10 +232,10 @@ def test_two_replicas_on_two_logical_cpus_match_one_and_write_one_set_of_outputs
 
 
 def test_parallel_jobs_share_the_cores():
-    assert train.thread_share(None, 8) is None  # TensorFlow's default: every core
-    assert train.thread_share("2", 8) == 4
-    assert train.thread_share("3", 2) == 1
+    assert devices.thread_share(None, 8) is None  # TensorFlow's default: every core
+    assert devices.thread_share("2", 8) == 4
+    assert devices.thread_share("3", 2) == 1
     with pytest.raises(PipelineError, match=r"STAGES_JOBS='two': expected the number of parallel trainings"):
-        train.thread_share("two", 8)
+        devices.thread_share("two", 8)
     with pytest.raises(PipelineError, match=r"STAGES_JOBS='0'"):
-        train.thread_share("0", 8)
+        devices.thread_share("0", 8)

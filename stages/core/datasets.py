@@ -61,6 +61,7 @@ class DatasetSpec:
     folder: Path | None = None  # a copy shipped with the project, read instead of any mirror
     sample_of: str | None = None  # the full dataset this is a sample of (same classes, fewer images)
     test_split: str = "test"  # what its t10k files are: a sample's come from the full set's training images
+    debian_copy: tuple[str, str] | None = None  # (folder, package) of a copy Debian packages, for offline use
 
     @property
     def class_names(self) -> list[str]:
@@ -111,8 +112,8 @@ DATASETS: dict[str, DatasetSpec] = {
             "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
             "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
         ),
-        # TensorFlow Datasets' sha256 of the .gz files, then the sha256 of the unpacked IDX bytes (from
-        # ../shared/data/mnist-10k/README.md), which Debian's re-gzipped package also matches.
+        # TensorFlow Datasets' sha256 of the .gz files, then the sha256 of the official files' unpacked IDX bytes,
+        # which Debian's re-gzipped package also matches.
         known_digests={
             TRAIN_IMAGES: _digests(
                 "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
@@ -131,6 +132,7 @@ DATASETS: dict[str, DatasetSpec] = {
                 "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
             ),
         },
+        debian_copy=("/usr/share/datasets/fashion-mnist", "dataset-fashion-mnist"),
     ),
     "mnist_10k": DatasetSpec(
         name="mnist_10k",
@@ -167,6 +169,16 @@ SELECTABLE = tuple(name for name, spec in DATASETS.items() if spec.sample_of is 
 
 def class_names(dataset: str) -> list[str]:
     return dataset_spec(dataset).class_names
+
+
+def local_copy_advice(dataset: str) -> str:
+    """How to train on a copy of `dataset`'s four IDX files: the one wording of every message that gives it."""
+    spec = dataset_spec(dataset)
+    folder, package = spec.debian_copy or ("/path/to/folder", None)
+    debian = f" (Debian packages one: `apt-get install {package}`)" if package else ""
+    return (f"point data.source at a folder, a file:// URL or an http(s):// base URL holding its four IDX files "
+            f"({', '.join(FILE_NAMES)}){debian}: `dvc exp run -S data.source={folder}`, or set `data.source:` in "
+            "params.yaml")
 
 
 def sample_of(dataset: str) -> DatasetSpec | None:
@@ -218,7 +230,7 @@ def read_data_info(processed_dir: str | os.PathLike) -> dict:
     return info
 
 
-def data_summary(info: dict) -> dict:
+def split_sizes(info: dict) -> dict:
     """What run.json and metrics.json say about the data: its registry name and the images in each split."""
     return {"dataset": info["dataset"], **{f"{split}_images": int(entry["images"])
                                            for split, entry in info["splits"].items()}}

@@ -57,7 +57,7 @@ class Paths(Section):
     source: str
     raw: str
     processed: str
-    data_summary: str
+    class_counts: str
     model: str
     history: str
     summary: str

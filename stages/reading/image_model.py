@@ -17,7 +17,7 @@ import io
 import numpy as np
 
 from stages.core.datasets import IMAGE_SIZE, class_names
-from stages.reading.images import ImageError, load_image, preprocess
+from stages.reading.images import ImageError, load_image, model_input
 
 INPUT_COLUMN = "image"
 OUTPUT_COLUMNS = ["predicted", "label", "confidence", "probabilities", "error"]
@@ -46,7 +46,7 @@ def classify(model, encoded_images, dataset: str) -> list[dict]:
     arrays, positions = [], []
     for position, encoded in enumerate(encoded_images):
         try:
-            arrays.append(preprocess(load_image(decode(encoded), MAX_PIXELS), dataset))
+            arrays.append(model_input(load_image(decode(encoded), MAX_PIXELS), dataset))
             positions.append(position)
             rows.append({})
         except ImageError as error:

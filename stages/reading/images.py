@@ -490,7 +490,7 @@ def frame(ink: np.ndarray, dataset: str) -> np.ndarray:
 
 # --- digits and numbers -----------------------------------------------------------------------------------------
 
-def preprocess(image: Image.Image, dataset: str) -> np.ndarray:
+def model_input(image: Image.Image, dataset: str) -> np.ndarray:
     """An image of one digit (or item) as the model's input: float32 in [0, 1], 28x28x1, light ink on black."""
     return frame(find_ink(image).strength, dataset)
 

@@ -1,9 +1,9 @@
 """Fault injection for tests/test_faults.py: Python imports this at start-up when this folder is on PYTHONPATH.
 
-With FAULTS_PAUSE="<module>:<text>:<n>", a process started as `python -m <module>` stops at its n-th open of a
+With STAGES_TEST_PAUSE="<module>:<text>:<n>", a process started as `python -m <module>` stops at its n-th open of a
 path containing <text> once the file or folder named by that part of the path exists (a temp file being written,
-a file inside a temp folder): it writes its pid and that path to the file FAULTS_MARKER names, then sleeps until a
-signal ends it.
+a file inside a temp folder): it writes its pid and that path to the file STAGES_TEST_PAUSE_MARKER names, then
+sleeps until a signal ends it.
 The test waits for the marker, so its signal lands at a known moment instead of after a guessed sleep.
 """
 
@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-_spec = os.environ.get("FAULTS_PAUSE")
+_spec = os.environ.get("STAGES_TEST_PAUSE")
 
 
 def _install(module: str, text: str, count: int, marker: str) -> None:
@@ -44,4 +44,4 @@ def _install(module: str, text: str, count: int, marker: str) -> None:
 
 if _spec:
     _module, _text, _count = _spec.rsplit(":", 2)
-    _install(_module, _text, int(_count), os.environ["FAULTS_MARKER"])
+    _install(_module, _text, int(_count), os.environ["STAGES_TEST_PAUSE_MARKER"])

@@ -14,7 +14,7 @@ def log_study(params: Params, study: str, trial_runs: list[str], files: list[Pat
     if not params.tracking.enabled:
         return None
     client, experiment_id = connect(params)
-    tags = {SEARCH_TAGS["SEARCH_STUDY"]: study, "search.role": "study"}
+    tags = {SEARCH_TAGS["STAGES_SEARCH_STUDY"]: study, "search.role": "study"}
     query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
 
     def parents():

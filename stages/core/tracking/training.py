@@ -26,7 +26,7 @@ from stages.core.tracking.store import check_server, connect, store_lock, tracki
 
 RESUME_RUN_FILE = "mlflow_run.json"  # in a resume folder: the run the server lost, for the resumed training
 # A search worker names its study and trial to the training it starts (through DVC) in these variables.
-SEARCH_TAGS = {"SEARCH_STUDY": "search.study", "SEARCH_TRIAL": "search.trial"}
+SEARCH_TAGS = {"STAGES_SEARCH_STUDY": "search.study", "STAGES_SEARCH_TRIAL": "search.trial"}
 # MLflow caps a dataset digest at 36 characters; the full sha256 goes in the input's tag of this name.
 DIGEST_LENGTH = 36
 SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
