@@ -1,11 +1,13 @@
 """Tests of the evaluate stage: metrics on hand-made and random predictions (scikit-learn as the oracle), and the
-whole stage on a small conv10 model trained for one epoch on real digits from the shipped mnist-10k sample (stages/mnist_10k)."""
+whole stage on a small conv10 model trained for one epoch on real digits from the shipped mnist-10k sample
+(stages/mnist_10k)."""
 
 from __future__ import annotations
 
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -204,15 +206,15 @@ def stage_params(make_params, trained_model_file, mnist_test_images, tmp_path):
     """Params whose paths hold the trained model and a real test.npz, as the train and preprocess stages leave them."""
     params = make_params()
     images, labels = mnist_test_images
-    processed = tmp_path / "data" / "processed"
+    processed = Path(params.paths.processed)
     processed.mkdir(parents=True)
     np.savez(processed / "test.npz", x=images, y=np.eye(NUM_CLASSES, dtype=np.float32)[labels], labels=labels)
     splits = {"train": 300, "val": 60, "test": len(labels)}
     (processed / "dataset.json").write_text(json.dumps({"dataset": "mnist_10k", "content_hash": "0" * 64, "splits": {
         split: {"name": split, "images": images_count, "sha256": "0" * 64, "origin": "stages/mnist_10k"}
         for split, images_count in splits.items()}}))
-    (tmp_path / "models").mkdir()
-    shutil.copy(trained_model_file, tmp_path / "models" / "model.keras")
+    Path(params.paths.model).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(trained_model_file, params.paths.model)
     return params
 
 
@@ -221,22 +223,20 @@ def test_run_writes_every_report_consistent_with_keras(stage_params, mnist_test_
 
     images, labels = mnist_test_images
     metrics = run(stage_params)
-    reports = tmp_path / "reports"
-
     assert list(metrics) == METRIC_KEYS
-    assert json.loads((reports / "metrics.json").read_text()) == metrics
+    assert json.loads(Path(stage_params.paths.metrics).read_text()) == metrics
     assert all(type(metrics[key]) is float for key in METRIC_KEYS[:6]) and metrics["test_images"] == 200
     # Which data, from dataset.json: the sample is never reported as MNIST.
     assert (metrics["dataset"], metrics["train_images"], metrics["val_images"]) == ("mnist_10k", 300, 60)
     assert metrics["throughput_images_per_s"] > 0
     # The oracle: Keras scoring the same model on the same images.
-    keras_loss, keras_accuracy = keras.saving.load_model(tmp_path / "models" / "model.keras").evaluate(
+    keras_loss, keras_accuracy = keras.saving.load_model(stage_params.paths.model).evaluate(
         images, np.eye(NUM_CLASSES)[labels], verbose=0)
     assert metrics["test_loss"] == pytest.approx(keras_loss, abs=1e-4)
     assert metrics["test_accuracy"] == pytest.approx(keras_accuracy, abs=1e-6)
     assert metrics["test_accuracy"] > 0.3, "one epoch on 300 digits should beat chance by far"
 
-    predictions = pd.read_csv(reports / "predictions.csv")
+    predictions = pd.read_csv(stage_params.paths.predictions)
     assert list(predictions.columns) == ["index", "actual", "predicted", "confidence",
                                          *[f"prob_{k}" for k in range(NUM_CLASSES)]]
     probabilities = predictions[[f"prob_{k}" for k in range(NUM_CLASSES)]].to_numpy()
@@ -247,14 +247,14 @@ def test_run_writes_every_report_consistent_with_keras(stage_params, mnist_test_
     np.testing.assert_allclose(predictions["confidence"], probabilities.max(axis=1), atol=1e-6)
     assert np.mean(predictions["actual"] == predictions["predicted"]) == metrics["test_accuracy"]
 
-    confusion = pd.read_csv(reports / "confusion.csv", index_col="actual")
+    confusion = pd.read_csv(stage_params.paths.confusion, index_col="actual")
     assert confusion.index.astype(str).tolist() == confusion.columns.tolist() == [str(k) for k in range(10)]
     assert confusion.to_numpy().sum() == 200
     np.testing.assert_array_equal(confusion.to_numpy().sum(axis=1), np.bincount(labels, minlength=NUM_CLASSES))
     np.testing.assert_array_equal(confusion.to_numpy(), pd.crosstab(predictions["actual"], predictions["predicted"])
                                   .reindex(index=range(10), columns=range(10), fill_value=0).to_numpy())
 
-    per_class = pd.read_csv(reports / "per_class.csv")
+    per_class = pd.read_csv(stage_params.paths.per_class)
     assert list(per_class.columns) == ["class", "name", "precision", "recall", "f1", "support"]
     assert per_class["support"].sum() == 200
     assert per_class["f1"][per_class["support"] > 0].mean() == pytest.approx(metrics["macro_f1"])
@@ -266,30 +266,31 @@ def test_run_saves_first_conv_layer_filters_and_activations(stage_params, mnist_
     images, labels = mnist_test_images
     run(stage_params)
     count = stage_params.evaluate.activation_images
-    with np.load(tmp_path / "reports" / "activations.npz") as saved:
+    with np.load(stage_params.paths.activations) as saved:
         filters, activations = saved["filters"], saved["activations"]
         np.testing.assert_array_equal(saved["images"], images[:count, :, :, 0])
         np.testing.assert_array_equal(saved["labels"], labels[:count])
     assert filters.shape == (3, 3, 1, 10) and activations.shape == (count, 26, 26, 10)
 
     # The oracle: the first layer (3x3 'valid' convolution + bias + ReLU) redone in NumPy.
-    conv = keras.saving.load_model(tmp_path / "models" / "model.keras").layers[0]
+    conv = keras.saving.load_model(stage_params.paths.model).layers[0]
     np.testing.assert_array_equal(filters, keras.ops.convert_to_numpy(conv.kernel))
     windows = np.lib.stride_tricks.sliding_window_view(images[:count, :, :, 0], (3, 3), axis=(1, 2))
     expected = np.einsum("nhwij,ijf->nhwf", windows, filters[:, :, 0, :]) + keras.ops.convert_to_numpy(conv.bias)
     np.testing.assert_allclose(activations, np.maximum(expected, 0), atol=1e-5)
 
 
-@pytest.mark.parametrize(("missing", "stage"), [("models/model.keras", "train"),
-                                                 ("data/processed/test.npz", "preprocess")])
-def test_missing_input_names_the_file_and_the_stage(stage_params, tmp_path, missing, stage):
-    (tmp_path / missing).unlink()
-    with pytest.raises(PipelineError, match=rf"{missing.split('/')[-1]} \(written by the {stage} stage\).*dvc repro"):
+@pytest.mark.parametrize(("missing", "stage"), [(lambda paths: Path(paths.model), "train"),
+                                                 (lambda paths: Path(paths.processed) / "test.npz", "preprocess")])
+def test_missing_input_names_the_file_and_the_stage(stage_params, missing, stage):
+    path = missing(stage_params.paths)
+    path.unlink()
+    with pytest.raises(PipelineError, match=rf"{path.name} \(written by the {stage} stage\).*dvc repro"):
         run(stage_params)
-    assert not (tmp_path / "reports" / "metrics.json").exists()
+    assert not Path(stage_params.paths.metrics).exists()
 
 
 def test_corrupt_model_file_is_a_pipeline_error(stage_params, tmp_path):
-    (tmp_path / "models" / "model.keras").write_bytes(b"not a zip archive")
+    Path(stage_params.paths.model).write_bytes(b"not a zip archive")
     with pytest.raises(PipelineError, match="not a loadable Keras model.*dvc repro train"):
         run(stage_params)

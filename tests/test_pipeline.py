@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import yaml
 from helpers.net import free_port
-from helpers.project import copy_project, project_env, set_params, sh
+from helpers.project import copy_project, project_env, project_paths, set_params, sh
 
 from stages.core.datasets import FILE_NAMES, TEST_REGISTRY_ENV
 from stages.core.idx import write_idx
@@ -72,12 +72,12 @@ def test_offline_first_run_trains_on_the_shipped_sample_and_every_record_says_so
     warning = (project.parent / "repro.err").read_text()
     assert warning.count("warning: no official mnist mirror could be reached") == 1
     assert "connection refused" in warning and "10,000 real digits" in warning
-    assert read_json(project / "data" / "source.json") == {"dataset": "mnist_10k", "source": "sample"}
-    manifest = read_json(project / "data" / "raw" / "mnist" / "manifest.json")
+    assert read_json(project_paths(project).source) == {"dataset": "mnist_10k", "source": "sample"}
+    manifest = read_json(project_paths(project).raw / "mnist" / "manifest.json")
     assert (manifest["dataset"], manifest["sample_of"]) == ("mnist_10k", "mnist")
     counts = {"dataset": "mnist_10k", "train_images": 480, "val_images": 120, "test_images": 2000}
-    metrics = read_json(project / "reports" / "metrics.json")
-    run_record = read_json(project / "models" / "run.json")
+    metrics = read_json(project_paths(project).metrics)
+    run_record = read_json(project_paths(project).run)
     assert {key: metrics[key] for key in counts} == counts == {key: run_record[key] for key in counts}
     run = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(run_record["run_id"])
     assert (run.data.tags["dataset"], run.data.tags["dataset.sample_of"]) == ("mnist_10k", "mnist")
@@ -106,13 +106,13 @@ def test_mlflow_shows_a_training_experiment_with_three_dataset_inputs(project):
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("mnist")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    run = client.get_run(read_json(project / "models" / "run.json")["run_id"])
+    run = client.get_run(read_json(project_paths(project).run)["run_id"])
     inputs = {tags["mlflow.data.context"]: (item.dataset, tags) for item in run.inputs.dataset_inputs
               for tags in [{tag.key: tag.value for tag in item.tags}]}
     assert set(inputs) == {"training", "validation", "test"}
     for context, split in (("training", "train"), ("validation", "val"), ("test", "test")):
         dataset, tags = inputs[context]
-        full = split_digest(project / "data" / "processed" / f"{split}.npz")
+        full = split_digest(project_paths(project).processed / f"{split}.npz")
         assert dataset.digest == full[:36] and tags["sha256"] == full
         assert dataset.name.startswith("mnist_10k-")
     assert inputs["test"][0].name == "mnist_10k-held-out"  # never "test": these come from MNIST's training set
@@ -156,7 +156,7 @@ def test_second_repro_has_nothing_to_do(project):
 def test_dvc_metrics_and_plots_render(project):
     metrics = sh(project, "dvc", "metrics", "show", "--json").stdout
     assert "test_accuracy" in metrics
-    accuracy = json.loads((project / "reports" / "metrics.json").read_text())["test_accuracy"]
+    accuracy = json.loads((project_paths(project).metrics).read_text())["test_accuracy"]
     assert 0.3 < accuracy <= 1.0
     out = project.parent / "plots-html"
     sh(project, "dvc", "plots", "show", "-o", str(out))
@@ -223,14 +223,14 @@ def test_queued_experiments_land_in_the_project_store_and_compare_ranks_them(pro
         assert "test_accuracy" in by_exp[name].data.metrics
 
     sh(project, "python", "-m", "stages.compare")
-    table = (project / "reports" / "compare.md").read_text()
+    table = (project_paths(project).compare).read_text()
     lines = [line for line in table.splitlines() if line.startswith("| ")]
     header = [cell.strip() for cell in lines[0].split("|")]
     rows = [[cell.strip() for cell in line.split("|")] for line in lines[1:]]
     accuracies = [float(row[header.index("test accuracy")]) for row in rows]
     assert len(rows) >= 3 and accuracies == sorted(accuracies, reverse=True)
     assert all(name in table for name in names)
-    assert (project / "reports" / "compare.png").stat().st_size > 0
+    assert (project_paths(project).compare_plot).stat().st_size > 0
 
 
 @pytest.fixture
@@ -267,13 +267,13 @@ def test_back_online_the_printed_command_moves_the_workspace_to_the_full_set(pro
     assert command[:4] == ["dvc", "exp", "run", "-S"]
     switched = sh(project, *command).stdout
     assert "Running stage 'train'" in switched and "is cached" not in switched
-    metrics = read_json(project / "reports" / "metrics.json")
+    metrics = read_json(project_paths(project).metrics)
     assert (metrics["dataset"], metrics["train_images"] + metrics["val_images"], metrics["test_images"]) == \
         ("mnist", 300, 100)
-    manifest = read_json(project / "data" / "raw" / "mnist" / "manifest.json")
+    manifest = read_json(project_paths(project).raw / "mnist" / "manifest.json")
     assert manifest["dataset"] == "mnist" and all(entry["verified"] for entry in manifest["files"].values())
     run = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(
-        read_json(project / "models" / "run.json")["run_id"])
+        read_json(project_paths(project).run)["run_id"])
     assert run.data.tags["dataset"] == "mnist" and "dataset.sample_of" not in run.data.tags
     assert {item.dataset.name for item in run.inputs.dataset_inputs} == {"mnist-train", "mnist-val", "mnist-test"}
 
@@ -281,4 +281,4 @@ def test_back_online_the_printed_command_moves_the_workspace_to_the_full_set(pro
     # the run-cache, finds the mirror, and nothing else has to change.
     again = sh(project, "dvc", "exp", "run", "-S", "data.source=auto").stdout
     assert "Running stage 'source'" in again and "Running stage 'train'" not in again
-    assert read_json(project / "reports" / "metrics.json")["dataset"] == "mnist"
+    assert read_json(project_paths(project).metrics)["dataset"] == "mnist"

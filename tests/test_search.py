@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from helpers.project import ROOT, copy_project, project_env
+from helpers.project import ROOT, copy_project, project_env, project_paths
 
 from stages import search
 
@@ -205,7 +205,7 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(postgre
     assert [r.info.status for r in by_trial[killed]] in (["KILLED"], ["FAILED"]), "the killed worker's training stopped"
 
     # The report: best first, Optuna's plots, the best params as a command; also on the study's MLflow run.
-    report = tmp_path / "b" / "reports" / "search"
+    report = project_paths(tmp_path / "b").search
     table = (report / "trials.csv").read_text().splitlines()
     best = max(complete, key=lambda t: t.value)
     assert table[1].startswith(f"{best.number},")

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers.project import copy_project, project_env, set_params, sh
+from helpers.project import copy_project, project_env, project_paths, set_params, sh
 from PIL import Image
 
 from stages.core.errors import PipelineError
@@ -118,7 +118,7 @@ def test_b_pulls_what_a_made_instead_of_recomputing(clones):
     assert "Running stage" not in repro, repro
 
     # B's pulled model is A's: the same digit gets the same answer, to the last bit of confidence.
-    with np.load(clones.b / "data" / "processed" / "test.npz") as test:
+    with np.load(project_paths(clones.b).processed / "test.npz") as test:
         image = Image.fromarray((test["x"][0, :, :, 0] * 255).astype(np.uint8))
     answers = []
     for clone in (clones.a, clones.b):
@@ -167,7 +167,7 @@ def test_an_experiment_travels_from_a_to_b_through_origin(clones):
     run_sh(clones.b, "dvc", "pull")
     try:
         assert json.loads(run_sh(clones.b, "dvc", "status", "--json").stdout) == {}
-        assert (clones.b / "models" / "model.keras").is_file()
+        assert (project_paths(clones.b).model).is_file()
         [run] = team_runs(clones.server, **{"dvc.exp_name": name})
         assert run.info.status == "FINISHED" and run.data.params["train.optimizer.name"] == "sgd"
         assert run.data.tags["git.commit"] == run_sh(clones.a, "git", "rev-parse", "HEAD").stdout.strip()

@@ -16,6 +16,15 @@ from stages.evaluate import confusion_matrix, confusion_table, predictions_table
 from stages.preprocess import one_hot
 
 
+def project_paths(project: Path):
+    """`paths:` of a project copy's params.yaml, each under the project: where its stages write."""
+    from types import SimpleNamespace
+
+    from stages.core.schema import PARAMS_FILE, read_yaml
+
+    return SimpleNamespace(**{key: project / value for key, value in read_yaml(project / PARAMS_FILE)["paths"].items()})
+
+
 def run_data_stages(params: Params) -> Path:
     """The real source, download and preprocess stages, in DVC's order; returns the processed folder."""
     from stages import download, preprocess, source
