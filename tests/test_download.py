@@ -14,12 +14,11 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.net import free_port
+from helpers.net import LocalServer, QuietHandler, free_port
 from helpers.params import write_params
 from helpers.project import ROOT
 
@@ -57,27 +56,22 @@ def content_sha256(gz_bytes: bytes) -> str:
     return sha256(gzip.decompress(gz_bytes))
 
 
-class MirrorServer(ThreadingHTTPServer):
+class MirrorServer(LocalServer):
     """Serves GOOD (or a variation of it) under /<behaviour>/<file name> and records every request."""
 
     # Handler threads are joined by server_close(), so a slow answer can't print into a later test's output.
     daemon_threads = False
 
     def __init__(self):
-        super().__init__(("127.0.0.1", 0), MirrorHandler)
         self.requests: list[tuple[str, str, str]] = []
         self.lock = threading.Lock()
+        super().__init__(MirrorHandler)
 
-    def url(self, behaviour: str) -> str:
+    def mirror(self, behaviour: str) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/{behaviour}/"
 
     def count(self, behaviour: str | None = None, name: str | None = None) -> int:
         return sum(1 for b, n, _ in self.requests if behaviour in (None, b) and name in (None, n))
-
-    def handle_error(self, request, client_address):
-        # The client hanging up on a slow or truncated answer is the point of those tests, not a server fault.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
 
 
 def trickle(stream, body: bytes, bytes_per_second: float = 1.0) -> None:
@@ -88,7 +82,7 @@ def trickle(stream, body: bytes, bytes_per_second: float = 1.0) -> None:
         time.sleep(1 / bytes_per_second)
 
 
-class MirrorHandler(BaseHTTPRequestHandler):
+class MirrorHandler(QuietHandler):
     server: MirrorServer
 
     def do_GET(self):
@@ -121,18 +115,11 @@ class MirrorHandler(BaseHTTPRequestHandler):
             return
         self.wfile.write(body)
 
-    def log_message(self, format, *args):  # keep test output quiet
-        pass
-
 
 @pytest.fixture
 def server():
-    mirror = MirrorServer()
-    thread = threading.Thread(target=mirror.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield mirror
-    mirror.shutdown()
-    mirror.server_close()
+    with MirrorServer() as mirror:
+        yield mirror
 
 
 @pytest.fixture(autouse=True)
@@ -176,12 +163,12 @@ def assert_holds(destination: Path, files: dict[str, bytes]) -> dict:
 
 def test_success_from_first_mirror(server, tmp_path, capsys):
     destination = tmp_path / "raw" / "mnist"
-    manifest = download(spec_with(server.url("good"), server.url("missing")), destination)
+    manifest = download(spec_with(server.mirror("good"), server.mirror("missing")), destination)
 
     assert manifest == assert_holds(destination, GOOD)
     assert manifest["dataset"] == "mnist"
     for name in FILE_NAMES:
-        assert manifest["files"][name] == {"source": server.url("good") + name, "sha256": content_sha256(GOOD[name]),
+        assert manifest["files"][name] == {"source": server.mirror("good") + name, "sha256": content_sha256(GOOD[name]),
                                            "verified": True}
     assert server.count("missing") == 0
     assert all(agent.startswith("mnist-pipeline/") for _, _, agent in server.requests)
@@ -191,24 +178,24 @@ def test_success_from_first_mirror(server, tmp_path, capsys):
 
 def test_404_falls_back_to_next_mirror_without_retrying(server, tmp_path):
     destination = tmp_path / "raw" / "mnist"
-    manifest = download(spec_with(server.url("missing"), server.url("good")), destination, retries=2)
+    manifest = download(spec_with(server.mirror("missing"), server.mirror("good")), destination, retries=2)
     assert_holds(destination, GOOD)
-    assert all(entry["source"].startswith(server.url("good")) for entry in manifest["files"].values())
+    assert all(entry["source"].startswith(server.mirror("good")) for entry in manifest["files"].values())
     # A 404 will not go away: one request per file, no retries.
     assert server.count("missing") == len(FILE_NAMES)
 
 
 def test_truncated_body_is_retried_then_falls_back(server, tmp_path):
     destination = tmp_path / "raw" / "mnist"
-    manifest = download(spec_with(server.url("truncated"), server.url("good")), destination, retries=1)
+    manifest = download(spec_with(server.mirror("truncated"), server.mirror("good")), destination, retries=1)
     assert_holds(destination, GOOD)
-    assert manifest["files"][TRAIN_IMAGES]["source"] == server.url("good") + TRAIN_IMAGES
+    assert manifest["files"][TRAIN_IMAGES]["source"] == server.mirror("good") + TRAIN_IMAGES
     assert server.count("truncated", TRAIN_IMAGES) == 2
 
 
 def test_wrong_checksum_falls_back(server, tmp_path):
     destination = tmp_path / "raw" / "mnist"
-    manifest = download(spec_with(server.url("other"), server.url("good")), destination)
+    manifest = download(spec_with(server.mirror("other"), server.mirror("good")), destination)
     assert_holds(destination, GOOD)
     assert all(entry["verified"] for entry in manifest["files"].values())
     assert server.count("other", TRAIN_IMAGES) == 1  # a checksum mismatch is not retried
@@ -216,21 +203,21 @@ def test_wrong_checksum_falls_back(server, tmp_path):
 
 def test_html_page_instead_of_gzip_falls_back(server, tmp_path):
     destination = tmp_path / "raw" / "mnist"
-    download(spec_with(server.url("html"), server.url("good")), destination)
+    download(spec_with(server.mirror("html"), server.mirror("good")), destination)
     assert_holds(destination, GOOD)
 
 
 def test_connection_refused_falls_back(server, tmp_path):
     destination = tmp_path / "raw" / "mnist"
-    download(spec_with(closed_port_url(), server.url("good")), destination)
+    download(spec_with(closed_port_url(), server.mirror("good")), destination)
     assert_holds(destination, GOOD)
 
 
 def test_server_error_is_retried_on_the_same_mirror(server, tmp_path):
     destination = tmp_path / "raw" / "mnist"
-    manifest = download(spec_with(server.url("flaky"), server.url("missing")), destination, retries=1)
+    manifest = download(spec_with(server.mirror("flaky"), server.mirror("missing")), destination, retries=1)
     assert_holds(destination, GOOD)
-    assert manifest["files"][TRAIN_IMAGES]["source"] == server.url("flaky") + TRAIN_IMAGES
+    assert manifest["files"][TRAIN_IMAGES]["source"] == server.mirror("flaky") + TRAIN_IMAGES
     assert server.count("flaky", TRAIN_IMAGES) == 2
     assert server.count("missing") == 0
 
@@ -239,14 +226,14 @@ def test_re_gzipped_copy_with_official_content_is_verified(server, tmp_path):
     # Debian's Fashion-MNIST case: the .gz bytes differ, the unpacked IDX bytes are the published ones.
     content_digests = {name: content_sha256(data) for name, data in GOOD.items()}
     destination = tmp_path / "raw" / "mnist"
-    manifest = download(spec_with(server.url("regzipped"), digests=content_digests), destination)
+    manifest = download(spec_with(server.mirror("regzipped"), digests=content_digests), destination)
     assert_holds(destination, GOOD)
     assert all(entry["verified"] for entry in manifest["files"].values())
 
 
 def test_all_mirrors_failing_lists_each_one_and_leaves_nothing(server, tmp_path):
     refused = closed_port_url()
-    mirrors = (refused, server.url("missing"), server.url("truncated"), server.url("other"), server.url("html"))
+    mirrors = (refused, server.mirror("missing"), server.mirror("truncated"), server.mirror("other"), server.mirror("html"))
     raw = tmp_path / "raw"
     with pytest.raises(DownloadError) as failure:
         download(spec_with(*mirrors), raw / "mnist", retries=1)
@@ -274,7 +261,7 @@ def test_failure_on_a_later_file_leaves_nothing(server, tmp_path):
 def test_stalled_server_times_out(server, tmp_path):
     raw = tmp_path / "raw"
     with pytest.raises(DownloadError, match=r"no answer within 0.2 s \(data.timeout\)"):
-        download(spec_with(server.url("slow")), raw / "mnist", timeout=0.2, retries=0)
+        download(spec_with(server.mirror("slow")), raw / "mnist", timeout=0.2, retries=0)
     assert_clean(raw)
 
 
@@ -283,16 +270,16 @@ def test_trickling_mirror_hits_the_overall_deadline(server, tmp_path):
     started = time.monotonic()
     too_slow = r"too slow: \d+ of \d+ bytes in \d+ s .*16 KiB/s after data.timeout = 1.5 s"
     with pytest.raises(DownloadError, match=too_slow):
-        download(spec_with(server.url("trickle")), tmp_path / "raw" / "mnist", timeout=1.5, retries=0)
+        download(spec_with(server.mirror("trickle")), tmp_path / "raw" / "mnist", timeout=1.5, retries=0)
     assert time.monotonic() - started < 10
     assert not (tmp_path / "raw" / "mnist").exists()
 
 
 def test_existing_download_is_kept_when_a_new_one_fails(server, tmp_path):
     destination = tmp_path / "raw" / "mnist"
-    download(spec_with(server.url("good")), destination, source=server.url("other"))
+    download(spec_with(server.mirror("good")), destination, source=server.mirror("other"))
     with pytest.raises(DownloadError):
-        download(spec_with(server.url("missing")), destination)
+        download(spec_with(server.mirror("missing")), destination)
     assert_holds(destination, OTHER)
     assert sorted(p.name for p in destination.parent.iterdir()) == ["mnist"]
 
@@ -302,7 +289,7 @@ def test_existing_download_is_kept_when_a_new_one_fails(server, tmp_path):
 
 def test_rerun_with_verified_files_downloads_nothing(server, tmp_path, capsys):
     destination = tmp_path / "raw" / "mnist"
-    spec = spec_with(server.url("good"))
+    spec = spec_with(server.mirror("good"))
     first = download(spec, destination)
     requests = len(server.requests)
     assert download(spec, destination) == first
@@ -312,7 +299,7 @@ def test_rerun_with_verified_files_downloads_nothing(server, tmp_path, capsys):
 
 def test_rerun_repairs_a_damaged_file(server, tmp_path):
     destination = tmp_path / "raw" / "mnist"
-    spec = spec_with(server.url("good"))
+    spec = spec_with(server.mirror("good"))
     download(spec, destination)
     (destination / TEST_LABELS).write_bytes(OTHER[TEST_LABELS])
     download(spec, destination)
@@ -322,10 +309,10 @@ def test_rerun_repairs_a_damaged_file(server, tmp_path):
 
 def test_unverified_copy_is_replaced_when_switching_to_official_mirrors(server, tmp_path):
     destination = tmp_path / "raw" / "mnist"
-    spec = spec_with(server.url("good"))
-    download(spec, destination, source=server.url("other"))
+    spec = spec_with(server.mirror("good"))
+    download(spec, destination, source=server.mirror("other"))
     requests = len(server.requests)
-    download(spec, destination, source=server.url("other"))  # same source: nothing fetched
+    download(spec, destination, source=server.mirror("other"))  # same source: nothing fetched
     assert len(server.requests) == requests
     manifest = download(spec, destination)  # official mirrors now: the unverified copy does not count
     assert_holds(destination, GOOD)
@@ -337,10 +324,10 @@ def test_unverified_copy_is_replaced_when_switching_to_official_mirrors(server, 
 
 def test_http_source_matching_no_checksum_is_accepted_with_a_warning(server, tmp_path, capsys):
     destination = tmp_path / "raw" / "mnist"
-    manifest = download(spec_with(server.url("missing")), destination, source=server.url("other").rstrip("/"))
+    manifest = download(spec_with(server.mirror("missing")), destination, source=server.mirror("other").rstrip("/"))
     assert_holds(destination, OTHER)
     assert [entry["verified"] for entry in manifest["files"].values()] == [False] * 4
-    assert manifest["files"][TRAIN_IMAGES]["source"] == server.url("other") + TRAIN_IMAGES
+    assert manifest["files"][TRAIN_IMAGES]["source"] == server.mirror("other") + TRAIN_IMAGES
     assert server.count("missing") == 0  # data.source replaces the mirrors
     assert "warning:" in capsys.readouterr().err
 

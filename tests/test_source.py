@@ -8,50 +8,34 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers.net import free_port
+from helpers.net import LocalServer, answering, free_port
 
 from stages import source
 from stages.core.datasets import TEST_REGISTRY_ENV
 from stages.core.errors import PipelineError
 
 
-class Answer(BaseHTTPRequestHandler):
-    """Answers every request with the server's `status` and records the request line."""
-
-    def do_HEAD(self):
-        self.server.seen.append(self.requestline)
-        self.send_response(self.server.status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    do_GET = do_HEAD
-
-    def log_message(self, format, *args):
-        pass
-
-
 @pytest.fixture
-def answering():
-    """Start servers answering with a given status; each is shut down after the test."""
+def answering_with():
+    """Start servers answering every request with a given status; each is closed after the test."""
     servers = []
 
-    def start(status: int) -> ThreadingHTTPServer:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
-        server.status, server.seen = status, []
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        servers.append(server)
-        return server
+    def start(status: int) -> LocalServer:
+        def respond(handler):
+            handler.send_response(status)
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+
+        servers.append(answering(respond))
+        return servers[-1]
 
     yield start
     for server in servers:
-        server.shutdown()
-        server.server_close()
+        server.close()
 
 
 def url_of(server_or_port) -> str:
@@ -86,17 +70,17 @@ def test_offline_falls_back_to_the_shipped_sample_with_one_warning(make_params, 
     assert warning.rstrip().endswith("Once online, get the full set with: dvc exp run -S data.source=mirrors")
 
 
-def test_any_answer_means_online_even_an_error(make_params, mirrors, answering, capsys):
+def test_any_answer_means_online_even_an_error(make_params, mirrors, answering_with, capsys):
     """A mirror that answers 404 is not unreachable: download will report the 404 instead of a silent sample."""
-    missing = answering(404)
+    missing = answering_with(404)
     mirrors(url_of(free_port()), url_of(missing))
     assert source.run(make_params(data__source="auto")) == {"dataset": "mnist", "source": "mirrors"}
     assert missing.seen == ["HEAD /mnist/train-labels-idx1-ubyte.gz HTTP/1.1"]
     assert "warning" not in capsys.readouterr().err
 
 
-def test_a_proxy_refusing_with_407_counts_as_unreachable(make_params, mirrors, answering, monkeypatch, capsys):
-    proxy = answering(407)
+def test_a_proxy_refusing_with_407_counts_as_unreachable(make_params, mirrors, answering_with, monkeypatch, capsys):
+    proxy = answering_with(407)
     monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.server_address[1]}")
     monkeypatch.setenv("no_proxy", "")
     mirrors("http://mirror.example/mnist/")

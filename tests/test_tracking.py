@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.net import free_port
+from helpers.net import answering, free_port
 
 from stages import evaluate, plots, train
 from stages.core.errors import PipelineError
@@ -124,21 +124,8 @@ def test_unreachable_tracking_server_fails_before_training(make_params, processe
 
 def test_a_server_answering_500_fails_in_seconds(monkeypatch):
     """/health or not, a server that fails every request is not healthy: one line, no minutes of retries."""
-    import http.server
-    import threading
-
-    class Failing(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_error(500, "Internal Server Error")
-
-        do_POST = do_GET
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Failing)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    server = answering(lambda handler: handler.send_error(500, "Internal Server Error"))
+    uri = server.url
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     started = time.monotonic()
     try:
@@ -146,8 +133,7 @@ def test_a_server_answering_500_fails_in_seconds(monkeypatch):
         with pytest.raises(PipelineError, match=failing):
             tracking_store.check_server(uri)
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
     assert time.monotonic() - started < 5
 
 

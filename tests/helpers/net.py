@@ -1,12 +1,16 @@
-"""The network side of the tests: a free port on 127.0.0.1, waiting for a server, asking whether a URL answers."""
+"""The network side of the tests: a free port on 127.0.0.1, waiting for a server, asking whether a URL answers,
+and tiny local HTTP servers."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
@@ -34,3 +38,46 @@ def answers(url: str) -> bool:
     except OSError:
         return False
     return True
+
+
+class LocalServer(ThreadingHTTPServer):
+    """A tiny HTTP server on 127.0.0.1, serving from a thread of the test until `close()` (or the `with` ends)."""
+
+    daemon_threads = True
+
+    def __init__(self, handler):
+        super().__init__(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def handle_error(self, request, client_address):
+        # The client hanging up on a slow or truncated answer is what such tests are about, not a server fault.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, format, *args):  # keep test output quiet
+        pass
+
+
+def answering(respond) -> LocalServer:
+    """A LocalServer that answers every HEAD, GET and POST with `respond(handler)`; `.seen` lists request lines."""
+
+    class Handler(QuietHandler):
+        def do_GET(self):
+            self.server.seen.append(self.requestline)
+            respond(self)
+
+        do_HEAD = do_POST = do_GET
+
+    server = LocalServer(Handler)
+    server.seen = []
+    return server
