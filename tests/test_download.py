@@ -233,7 +233,7 @@ def test_re_gzipped_copy_with_official_content_is_verified(server, tmp_path):
 
 def test_all_mirrors_failing_lists_each_one_and_leaves_nothing(server, tmp_path):
     refused = closed_port_url()
-    mirrors = (refused, server.mirror("missing"), server.mirror("truncated"), server.mirror("other"), server.mirror("html"))
+    mirrors = (refused, *(server.mirror(behaviour) for behaviour in ("missing", "truncated", "other", "html")))
     raw = tmp_path / "raw"
     with pytest.raises(DownloadError) as failure:
         download(spec_with(*mirrors), raw / "mnist", retries=1)
