@@ -186,7 +186,8 @@ def run(params) -> dict[str, float | int]:
     test_path, model_path = Path(paths.processed) / "test.npz", Path(paths.model)
     require_files({test_path: "preprocess", model_path: "train"})
     names = class_names(params.data.dataset)
-    data = split_sizes(read_data_info(paths.processed))
+    info = read_data_info(paths.processed)
+    data = split_sizes(info)
 
     images, labels = load_test_set(test_path)
     model = load_model(model_path, len(names), advice="rerun `dvc repro train`")
@@ -211,7 +212,8 @@ def run(params) -> dict[str, float | int]:
     # metrics.json last: its presence means every other report of this run is complete.
     write_json(paths.metrics, metrics)
     registry.log_evaluation(params, metrics, [Path(path) for path in (paths.metrics, paths.predictions,
-                                                                       paths.confusion, paths.per_class)])
+                                                                       paths.confusion, paths.per_class)],
+                            dataset=data["dataset"], test_sha256=info["splits"]["test"]["sha256"])
     print(f"test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f}, macro F1 "
           f"{metrics['macro_f1']:.4f} on {test_images:,} {data['dataset']} images; {images_per_second:,.0f} images/s")
     return metrics

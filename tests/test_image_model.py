@@ -57,8 +57,8 @@ def test_the_served_image_model_answers_pngs(make_params, model_path, model, tes
     Path(params.paths.model).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(model_path, params.paths.model)
     info = log_image_model(params, "mnist")
-    name = params.tracking.registered_image_model
-    assert info.registered_model_version == 1 and name != params.tracking.registered_model
+    name = registry.registered_name(params, "mnist", "images")
+    assert info.registered_model_version == 1 and name == "mnist-cnn-images"
     # The preprocessing code travels with the model (code_paths): the core and the reading, nothing else.
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/1", dst_path=str(tmp_path / "logged")))
     code = local / mlflow.models.get_model_info(f"models:/{name}/1").flavors["python_function"]["code"]

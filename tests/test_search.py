@@ -141,7 +141,7 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(postgre
     experiment = "ci-search"
     base = copy_project(tmp_path / "base", {**QUICK, "data.source": str(mnist_10k), "tracking.uri": mlflow_server.uri,
                                             "tracking.experiment": experiment,
-                                            "tracking.registered_model": "ci-search"})
+                                            "tracking.model_prefix": "ci-search-"})
     spec = yaml.safe_load((base / "search.yaml").read_text())
     spec.update(SEARCH, storage=storage)
     (base / "search.yaml").write_text(yaml.safe_dump(spec))

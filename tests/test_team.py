@@ -69,7 +69,7 @@ TEAM = {  # data.source: the mnist_10k fixture
     "model.architecture": "single_conv",
     "train.epochs": 1,
     "tracking.experiment": "team",
-    "tracking.registered_model": "team-cnn",
+    "tracking.model_prefix": "team-",  # team-mnist_10k-cnn
 }
 
 
@@ -217,16 +217,17 @@ def test_queued_runs_and_a_teammate_train_on_one_server_at_once(clones):
     assert {run.info.status for run in runs} == {"FINISHED"}
     assert len(hashes | {run.data.tags["data.sha256"] for run in runs}) == 1, "same data, same hash, A and B"
 
-    versions = client.search_model_versions(f"name = '{TEAM['tracking.registered_model']}'")
+    name = f"{TEAM['tracking.model_prefix']}mnist_10k-cnn"
+    versions = client.search_model_versions(f"name = '{name}'")
     best = max(float(version.tags["test_accuracy"]) for version in versions if "test_accuracy" in version.tags)
-    champion = client.get_model_version_by_alias(TEAM["tracking.registered_model"], "champion")
+    champion = client.get_model_version_by_alias(name, "champion")
     assert float(champion.tags["test_accuracy"]) == best
 
 
 def test_champion_ends_on_the_best_version_when_evaluations_race(mlflow_server, make_params, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     client = mlflow_server.client()
-    name, accuracies = "race-cnn", [0.91, 0.97, 0.93, 0.95, 0.96, 0.92]
+    name, accuracies = "race-mnist-cnn", [0.91, 0.97, 0.93, 0.95, 0.96, 0.92]
     experiment_id = client.create_experiment("race")
     client.create_registered_model(name)
     evaluations = []
@@ -236,14 +237,14 @@ def test_champion_ends_on_the_best_version_when_evaluations_race(mlflow_server, 
         run_file = tmp_path / f"run-{index}.json"
         run_file.write_text(json.dumps({"run_id": run.info.run_id}))
         params = make_params(paths__run=str(run_file), tracking__enabled=True, tracking__uri=mlflow_server.uri,
-                             tracking__experiment="race", tracking__registered_model=name)
+                             tracking__experiment="race", tracking__model_prefix="race-")
         evaluations.append((params, accuracy))
     start = threading.Barrier(len(evaluations))
 
     def evaluate(evaluation):
         params, accuracy = evaluation
         start.wait()
-        registry.log_evaluation(params, {"test_accuracy": accuracy}, [])
+        registry.log_evaluation(params, {"test_accuracy": accuracy}, [], dataset="mnist", test_sha256="same")
 
     with ThreadPoolExecutor(len(evaluations)) as pool:
         list(pool.map(evaluate, evaluations))

@@ -14,6 +14,7 @@ from helpers.net import answering, free_port
 from stages import evaluate, plots, train
 from stages.core.errors import PipelineError
 from stages.core.schema import flatten
+from stages.core.tracking import registry
 from stages.core.tracking import store as tracking_store
 
 
@@ -82,14 +83,20 @@ def test_pipeline_run_is_recorded_completely(make_params, processed_dir, store):
             "plots/confusion_matrix.png", "model_outputs/history.csv"} <= artifacts
     assert (store / "mlartifacts").is_dir(), "artifacts live beside mlflow.db"
 
-    version = client.get_model_version_by_alias(params.tracking.registered_model, "champion")
+    # The sample's models are named after it: they never race full-MNIST models (registry.registered_name).
+    name = registry.registered_name(params, "mnist_10k")
+    assert name == "mnist_10k-cnn"
+    version = client.get_model_version_by_alias(name, "champion")
     assert version.run_id == run.info.run_id
     # The image model of the same run is its registered model's champion too (tests/test_image_model.py serves it).
-    image_version = client.get_model_version_by_alias(params.tracking.registered_image_model, "champion")
+    image_version = client.get_model_version_by_alias(registry.registered_name(params, "mnist_10k", "images"),
+                                                      "champion")
     assert image_version.run_id == run.info.run_id
     assert float(version.tags["test_accuracy"]) == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    assert version.tags["test_sha256"] == json.loads((processed_dir / "dataset.json").read_text())[
+        "splits"]["test"]["sha256"]
 
-    model_uri = f"models:/{params.tracking.registered_model}/{version.version}"
+    model_uri = f"models:/{name}/{version.version}"
     assert mlflow.models.get_model_info(model_uri).signature is not None
     images = np.load(processed_dir / "test.npz")["x"][:16]
     expected = keras.saving.load_model(params.paths.model).predict(images, verbose=0)
@@ -159,3 +166,49 @@ def test_an_experiment_made_without_a_kind_opens_in_the_training_view(make_param
     _, connected_id = tracking_store.connect(make_params(tracking__enabled=True))
     assert connected_id == experiment_id
     assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_each_dataset_and_test_set_keeps_its_own_champion_and_a_dead_run_never_wins(make_params, store, tmp_path):
+    """Versions compete only under their dataset's name and on the same test set; a KILLED run's version is tagged
+    and passed over, even with the best accuracy."""
+    params = make_params(tracking__enabled=True)
+    client, experiment_id = tracking_store.connect(params)
+
+    def evaluated(dataset: str, accuracy: float, test_sha256: str, status: str = "FINISHED") -> str:
+        name = registry.registered_name(params, dataset)
+        if not client.search_registered_models(f"name = '{name}'"):
+            client.create_registered_model(name)
+        run = client.create_run(experiment_id)
+        version = client.create_model_version(name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+        run_file = tmp_path / f"run-{run.info.run_id}.json"
+        run_file.write_text(json.dumps({"run_id": run.info.run_id}))
+        client.set_terminated(run.info.run_id, status)
+        registry.log_evaluation(params.model_copy(update={"paths": params.paths.model_copy(
+            update={"run": str(run_file)})}), {"test_accuracy": accuracy}, [], dataset, test_sha256)
+        return str(version.version)
+
+    def champion(dataset: str) -> str:
+        return str(client.get_model_version_by_alias(registry.registered_name(params, dataset), "champion").version)
+
+    mnist = evaluated("mnist", 0.99, "mnist-test")
+    evaluated("fashion_mnist", 0.91, "fashion-test")
+    evaluated("fashion_mnist", 0.89, "fashion-test")
+    assert (champion("mnist"), champion("fashion_mnist")) == (mnist, "1")
+    # A dead run's version never becomes champion, and says why.
+    name = registry.registered_name(params, "mnist")
+    killed = evaluated("mnist", 0.999, "mnist-test", status="KILLED")
+    assert champion("mnist") == mnist
+    assert client.get_model_version(name, killed).tags["run_status"] == "KILLED"
+    # Nor stays champion: a champion whose run is found FAILED later loses the alias, and the next evaluation
+    # names the best living version.
+    run_id = client.get_model_version(name, mnist).run_id
+    client.set_terminated(run_id, "FAILED")
+    registry.mark_dead_versions(client, run_id, "FAILED")
+    assert client.get_model_version(name, mnist).tags["run_status"] == "FAILED"
+    assert not client.get_registered_model(name).aliases
+    evaluated("mnist", 0.98, "mnist-test")
+    assert champion("mnist") == str(int(killed) + 1)
+    # A changed test set starts a new race: its best version becomes champion, whatever the old set's scores.
+    changed = evaluated("mnist", 0.95, "new-test")
+    assert champion("mnist") == changed
+    assert registry.registered_name(params, "mnist", "onnx") == "mnist-cnn-onnx"

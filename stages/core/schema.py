@@ -160,8 +160,7 @@ class Tracking(Section):
     enabled: bool
     uri: str | None
     experiment: Annotated[str, Field(min_length=1)]
-    registered_model: Annotated[str, Field(min_length=1)]
-    registered_image_model: Annotated[str, Field(min_length=1)]
+    model_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]*$", max_length=64)]
 
 
 class Params(Section):

@@ -11,11 +11,25 @@ from stages.core.schema import Params
 from stages.core.tracking.store import attached_run, store_lock, tracking_uri
 
 STAGES = Path(__file__).resolve().parents[2]  # the `stages` package, parts of which ship with the image model
+KINDS = ("", "images", "onnx")  # the tensor model, the pyfunc taking images, the ONNX export
+
+
+def registered_name(params: Params, dataset: str, kind: str = "") -> str:
+    """The one naming rule of the registry: `<prefix><dataset>-cnn`, `-cnn-images`, `-cnn-onnx`.
+
+    `dataset` is the registry name of the data the run trained on (dataset.json's `dataset`), so models trained on
+    different data never share a name, hence never a champion: `mnist-cnn`, `fashion_mnist-cnn`, and the shipped
+    sample's `mnist_10k-cnn` (its test digits are held out of MNIST's training set, not MNIST's test set). The
+    prefix (tracking.model_prefix, usually empty) keeps one project's models apart on a shared server.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"registered model kind {kind!r} is not one of {KINDS}")
+    return f"{params.tracking.model_prefix}{dataset}-cnn" + (f"-{kind}" if kind else "")
 
 
 def log_image_model(params: Params, uri: str, behaviour: type, dataset: str):
     """Log the trained model as a pyfunc that takes base64 PNG/JPEG images, in the active run, and register it as
-    a version of tracking.registered_image_model (so `mnist-cnn@champion` keeps meaning the tensor model).
+    a version of `registered_name(params, dataset, "images")` (so `mnist-cnn@champion` stays the tensor model).
 
     `behaviour` is stages.reading.image_model.ImageClassifier (passed in: core imports nothing above it); the
     PythonModel class is made here, where mlflow may be imported, and cloudpickle stores it by value and its base
@@ -40,7 +54,7 @@ def log_image_model(params: Params, uri: str, behaviour: type, dataset: str):
             model_config={"dataset": dataset},
             code_paths=[str(shipped_package(Path(staging), behaviour.SHIPPED))],
             signature=infer_signature(example, output), input_example=example,
-            registered_model_name=params.tracking.registered_image_model,
+            registered_model_name=registered_name(params, dataset, "images"),
             pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
                               f"mlflow=={mlflow.__version__}", f"pillow=={PIL.__version__}",
                               f"scikit-image=={skimage.__version__}", f"numpy=={np.__version__}",
@@ -58,8 +72,10 @@ def shipped_package(staging: Path, packages: tuple[str, ...]) -> Path:
     return package
 
 
-def log_evaluation(params: Params, metrics: dict[str, float], files: list[Path]) -> None:
-    """Attach test metrics and report files to the training's run; tag its model version and move `champion`."""
+def log_evaluation(params: Params, metrics: dict[str, float], files: list[Path], dataset: str,
+                   test_sha256: str) -> None:
+    """Attach test metrics and report files to the training's run; tag its model versions with the test accuracy
+    and the test set's content hash (`test_sha256`, datasets.split_sha256) and move `champion`."""
     attached = attached_run(params)
     if attached is None:
         return
@@ -73,17 +89,61 @@ def log_evaluation(params: Params, metrics: dict[str, float], files: list[Path])
         return
     accuracy = float(metrics["test_accuracy"])
     # The tensor model and the image model of one run are champions together.
-    for name in (params.tracking.registered_model, params.tracking.registered_image_model):
+    for name in (registered_name(params, dataset), registered_name(params, dataset, "images")):
         versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
         if not versions:
             continue
         with store_lock(tracking_uri(params)):
+            client.set_model_version_tag(name, versions[0].version, TEST_SET_TAG, test_sha256)
             client.set_model_version_tag(name, versions[0].version, "test_accuracy", f"{accuracy:.6f}")
-            promote_champion(client, name)
+            promote_champion(client, name, test_sha256)
 
 
-def promote_champion(client, name: str, alias: str = "champion") -> None:
-    """Point `alias` at the version with the best test accuracy: set it, read it back, repair it.
+TEST_SET_TAG = "test_sha256"  # a version's test set: only versions tested on the same content compete
+RUN_STATUS_TAG = "run_status"  # on a version whose run ended KILLED or FAILED: it never becomes champion
+UNFIT = ("KILLED", "FAILED")
+
+
+def run_status(client, run_id: str | None) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return None
+    try:
+        return client.get_run(run_id).info.status
+    except MlflowException:  # the run was deleted
+        return "DELETED"
+
+
+def mark_dead_versions(client, run_id: str, status: str, alias: str = "champion") -> None:
+    """The model versions a KILLED or FAILED run registered say so, and lose the champion alias if they held it
+    (the next evaluation of that model names a new one)."""
+    for version in client.search_model_versions(f"run_id = '{run_id}'"):
+        client.set_model_version_tag(version.name, version.version, RUN_STATUS_TAG, status)
+        if str(client.get_registered_model(version.name).aliases.get(alias)) == str(version.version):
+            client.delete_registered_model_alias(version.name, alias)
+            print(f"registered model {version.name} version {version.version} is no longer the {alias}: its run "
+                  f"ended {status}")
+
+
+def candidates(client, name: str, test_sha256: str) -> list:
+    """The versions of `name` that may be champion: tested on `test_sha256`, from a run that did not fail or die.
+    A version found with a dead run gets a `run_status` tag saying so, once."""
+    fit = []
+    for version in client.search_model_versions(f"name = '{name}'"):
+        status = run_status(client, version.run_id)
+        if status in UNFIT or status == "DELETED":
+            if version.tags.get(RUN_STATUS_TAG) != status:
+                client.set_model_version_tag(name, version.version, RUN_STATUS_TAG, status)
+            continue
+        if "test_accuracy" in version.tags and version.tags.get(TEST_SET_TAG) == test_sha256:
+            fit.append(version)
+    return fit
+
+
+def promote_champion(client, name: str, test_sha256: str, alias: str = "champion") -> None:
+    """Point `alias` at the best version among those tested on the same test set as the version just evaluated
+    (a changed test set starts a new race); set it, read it back, repair it.
 
     The registry has no lock and no compare-and-set, so two evaluations finishing together can each see only
     their own version and the later write may be the worse one (and two first writes of the alias collide). Each
@@ -94,8 +154,7 @@ def promote_champion(client, name: str, alias: str = "champion") -> None:
 
     for _ in range(20):
         scored = [(float(version.tags["test_accuracy"]), -int(version.version), version.version)
-                  for version in client.search_model_versions(f"name = '{name}'")
-                  if "test_accuracy" in version.tags]
+                  for version in candidates(client, name, test_sha256)]
         if not scored:
             return
         accuracy, _, best = max(scored)  # ties: the first version to reach that accuracy keeps it
@@ -109,5 +168,6 @@ def promote_champion(client, name: str, alias: str = "champion") -> None:
             client.set_registered_model_alias(name, alias, best)
         except MlflowException:  # two first-ever writes collide on the alias's key: read again
             continue
-        print(f"registered model {name} version {best} is the {alias} (test accuracy {accuracy:.4f})")
+        print(f"registered model {name} version {best} is the {alias} (test accuracy {accuracy:.4f} on test set "
+              f"{test_sha256[:12]})")
     raise PipelineError(f"the {alias!r} alias of registered model {name!r} kept changing under concurrent updates")

@@ -21,7 +21,7 @@ from pathlib import Path
 from stages.core.errors import PipelineError, Terminated
 from stages.core.files import write_json
 from stages.core.schema import PARAMS_FILE, Params, flatten
-from stages.core.tracking.registry import log_image_model
+from stages.core.tracking.registry import log_image_model, mark_dead_versions, registered_name
 from stages.core.tracking.store import check_server, connect, store_lock, tracking_uri
 
 RESUME_RUN_FILE = "mlflow_run.json"  # in a resume folder: the run the server lost, for the resumed training
@@ -102,6 +102,7 @@ def mark_orphans_killed(client, experiment_id: str, keep: str | None = None) -> 
             os.kill(int(pid), 0)
         except ProcessLookupError:
             client.set_terminated(run.info.run_id, status="KILLED")
+            mark_dead_versions(client, run.info.run_id, "KILLED")
             print(f"marked MLflow run {run.info.run_id} KILLED: its process {pid} is gone")
         except PermissionError:
             pass
@@ -189,7 +190,7 @@ class TrainingRun:
         with store_lock(self.uri):
             info = mlflow.tensorflow.log_model(
                 model, name="model", signature=signature, input_example=example,
-                registered_model_name=params.tracking.registered_model,
+                registered_model_name=registered_name(params, dataset),
                 # Given explicitly: inferring them reloads the model in a subprocess (another TensorFlow start).
                 pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
                                   f"mlflow=={mlflow.__version__}"],
@@ -197,7 +198,7 @@ class TrainingRun:
         log_image_model(params, self.uri, image_model, dataset)
         return {
             "run_id": self.run_id, "experiment": params.tracking.experiment, "model_uri": info.model_uri,
-            "registered_model": params.tracking.registered_model,
+            "registered_model": registered_name(params, dataset),
             "model_version": str(info.registered_model_version) if info.registered_model_version else None,
         }
 
@@ -273,6 +274,8 @@ def training_run(params: Params, architecture: str, data_hash: str, data_info: d
             # print raises once nobody reads our output (a search worker killed mid-trial), which would leave it
             # RUNNING.
             client.update_run(run_id, status=status)
+            if status != "FINISHED":
+                mark_dead_versions(client, run_id, status)
             with contextlib.suppress(OSError):
                 mlflow.end_run(status=status)
             print(f"MLflow run {run_name} ({run_id}) {status} in experiment {params.tracking.experiment!r}")
