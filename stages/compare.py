@@ -24,13 +24,13 @@ COLUMNS = {
     "params.model.name": "architecture",
     "params.train.optimizer.name": "optimizer",
     "params.train.optimizer.learning_rate": "learning rate",
-    "metrics.epochs_run": "epochs",
+    "metrics.system/epochs_run": "epochs",
     "params.model.parameters": "parameters",
     "metrics.test_accuracy": "test accuracy",
     "metrics.test_loss": "test loss",
-    "metrics.train_seconds": "training seconds",
-    "metrics.train_images": "train images",
-    "metrics.test_images": "test images",
+    "metrics.system/train_seconds": "training seconds",
+    "tags.dataset.train_images": "train images",
+    "tags.dataset.test_images": "test images",
 }
 
 

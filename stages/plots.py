@@ -1,12 +1,15 @@
 """Plots stage: draw the training curves, confusion matrix, worst mistakes and first-layer feature maps as PNGs.
 
-Reads `{paths.history}`, `{paths.predictions}`, `{paths.confusion}`, `{paths.activations}` and
-`{paths.processed}/test.npz`; params `plots.*`, `data.dataset` (class names) and `paths.*`.
-Writes, each atomically and exactly plots.width x plots.height inches at plots.dpi, under `{paths.plots}/`:
-  curves.png            loss and accuracy by epoch, training vs validation
+Reads `{paths.history}`, `{paths.run}` (the model's name, its data, the kept epoch), `{paths.predictions}`,
+`{paths.confusion}`, `{paths.activations}` and `{paths.processed}/test.npz`; params `plots.*`, `data.dataset` (class
+names) and `paths.*`.
+Writes, each atomically, plots.width inches wide at plots.dpi and as tall as its content needs (at most
+plots.height), under `{paths.plots}/`, each titled with the model and its data:
+  curves.png            loss, accuracy and learning rate by epoch, training vs validation, the kept epoch marked
   confusion_matrix.png  annotated counts and the row-normalised matrix (recall per class) side by side
   misclassified.png     the most confident mistakes, each titled true / predicted / probability
-  feature_maps.png      the first conv layer's filters and their activation maps for a few test images
+  feature_maps.png      the first conv layer's filters and their activation maps for a few test images, with
+                        colour bars for the weights and the activations
 
 Never imports TensorFlow: it draws only from the files evaluate wrote. Matplotlib renders through Agg via
 `matplotlib.figure.Figure`, so no GUI backend or pyplot global state is involved.
@@ -16,6 +19,7 @@ Run alone with `python -m stages.plots` (after `dvc repro evaluate`).
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from pathlib import Path
 
@@ -57,6 +61,14 @@ def read_table(path: Path, columns, stage: str) -> pd.DataFrame:
     return table
 
 
+def read_record(path: Path, stage: str) -> dict:
+    """A JSON record another stage wrote, or a PipelineError telling the user to rerun it."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise PipelineError(f"{path} is unreadable ({error}); rerun `dvc repro {stage}`") from None
+
+
 def fitting_font_size(width_inches: float, characters: int, largest: float = 10.0, smallest: float = 4.0) -> float:
     """The font size at which `characters` characters fill at most nine tenths of `width_inches`."""
     size = 0.9 * width_inches * POINTS_PER_INCH / (CHARACTER_WIDTH * max(characters, 1))
@@ -70,24 +82,35 @@ def message_figure(text: str, figsize: tuple[float, float], dpi: int) -> Figure:
     return figure
 
 
-def curves_figure(history: pd.DataFrame, figsize: tuple[float, float], dpi: int) -> Figure:
-    """Loss and accuracy against epoch, training and validation, one subplot each."""
-    figure = Figure(figsize=figsize, dpi=dpi, layout="constrained")
-    axes = figure.subplots(1, 2)
-    for ax, (title, columns) in zip(axes, HISTORY_CURVES.items(), strict=True):
-        for column, style in zip(columns, ("-o", "--s"), strict=True):
+def curves_figure(history: pd.DataFrame, model: dict, width: float, max_height: float, dpi: int) -> Figure:
+    """Loss, accuracy and learning rate against epoch (training and validation), the kept epoch marked."""
+    figure = Figure(figsize=(width, min(max_height, 0.4 * width)), dpi=dpi, layout="constrained")
+    axes = figure.subplots(1, 3)
+    panels = {**HISTORY_CURVES, "learning rate": ("learning_rate",)}
+    kept = model.get("kept_epoch")
+    for ax, (title, columns) in zip(axes, panels.items(), strict=True):
+        for column, style in zip(columns, ("-o", "--s"), strict=False):
             if column in history and history[column].notna().any():
                 # Markers keep a one-epoch run visible as points instead of an empty axis.
                 ax.plot(history["epoch"], history[column], style, markersize=4, label=column)
+        if kept is not None:
+            ax.axvline(kept, color="grey", linestyle=":", linewidth=1.5, label=f"kept epoch {kept}")
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.lines:
-            ax.legend()
+            ax.legend(fontsize=8)
+    axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     epochs = len(history)
-    figure.suptitle(f"Training history ({epochs} epoch{'s' if epochs != 1 else ''})")
+    figure.suptitle(f"{model_title(model)}: training history ({epochs} epoch{'s' if epochs != 1 else ''}"
+                    f"{f', kept epoch {kept}' if kept is not None else ''})")
     return figure
+
+
+def model_title(model: dict) -> str:
+    """`bn_cnn on mnist_10k`: what every figure's title names (run.json's architecture and dataset)."""
+    return f"{model.get('architecture', 'model')} on {model.get('dataset', 'the test set')}"
 
 
 def row_normalised(confusion: np.ndarray) -> np.ndarray:
@@ -102,9 +125,13 @@ def percent_label(share: float) -> str:
 
 
 def confusion_figure(confusion: np.ndarray, names: list[str], cmap: str, figsize: tuple[float, float],
-                     dpi: int) -> Figure:
-    """Two annotated heatmaps side by side: counts, and the share of each actual class (row-normalised)."""
-    figure = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+                     dpi: int, heading: str = "") -> Figure:
+    """Two annotated heatmaps side by side: counts, and the share of each actual class (row-normalised).
+
+    Two square panels with their colour bars fill a figure about half as tall as it is wide: no taller, so no band
+    of blank canvas above and below them."""
+    width, max_height = figsize
+    figure = Figure(figsize=(width, min(max_height, 0.5 * width)), dpi=dpi, layout="constrained")
     axes = figure.subplots(1, 2)
     num_classes = len(names)
     colormap = matplotlib.colormaps[cmap]
@@ -134,7 +161,8 @@ def confusion_figure(confusion: np.ndarray, names: list[str], cmap: str, figsize
                            rotation_mode="anchor")
         ax.set_yticklabels(names)
     correct = int(np.trace(confusion))
-    figure.suptitle(f"Confusion matrix on {int(confusion.sum()):,} test images ({correct:,} correct)")
+    figure.suptitle(f"{heading + ': ' if heading else ''}confusion matrix on {int(confusion.sum()):,} test images "
+                    f"({correct:,} correct)")
     # Long class names squeeze the heatmaps, so size the numbers from each cell's width once the layout is done.
     figure.draw_without_rendering()
     for ax, texts in zip(axes, annotations, strict=True):
@@ -158,12 +186,15 @@ def grid_shape(count: int) -> tuple[int, int]:
 
 
 def misclassified_figure(mistakes: pd.DataFrame, images: np.ndarray, names: list[str], total_mistakes: int,
-                         test_images: int, figsize: tuple[float, float], dpi: int) -> Figure:
+                         test_images: int, figsize: tuple[float, float], dpi: int, heading: str = "") -> Figure:
     """A grid of the given mistakes, each image titled with its true class, predicted class and probability."""
     if mistakes.empty:
         return message_figure(f"No misclassified images: all {test_images:,} test images are correct.", figsize, dpi)
-    figure = Figure(figsize=figsize, dpi=dpi, layout="constrained")
     rows, columns = grid_shape(len(mistakes))
+    width, max_height = figsize
+    # Square images under two title lines, and the figure's title: the grid's own height.
+    figure = Figure(figsize=(width, min(max_height, rows * width / columns * 1.25 + 0.4)), dpi=dpi,
+                    layout="constrained")
     titles = [f"true {names[row.actual]}\npred {names[row.predicted]} ({row.confidence:.0%})"
               for row in mistakes.itertuples()]
     title_size = fitting_font_size(figsize[0] / columns, max(len(line) for t in titles for line in t.split("\n")))
@@ -174,18 +205,22 @@ def misclassified_figure(mistakes: pd.DataFrame, images: np.ndarray, names: list
     for ax, row, title in zip(axes, mistakes.itertuples(), titles, strict=False):
         ax.imshow(images[row.index].squeeze(), cmap="gray", vmin=0, vmax=1)
         ax.set_title(title, fontsize=title_size)
-    figure.suptitle(f"The {len(mistakes)} most confident mistakes ({total_mistakes:,} of {test_images:,} test "
-                    "images misclassified)")
+    figure.suptitle(f"{heading + ': ' if heading else ''}the {len(mistakes)} most confident mistakes "
+                    f"({total_mistakes:,} of {test_images:,} test images misclassified)")
     return figure
 
 
 def feature_maps_figure(filters: np.ndarray, images: np.ndarray, labels: np.ndarray, activations: np.ndarray,
-                        names: list[str], count: int, figsize: tuple[float, float], dpi: int) -> Figure:
-    """The course's grid: a row of the first `count` filters, then per test image its input and activation maps."""
+                        names: list[str], count: int, figsize: tuple[float, float], dpi: int,
+                        heading: str = "") -> Figure:
+    """The course's grid: a row of the first `count` filters, then per test image its input and activation maps;
+    a colour bar for the weights (one scale for all filters) and one for the activations (each map its own)."""
     if filters.size == 0:
         return message_figure("The model has no Conv2D layer: there are no feature maps to show.", figsize, dpi)
     shown = min(count, filters.shape[-1])
-    figure = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    width, max_height = figsize
+    cell = width / (1 + shown + 1)  # one more column's width for the colour bars
+    figure = Figure(figsize=(width, min(max_height, (1 + len(images)) * cell + 0.5)), dpi=dpi, layout="constrained")
     grid = figure.subplots(1 + len(images), 1 + shown, squeeze=False)
     title_size = fitting_font_size(figsize[0] / (1 + shown), len(f"filter {shown}"), largest=9)
     # Mean over input channels: one map per filter even where the first conv layer sees more than one channel.
@@ -199,8 +234,11 @@ def feature_maps_figure(filters: np.ndarray, images: np.ndarray, labels: np.ndar
     grid[0, 0].text(0.5, 0.5, f"{filters.shape[0]}×{filters.shape[1]}\nfilters", ha="center", va="center",
                     fontsize=title_size, transform=grid[0, 0].transAxes)
     for index in range(shown):
-        grid[0, 1 + index].imshow(kernels[:, :, index], cmap="RdBu_r", vmin=-limit, vmax=limit)
+        weights = grid[0, 1 + index].imshow(kernels[:, :, index], cmap="RdBu_r", vmin=-limit, vmax=limit)
         grid[0, 1 + index].set_title(f"filter {index + 1}", fontsize=title_size)
+    weight_bar = figure.colorbar(weights, ax=grid[0, :], location="right", shrink=0.9, pad=0.01)
+    weight_bar.set_label("weight", fontsize=title_size)
+    weight_bar.ax.tick_params(labelsize=title_size)
     for row, (image, label, maps) in enumerate(zip(images, labels, activations, strict=True), start=1):
         grid[row, 0].imshow(image, cmap="gray", vmin=0, vmax=1)
         grid[row, 0].set_ylabel(names[int(label)], fontsize=title_size)
@@ -209,12 +247,19 @@ def feature_maps_figure(filters: np.ndarray, images: np.ndarray, labels: np.ndar
             grid[row, 1 + index].imshow(maps[:, :, index], cmap="inferno")
     if len(images):
         grid[1, 0].set_title("input", fontsize=title_size)
-    figure.suptitle(f"First convolution layer: {shown} of {filters.shape[-1]} filters and their activation maps")
+        scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, 1), cmap="inferno")
+        activation_bar = figure.colorbar(scale, ax=grid[1:, :], location="right", shrink=0.9, pad=0.01,
+                                         ticks=[0, 1])
+        activation_bar.ax.set_yticklabels(["lowest", "highest"], fontsize=title_size)
+        activation_bar.set_label("activation (each map on its own scale)", fontsize=title_size)
+    figure.suptitle(f"{heading + ': ' if heading else ''}first convolution layer, {shown} of {filters.shape[-1]} "
+                    "filters and their activation maps")
     return figure
 
 
 def save_figure(figure: Figure, path: Path) -> Path:
-    # savefig at the figure's own dpi and without bbox_inches='tight', so the PNG is exactly width x height x dpi.
+    # savefig at the figure's own dpi and without bbox_inches='tight': the figure was sized to its content, and
+    # the PNG is exactly its width x height x dpi.
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=figure.dpi, format="png")
     return path
@@ -226,14 +271,17 @@ def run(params) -> list[Path]:
     history_path, test_path = Path(paths.history), Path(paths.processed) / "test.npz"
     predictions_path, confusion_path = Path(paths.predictions), Path(paths.confusion)
     activations_path = Path(paths.activations)
-    require_files({history_path: "train", test_path: "preprocess", predictions_path: "evaluate",
-                   confusion_path: "evaluate", activations_path: "evaluate"})
+    run_path = Path(paths.run)
+    require_files({history_path: "train", run_path: "train", test_path: "preprocess",
+                   predictions_path: "evaluate", confusion_path: "evaluate", activations_path: "evaluate"})
     settings = params.plots
     figsize, dpi, cmap = (settings.width, settings.height), settings.dpi, settings.cmap
     check_colormap(cmap)
     names = class_names(params.data.dataset)
 
     history = read_table(history_path, ["epoch"], "train")
+    model = read_record(run_path, "train")
+    title = model_title(model)
     predictions = read_table(predictions_path, PREDICTION_COLUMNS, "evaluate")
     confusion = read_table(confusion_path, ["actual", *names], "evaluate")[names].to_numpy()
     images = load_npz(test_path, ("x",), writer="preprocess")["x"]
@@ -246,16 +294,17 @@ def run(params) -> list[Path]:
     total_mistakes = int((predictions["actual"] != predictions["predicted"]).sum())
     plots = Path(paths.plots)
     figures = {
-        "curves.png": curves_figure(history, figsize, dpi),
-        "confusion_matrix.png": confusion_figure(confusion, names, cmap, figsize, dpi),
+        "curves.png": curves_figure(history, model, settings.width, settings.height, dpi),
+        "confusion_matrix.png": confusion_figure(confusion, names, cmap, figsize, dpi, title),
         "misclassified.png": misclassified_figure(mistakes, images, names, total_mistakes, len(predictions),
-                                                  figsize, dpi),
+                                                  figsize, dpi, title),
         "feature_maps.png": feature_maps_figure(**activation_arrays, names=names, count=settings.feature_maps,
-                                                figsize=figsize, dpi=dpi),
+                                                figsize=figsize, dpi=dpi, heading=title),
     }
     written = [save_figure(figure, plots / name) for name, figure in figures.items()]
     store.log_files(params, written, "plots")
-    print(f"wrote {len(written)} plots to {plots}")
+    print(f"wrote {len(written)} plots to {plots} ({', '.join(path.name for path in written)}); "
+          "`dvc plots show` puts them in one page")
     return written
 
 

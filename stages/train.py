@@ -27,7 +27,6 @@ import contextlib
 import hashlib
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from stages.core.datasets import read_data_info, split_sizes
 from stages.core.entry import KERAS_UNUSED_IMPORTS, stage_main
 from stages.core.errors import PipelineError
 from stages.core.files import atomic_path, load_npz, sha256_of_files, write_csv, write_json, write_text
-from stages.core.schema import Params
+from stages.core.schema import Params, minimised
 from stages.core.tracking import training as tracking
 
 
@@ -142,13 +141,34 @@ def fit(params: Params, model, train: tuple, val: tuple, resume_dir: Path, run=N
         steps_per_epoch=steps_per_epoch(len(train[0]), settings.batch_size),  # one stream: Keras keeps its iterator
         shuffle=False,  # the stream is already shuffled, per epoch
         callbacks=callbacks.ordered,
-        verbose=1 if sys.stdout.isatty() else 2,
+        verbose=0,  # EpochLog prints one line per epoch in its own fixed format, in a terminal or a log alike
     )
     if not (settings.early_stopping.enabled and settings.early_stopping.restore_best_weights):
         load_best_weights(model, resume_dir)
     import pandas as pd
 
     return model, pd.DataFrame(callbacks.epoch_log.rows, columns=HISTORY_COLUMNS)
+
+
+def kept_epoch(params: Params, history) -> int | None:
+    """The epoch whose weights the saved model has: early stopping's best when it restores them, else the best by
+    train.checkpoint_monitor (the fit ends by loading that checkpoint). None when no epoch measured the metric."""
+    stopping = params.train.early_stopping
+    restored = stopping.enabled and stopping.restore_best_weights
+    monitor = stopping.monitor if restored else params.train.checkpoint_monitor
+    if monitor not in history or history[monitor].isna().all():
+        return None
+    best = history[monitor].idxmin() if minimised(monitor) else history[monitor].idxmax()
+    return int(history.loc[best, "epoch"])
+
+
+def announcement(architecture: str, parameters: int, precision: str, replicas: int, data: dict, params: Params) -> str:
+    """The line before the first epoch: what trains, on what, for how long."""
+    settings = params.train
+    return (f"training {architecture} ({parameters:,} parameters, {precision}, {replicas} "
+            f"replica{'s' if replicas > 1 else ''}) on {data['dataset']}: {data['train_images']:,} training and "
+            f"{data['val_images']:,} validation images, {settings.epochs} epochs of batch {settings.batch_size}, "
+            f"{settings.optimizer.name} at learning rate {settings.optimizer.learning_rate:g} ({settings.lr_schedule})")
 
 
 def summary_text(model) -> str:
@@ -177,6 +197,8 @@ def run(params: Params, extra_callbacks=()) -> dict:
         shutil.rmtree(resume_dir, ignore_errors=True)
 
     with tracking.training_run(params, architecture.name, data_hash, data_info, resume_dir) as run_handle:
+        print(announcement(architecture.name, int(model.count_params()), precision, devices.replicas(strategy),
+                           split_sizes(data_info), params), flush=True)
         started = time.perf_counter()
         model, history = fit(params, model, train, val, resume_dir, run_handle, extra_callbacks)
         seconds = time.perf_counter() - started
@@ -193,17 +215,18 @@ def run(params: Params, extra_callbacks=()) -> dict:
             "epochs_run": len(history),
             "train_seconds": round(seconds, 2),
             "best_val_accuracy": float(history["val_accuracy"].max()),
+            "kept_epoch": kept_epoch(params, history),
         }
         # run.json last: evaluate and plots attach to the MLflow run it names.
         from stages.reading.image_model import ImageClassifier  # its image code only when logged (PIL, skimage)
 
         logged = run_handle.log_training(params, model, result, example=val[0][:5], image_model=ImageClassifier,
-                                         dataset=data_info["dataset"])
+                                         data_info=data_info)
         write_json(paths.run, {**result, **split_sizes(data_info), **logged})
         shutil.rmtree(resume_dir, ignore_errors=True)
-    print(f"trained {result['architecture']} ({result['parameters']:,} parameters, {precision}, "
-          f"{result['replicas']} replica{'s' if result['replicas'] > 1 else ''}) for "
-          f"{result['epochs_run']} epochs in {seconds:.1f} s; best val_accuracy {result['best_val_accuracy']:.4f}")
+    kept = f"kept epoch {result['kept_epoch']}" if result["kept_epoch"] else "kept the last epoch"
+    print(f"trained {result['architecture']} for {result['epochs_run']} epochs in {seconds:.1f} s; {kept}, "
+          f"best val_accuracy {result['best_val_accuracy']:.4f} -> {paths.model}")
     return result
 
 

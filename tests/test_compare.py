@@ -19,14 +19,14 @@ def test_comparison_table_lists_evaluated_runs_best_first():
         "params.model.name": ["lenet", "conv32", "lenet", "custom"],
         "params.train.optimizer.name": ["adam", "adadelta", "adam", "sgd"],
         "params.train.optimizer.learning_rate": ["0.001", "1.0", "0.001", "0.1"],
-        "metrics.epochs_run": [2.0, 2.0, 1.0, 2.0],
+        "metrics.system/epochs_run": [2.0, 2.0, 1.0, 2.0],
         "params.model.parameters": ["1256080", "693962", "1256080", "100"],
         "metrics.test_accuracy": [0.95, 0.97, np.nan, 0.5],
         "metrics.test_loss": [0.2, 0.1, np.nan, 1.5],
-        "metrics.train_seconds": [10.0, 8.0, 1.0, 3.0],
+        "metrics.system/train_seconds": [10.0, 8.0, 1.0, 3.0],
         "tags.dataset": ["mnist", "mnist_10k", "mnist", None],  # d: made before runs named their data
-        "metrics.train_images": [48000.0, 6400.0, 48000.0, np.nan],
-        "metrics.test_images": [10000.0, 2000.0, 10000.0, np.nan],
+        "tags.dataset.train_images": ["48000", "6400", "48000", None],
+        "tags.dataset.test_images": ["10000", "2000", "10000", None],
     })
     table = compare.comparison_table(runs)
     assert table["run"].tolist() == ["b", "a", "d"]

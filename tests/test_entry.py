@@ -166,6 +166,21 @@ def test_tensorflow_startup_noise_is_exactly_the_known_lines():
         assert not startup_noise(line, gpu_present=False), line
 
 
+# The first model.predict on NumPy under op determinism (TensorFlow 2.20's runtime, Keras' graph), shortened here.
+NODE_DEF = ("E0000 00:00:1796286399.651667   12741 node_def_util.cc:682] NodeDef mentions attribute "
+            "use_unbounded_threadpool which is not in the op definition: Op<name=MapDataset; signature=...> This may "
+            "be expected if your graph generating binary is newer  than this binary. Unknown attributes will be "
+            "ignored. NodeDef: {{node ParallelMapDatasetV2/_14}}")
+
+
+def test_one_quiet_policy_drops_the_known_lines_of_any_moment_and_keeps_real_errors():
+    from stages.core.entry import tensorflow_noise
+
+    assert all(tensorflow_noise(line, gpu_present=False) for line in [*TENSORFLOW_NOISE, CUINIT, NODE_DEF])
+    assert tensorflow_noise(NODE_DEF, gpu_present=True) and not tensorflow_noise(CUINIT, gpu_present=True)
+    assert not tensorflow_noise(REAL_ERROR, gpu_present=False)  # the same source file, another message
+
+
 def test_held_back_stderr_keeps_everything_but_the_noise_even_from_c_code(tmp_path):
     """What the C++ side writes to file descriptor 2 is filtered too; every other line comes through, in order."""
     lines = [*TENSORFLOW_NOISE[:2], REAL_ERROR, CUINIT, "a Python warning"]

@@ -57,11 +57,25 @@ def test_pipeline_run_is_recorded_completely(make_params, processed_dir, store):
     assert run.data.params["train.epochs"] == "2" and run.data.params["model.name"] == "conv10"
     written = json.loads(Path(params.paths.run).read_text())
     assert written["run_id"] == run.info.run_id and written["epochs_run"] == 2
-    assert written["train_seconds"] == pytest.approx(run.data.metrics["train_seconds"])
+    assert written["train_seconds"] == pytest.approx(run.data.metrics["system/train_seconds"])
+    # Not the model's numbers: in MLflow's system metrics section, not beside loss and accuracy.
+    assert not {"seconds", "epochs_run", "train_seconds"} & set(run.data.metrics)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "system/epoch_seconds")] == [1, 2]
+    assert not [key for key in run.data.params if key.startswith("paths.")], "paths are no knob of a run"
+    # The LoggedModel: named after the architecture, with the kept epoch's training and validation accuracy and
+    # the test metrics, each linked to its split's dataset (MLflow's model page lists those datasets).
+    logged = mlflow.get_logged_model(written["model_id"])
+    assert logged.name == "conv10" and logged.source_run_id == run.info.run_id
+    linked = {metric.key: metric.dataset_name for metric in logged.metrics}
+    assert {key: linked.get(key) for key in ("train_accuracy", "val_accuracy", "test_accuracy")} == {
+        "train_accuracy": "mnist_10k-train", "val_accuracy": "mnist_10k-val", "test_accuracy": "mnist_10k-held-out"}
+    kept = [m for m in logged.metrics if m.key == "val_accuracy"][0]
+    assert kept.step == written["kept_epoch"] and kept.value == pytest.approx(written["best_val_accuracy"])
     assert int(run.data.params["model.parameters"]) > 0
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         history = client.get_metric_history(run.info.run_id, key)
-        assert [m.step for m in history] == [1, 2]
+        # val_accuracy: the kept epoch's value again, linked to the model (same step, same value: the same curve)
+        assert sorted({m.step for m in history}) == [1, 2] and len(history) == 2 + (key == "val_accuracy")
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
     # processed_dir holds the MNIST sample (a copy of it, recognised by its checksums), and the run says so.
     assert (run.data.tags["dataset"], run.data.tags["dataset.sample_of"]) == ("mnist_10k", "mnist")
@@ -73,6 +87,11 @@ def test_pipeline_run_is_recorded_completely(make_params, processed_dir, store):
     with np.load(processed_dir / "val.npz") as val:
         digest = hashlib.sha256(val["x"].tobytes() + val["labels"].tobytes()).hexdigest()
     assert inputs["validation"].digest == digest[:36]
+    with np.load(processed_dir / "val.npz") as val:
+        images = len(val["labels"])
+    assert json.loads(inputs["validation"].profile) == {"images": images, "image_shape": [28, 28, 1], "classes": 10,
+                                                        "dtype": "float32"}
+    assert "28, 28, 1" in inputs["validation"].schema  # the drawer's schema: the image tensor's shape and type
     assert client.get_experiment_by_name("mnist").tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.data.tags["precision"] in ("float32", "mixed_bfloat16")
     assert {"git.commit", "git.dirty", "tensorflow.version", "keras.version"} <= set(run.data.tags)

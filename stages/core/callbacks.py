@@ -26,11 +26,12 @@ HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lea
 
 
 class EpochLog(keras.callbacks.Callback):
-    """Appends each finished epoch (with its learning rate and duration) to the resumable history file."""
+    """Appends each finished epoch (with its learning rate and duration) to the resumable history file, and prints
+    it as one line of fixed format (Keras' own line mixes number formats and prints `seconds` like a metric)."""
 
-    def __init__(self, path: Path, history: pd.DataFrame):
+    def __init__(self, path: Path, history: pd.DataFrame, epochs: int):
         super().__init__()
-        self.path, self.rows = path, history.to_dict("records")
+        self.path, self.rows, self.epochs = path, history.to_dict("records"), epochs
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
@@ -43,6 +44,14 @@ class EpochLog(keras.callbacks.Callback):
         self.rows.append(row)
         write_csv(self.path, pd.DataFrame(self.rows, columns=HISTORY_COLUMNS))
         logs["learning_rate"], logs["seconds"] = row["learning_rate"], row["seconds"]
+        print(epoch_line(row, self.epochs), flush=True)
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    """`epoch  3/20  loss 0.6731  accuracy 0.9312  val_loss 0.6502  val_accuracy 0.9425  lr 1.81e-03  13.4 s`"""
+    width = len(str(epochs))
+    scores = "  ".join(f"{key} {row[key]:.4f}" for key in HISTORY_COLUMNS[1:5] if key in row)
+    return f"epoch {row['epoch']:>{width}}/{epochs}  {scores}  lr {row['learning_rate']:.2e}  {row['seconds']:.1f} s"
 
 
 class StopAtAccuracy(keras.callbacks.Callback):
@@ -54,7 +63,7 @@ class StopAtAccuracy(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if (logs or {}).get(self.monitor, 0.0) >= self.target:
-            print(f"\n{self.monitor} reached {self.target}: stopping after epoch {epoch + 1}")
+            print(f"{self.monitor} reached {self.target}: stopping after epoch {epoch + 1}")
             self.model.stop_training = True
 
 
@@ -172,7 +181,7 @@ def make_callbacks(params: Params, resume_dir: Path, run, extra: list[Any] = ())
     if monitor in initial and len(initial):
         # A resumed run must not overwrite the best checkpoint with a worse epoch.
         best = float(initial[monitor].min() if minimised(monitor) else initial[monitor].max())
-    epoch_log = EpochLog(history_path, initial)
+    epoch_log = EpochLog(history_path, initial, settings.epochs)
     ordered = [epoch_log, EpochSeeds(params.seed), BestCheckpoint(resume_dir / BEST_WEIGHTS, monitor, best)]
     if settings.early_stopping.enabled:
         stopping = settings.early_stopping

@@ -59,6 +59,10 @@ TENSORFLOW_STARTUP_NOISE = re.compile("|".join([
 ]))
 # cuInit failing is news where an NVIDIA device exists, and start-up noise where none does.
 CUINIT_FAILURE = re.compile(r"E\d{4} [\d:. ]+\d+ cuda_\w+\.cc:\d+\] failed call to cuInit: .*")
+# Logged at ERROR by the first model.predict on NumPy input under op determinism (TensorFlow 2.20's runtime is older
+# than the graph Keras builds); harmless, and read as an error by everyone who sees it.
+NODE_DEF_NOISE = re.compile(r"E\d{4} [\d:. ]+\d+ node_def_util\.cc:\d+\] NodeDef mentions attribute "
+                            r"use_unbounded_threadpool which is not in the op definition: .*")
 
 
 def stage_main(run: Callable[[Any], Any], **options) -> None:
@@ -120,6 +124,21 @@ def startup_noise(line: str, gpu_present: bool) -> bool:
     return bool(TENSORFLOW_STARTUP_NOISE.fullmatch(line) or (not gpu_present and CUINIT_FAILURE.fullmatch(line)))
 
 
+def tensorflow_noise(line: str, gpu_present: bool | None = None) -> bool:
+    """The one quiet policy of every TensorFlow process: a known harmless line of TensorFlow's C++ side."""
+    gpu_present = has_nvidia_device() if gpu_present is None else gpu_present
+    return startup_noise(line, gpu_present) or bool(NODE_DEF_NOISE.fullmatch(line))
+
+
+@contextlib.contextmanager
+def tensorflow_quietly() -> Iterator[None]:
+    """Run a block that may wake TensorFlow's C++ side (start-up, a first predict, a model save) without its known
+    harmless lines; every other line it writes to stderr still shows."""
+    gpu_present = has_nvidia_device()
+    with stderr_without(lambda line: tensorflow_noise(line, gpu_present)):
+        yield
+
+
 @contextlib.contextmanager
 def stderr_without(noise: Callable[[str], bool]) -> Iterator[None]:
     """Hold back what the block writes to stderr, then write every line of it for which `noise` is false.
@@ -147,8 +166,7 @@ def stderr_without(noise: Callable[[str], bool]) -> Iterator[None]:
 
 def start_tensorflow_quietly() -> None:
     """Import TensorFlow and find its devices (where it looks for a GPU) without its CPU-only start-up lines."""
-    gpu_present = has_nvidia_device()
-    with stderr_without(lambda line: startup_noise(line, gpu_present)):
+    with tensorflow_quietly():
         import tensorflow as tf
 
         tf.config.list_physical_devices("GPU")

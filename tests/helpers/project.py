@@ -10,7 +10,7 @@ import pandas as pd
 from benchmarks.project_copy import ROOT, copy_project, project_env, set_params, sh  # noqa: F401  (for tests)
 from helpers.digits import mnist_digits
 from stages.core.datasets import NUM_CLASSES, class_names
-from stages.core.files import save_npz, write_csv
+from stages.core.files import save_npz, write_csv, write_json
 from stages.core.schema import Params
 from stages.evaluate import confusion_matrix, confusion_table, predictions_table
 from stages.preprocess import one_hot
@@ -45,7 +45,9 @@ def write_stage_inputs(params: Params, num_images: int = 60, correct: bool = Fal
     epochs = np.arange(1, 6)
     write_csv(paths.history, pd.DataFrame({
         "epoch": epochs, "loss": 1 / epochs, "accuracy": 1 - 0.5 / epochs, "val_loss": 1.2 / epochs,
-        "val_accuracy": 1 - 0.6 / epochs, "learning_rate": 1e-3, "seconds": 2.0}))
+        "val_accuracy": 1 - 0.6 / epochs, "learning_rate": 1e-3 * (1 + np.cos(np.pi * epochs / 6)) / 2,
+        "seconds": 2.0}))
+    write_json(paths.run, {"architecture": "lenet", "dataset": "mnist_10k", "kept_epoch": 4, "run_id": None})
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(num_images, NUM_CLASSES))

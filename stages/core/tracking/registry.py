@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
 from stages.core.errors import PipelineError
 from stages.core.schema import Params
-from stages.core.tracking.store import attached_run, store_lock, tracking_uri
+from stages.core.tracking.store import attached_run, dataset_digest, dataset_name, store_lock, tracking_uri
 
 STAGES = Path(__file__).resolve().parents[2]  # the `stages` package, parts of which ship with the image model
 KINDS = ("", "images", "onnx")  # the tensor model, the pyfunc taking images, the ONNX export
@@ -73,16 +74,22 @@ def shipped_package(staging: Path, packages: tuple[str, ...]) -> Path:
 
 
 def log_evaluation(params: Params, metrics: dict[str, float], files: list[Path], dataset: str,
-                   test_sha256: str) -> None:
-    """Attach test metrics and report files to the training's run; tag its model versions with the test accuracy
-    and the test set's content hash (`test_sha256`, datasets.split_sha256) and move `champion`."""
+                   test_sha256: str, data_info: dict | None = None) -> None:
+    """Attach test metrics and report files to the training's run (linked to its LoggedModel and, given
+    `data_info` (dataset.json), to the test split's dataset, so the model page shows them); tag its model versions
+    with the test accuracy and the test set's content hash (`test_sha256`, datasets.split_sha256) and move
+    `champion`."""
     attached = attached_run(params)
     if attached is None:
         return
     client, run_id = attached
+    model_id = json.loads(Path(params.paths.run).read_text()).get("model_id")
+    link = {"model_id": model_id} if model_id else {}
+    if model_id and data_info:
+        link.update(dataset_name=dataset_name(data_info, "test"), dataset_digest=dataset_digest(data_info, "test"))
     for key, value in metrics.items():
         if isinstance(value, int | float):  # not the dataset's name: the run carries it as a tag
-            client.log_metric(run_id, key, float(value))
+            client.log_metric(run_id, key, float(value), **link)
     for path in files:
         client.log_artifact(run_id, str(path), "reports")
     if "test_accuracy" not in metrics:

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import urllib.error
 import urllib.request
@@ -26,6 +27,18 @@ HEALTH_TIMEOUT_SECONDS = 10  # a busy server's first request opens its store
 # MLflow 3's UI opens an experiment on the page its kind names; without the tag it shows the GenAI overview.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# MLflow caps a dataset digest at 36 characters; the full sha256 goes in the input's tag `sha256`.
+DIGEST_LENGTH = 36
+SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
+
+
+def dataset_name(data_info: dict, split: str) -> str:
+    """A split's MLflow dataset name from preprocess's dataset.json, e.g. mnist-train or mnist_10k-held-out."""
+    return f"{data_info['dataset']}-{data_info['splits'][split]['name']}"
+
+
+def dataset_digest(data_info: dict, split: str) -> str:
+    return data_info["splits"][split]["sha256"][:DIGEST_LENGTH]
 
 
 def tracking_uri(params: Params) -> str:
@@ -104,6 +117,8 @@ def connect(params: Params):
 
     uri = tracking_uri(params)
     check_server(uri)
+    # "Creating initial MLflow database tables...": a first run's INFO, not news about this run.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     user_uri = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)

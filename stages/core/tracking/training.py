@@ -11,25 +11,37 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import socket
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from stages.core.datasets import class_names
+from stages.core.entry import tensorflow_quietly
 from stages.core.errors import PipelineError, Terminated
 from stages.core.files import write_json
 from stages.core.schema import PARAMS_FILE, Params, flatten
 from stages.core.tracking.registry import log_image_model, mark_dead_versions, registered_name
-from stages.core.tracking.store import check_server, connect, store_lock, tracking_uri
+from stages.core.tracking.store import (
+    SPLIT_CONTEXTS,
+    check_server,
+    connect,
+    dataset_digest,
+    dataset_name,
+    store_lock,
+    tracking_uri,
+)
 
 RESUME_RUN_FILE = "mlflow_run.json"  # in a resume folder: the run the server lost, for the resumed training
 # A search worker names its study and trial to the training it starts (through DVC) in these variables.
 SEARCH_TAGS = {"STAGES_SEARCH_STUDY": "search.study", "STAGES_SEARCH_TRIAL": "search.trial"}
-# MLflow caps a dataset digest at 36 characters; the full sha256 goes in the input's tag of this name.
-DIGEST_LENGTH = 36
-SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
+# Not the model's quantities: MLflow's UI shows `system/` metrics in their own section, away from the model's charts.
+SYSTEM_METRICS = {"seconds": "system/epoch_seconds", "train_seconds": "system/train_seconds",
+                  "epochs_run": "system/epochs_run"}
 
 
 def check_tracking(params: Params) -> None:
@@ -65,29 +77,101 @@ def run_tags(params: Params, data_hash: str, data_info: dict) -> dict[str, str]:
     tags.update({tag: os.environ[variable] for variable, tag in SEARCH_TAGS.items() if os.environ.get(variable)})
     if data_info.get("sample_of"):
         tags["dataset.sample_of"] = data_info["sample_of"]
+    # The split sizes describe the data, not the model: tags (`python -m stages.compare` shows them), not metrics.
+    tags.update({f"dataset.{split}_images": str(entry["images"]) for split, entry in data_info["splits"].items()})
     return tags
 
 
-def log_datasets(data_info: dict) -> None:
-    """The three splits as MLflow dataset inputs of the active run, so the runs table's Dataset column names them.
+def image_dataset_class():
+    """MLflow's NumPy dataset with the profile an image classifier's user looks for (made here: mlflow is lazy)."""
+    from mlflow.data.numpy_dataset import NumpyDataset
 
-    Metadata only (name, digest, source): MLflow's own digest would hash a sample of the arrays. The digest is
-    the first 36 characters of the split's content sha256, which its input tag `sha256` holds in full.
+    class ImageDataset(NumpyDataset):
+        """Schema from one image and its label (shape and dtype); profile from preprocess's record of the split."""
+
+        def __init__(self, *, profile: dict, **kwargs):
+            super().__init__(**kwargs)
+            self._image_profile = profile
+
+        @property
+        def profile(self):
+            return self._image_profile
+
+    return ImageDataset
+
+
+def split_datasets(data_info: dict) -> dict[str, object]:
+    """The three splits as MLflow datasets: name, digest (the first 36 characters of the split's content sha256,
+    which the input's tag `sha256` holds in full), source, a schema and a profile (images, shape, classes).
+
+    Built from dataset.json and the image format, without the arrays: MLflow's own digest and profile would read
+    them, and evaluate links its test metrics to the same name and digest from the same record.
     """
-    import warnings
-
-    import mlflow
+    import numpy as np
     from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
 
+    image_dataset = image_dataset_class()
+    classes = len(class_names(data_info["dataset"]))
+    image, label = np.zeros((1, 28, 28, 1), np.float32), np.zeros((1,), np.int64)  # what preprocess writes
+    datasets = {}
     for split, entry in data_info["splits"].items():
         with warnings.catch_warnings():  # a relative path "can be interpreted in multiple ways": all local
             warnings.simplefilter("ignore", UserWarning)
             source = resolve_dataset_source(entry["origin"])
-        dataset = MetaDataset(source, name=f"{data_info['dataset']}-{entry['name']}",
-                              digest=entry["sha256"][:DIGEST_LENGTH])
+        profile = {"images": int(entry["images"]), "image_shape": list(image.shape[1:]), "classes": classes,
+                   "dtype": str(image.dtype)}
+        datasets[split] = image_dataset(features=image, targets=label, source=source, profile=profile,
+                                        name=dataset_name(data_info, split), digest=dataset_digest(data_info, split))
+    return datasets
+
+
+def log_datasets(data_info: dict) -> dict[str, object]:
+    """The three splits as dataset inputs of the active run, so the runs table's Dataset column names them."""
+    import mlflow
+
+    datasets = split_datasets(data_info)
+    for split, dataset in datasets.items():
+        entry = data_info["splits"][split]
         mlflow.log_input(dataset, context=SPLIT_CONTEXTS[split],
                          tags={"sha256": entry["sha256"], "images": str(entry["images"])})
+    return datasets
+
+
+NOISY_MLFLOW_LOGGERS = ("mlflow.store.db.utils", "mlflow.models.model", "mlflow.pyfunc")
+
+
+class ModelLoggingChatter(logging.Filter):
+    """MLflow's INFO lines while a model is logged and its CloudPickle advice (the image model is a class of this
+    project, pickled on purpose, with its code shipped beside it); its real warnings pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING and "serialized using CloudPickle" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quietly_logging_models() -> Iterator[None]:
+    """Keep MLflow's and Keras' chatter while a model is logged out of the stage's output, and only that: progress
+    bars, INFO lines, the integer-schema hint (the image model answers class ids: integers on purpose) and the
+    harmless lines of TensorFlow's C++ side (stages/core/entry.py). Real warnings and errors still show."""
+    import keras
+
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # read at each download
+    chatter = ModelLoggingChatter()
+    loggers = [logging.getLogger(name) for name in NOISY_MLFLOW_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(chatter)
+    interactive = keras.config.is_interactive_logging_enabled()
+    keras.config.disable_interactive_logging()  # no predict progress bar with ANSI codes in a log file
+    try:
+        with warnings.catch_warnings(), tensorflow_quietly():
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column",
+                                    category=UserWarning)
+            yield
+    finally:
+        if interactive:
+            keras.config.enable_interactive_logging()
+        for logger in loggers:
+            logger.removeFilter(chatter)
 
 
 def mark_orphans_killed(client, experiment_id: str, keep: str | None = None) -> None:
@@ -117,7 +201,7 @@ class NullRun:
     def raise_if_lost(self) -> None:
         pass
 
-    def log_training(self, params, model, result, example, image_model=None, dataset=None) -> dict:
+    def log_training(self, params, model, result, example, image_model=None, data_info=None) -> dict:
         return {"run_id": None}
 
 
@@ -133,7 +217,7 @@ class TrainingRun:
         if self.lost_after is not None:
             return False
         stamp = int(time.time() * 1000)
-        metrics = [Metric(key, float(value), stamp, epoch + 1) for key, value in logs.items()]
+        metrics = [Metric(SYSTEM_METRICS.get(key, key), float(value), stamp, epoch + 1) for key, value in logs.items()]
         try:
             check_server(self.uri)  # seconds, where MLflow's own retries would take minutes
             self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
@@ -157,50 +241,72 @@ class TrainingRun:
 
         logged = {metric.step for metric in self.client.get_metric_history(self.run_id, "loss")}
         stamp = int(time.time() * 1000)
-        missed = [Metric(key, float(value), stamp, int(row["epoch"]))
+        missed = [Metric(SYSTEM_METRICS.get(key, key), float(value), stamp, int(row["epoch"]))
                   for row in history.to_dict("records") if int(row["epoch"]) not in logged
                   for key, value in row.items() if key != "epoch" and value == value]  # NaN: not measured
         for start in range(0, len(missed), 1000):  # MLflow's limit per batch
             self.client.log_batch(self.run_id, metrics=missed[start:start + 1000], synchronous=True)
 
-    def log_training(self, params: Params, model, result: dict, example, image_model, dataset: str) -> dict:
+    def log_training(self, params: Params, model, result: dict, example, image_model, data_info: dict) -> dict:
         """Log the trained model and its results, and the same model behind `image_model` (the pyfunc class of
-        stages/reading/image_model.py) framing images as `dataset` does; returns what run.json records of the run."""
+        stages/reading/image_model.py) framing images as data_info's dataset does; returns what run.json records of
+        the run (with the LoggedModel's id, which evaluate links the test metrics to)."""
         import keras
         import mlflow
         import pandas as pd
         import tensorflow as tf
         from mlflow.models import infer_signature
 
-        self.log_missed_epochs(pd.read_csv(params.paths.history))
+        history = pd.read_csv(params.paths.history)
+        self.log_missed_epochs(history)
         self.client.log_batch(self.run_id, params=[
             mlflow.entities.Param("model.parameters", str(result["parameters"])),
         ])
-        for key in ("train_seconds", "epochs_run", "best_val_accuracy"):
-            self.client.log_metric(self.run_id, key, float(result[key]))
+        for key in ("train_seconds", "epochs_run"):
+            self.client.log_metric(self.run_id, SYSTEM_METRICS[key], float(result[key]))
+        self.client.log_metric(self.run_id, "best_val_accuracy", float(result["best_val_accuracy"]))
         self.client.set_tag(self.run_id, "precision", result["precision"])
         self.client.set_tag(self.run_id, "replicas", str(result["replicas"]))
         for path in (params.paths.summary, params.paths.history):
             self.client.log_artifact(self.run_id, path, "model_outputs")
         if Path(PARAMS_FILE).exists():
             self.client.log_artifact(self.run_id, PARAMS_FILE)
-        signature = infer_signature(example, model.predict(example, verbose=0))
-        # mlflow.keras.log_model writes the input example before creating its folder (MLflow 3.17); the
-        # TensorFlow flavour saves the same Keras 3 model and gets it right.
-        with store_lock(self.uri):
-            info = mlflow.tensorflow.log_model(
-                model, name="model", signature=signature, input_example=example,
-                registered_model_name=registered_name(params, dataset),
-                # Given explicitly: inferring them reloads the model in a subprocess (another TensorFlow start).
-                pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
-                                  f"mlflow=={mlflow.__version__}"],
-            )
-        log_image_model(params, self.uri, image_model, dataset)
+        dataset = data_info["dataset"]
+        with quietly_logging_models():
+            # predict_on_batch: model.predict on NumPy builds a tf.data pipeline, whose first use under op
+            # determinism logs a harmless C++ error line.
+            signature = infer_signature(example, keras.ops.convert_to_numpy(model.predict_on_batch(example)))
+            # mlflow.keras.log_model writes the input example before creating its folder (MLflow 3.17); the
+            # TensorFlow flavour saves the same Keras 3 model and gets it right. Named after the architecture: the
+            # name the LoggedModel shows in the UI.
+            with store_lock(self.uri):
+                info = mlflow.tensorflow.log_model(
+                    model, name=result["architecture"], signature=signature, input_example=example,
+                    registered_model_name=registered_name(params, dataset),
+                    # Given explicitly: inferring them reloads the model in a subprocess (another TensorFlow start).
+                    pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
+                                      f"mlflow=={mlflow.__version__}"],
+                )
+            log_image_model(params, self.uri, image_model, dataset)
+        self.link_kept_epoch(info.model_id, history, result["kept_epoch"], data_info)
         return {
             "run_id": self.run_id, "experiment": params.tracking.experiment, "model_uri": info.model_uri,
-            "registered_model": registered_name(params, dataset),
+            "model_id": info.model_id, "registered_model": registered_name(params, dataset),
             "model_version": str(info.registered_model_version) if info.registered_model_version else None,
         }
+
+    def link_kept_epoch(self, model_id: str, history, kept_epoch: int | None, data_info: dict) -> None:
+        """The kept epoch's training and validation accuracy on the LoggedModel, each with its split's dataset:
+        MLflow's model page lists the datasets its metrics were measured on (evaluate adds the test split's)."""
+        if kept_epoch is None:
+            return
+        row = history[history["epoch"] == kept_epoch].iloc[0]
+        # Own keys: `val_accuracy` with a model id would add a point to the epoch curve of the same name.
+        for split, column in (("train", "accuracy"), ("val", "val_accuracy")):
+            if row[column] == row[column]:  # NaN: not measured
+                self.client.log_metric(self.run_id, f"{split}_accuracy", float(row[column]), step=kept_epoch,
+                                       model_id=model_id, dataset_name=dataset_name(data_info, split),
+                                       dataset_digest=dataset_digest(data_info, split))
 
 
 def _resumable_run(client, uri: str, resume_dir: Path | None) -> str | None:
@@ -256,7 +362,9 @@ def training_run(params: Params, architecture: str, data_hash: str, data_info: d
         run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
                                tags=run_tags(params, data_hash, data_info), log_system_metrics=False)
         run_id = run.info.run_id
-        logged = {**flatten(params.model_dump()), "model.name": architecture}
+        # Not paths.*: where files live is no knob of a run (params.yaml, logged whole as an artifact, has them).
+        logged = {**{key: value for key, value in flatten(params.model_dump()).items() if not key.startswith("paths.")},
+                  "model.name": architecture}
         client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in logged.items()])
         log_datasets(data_info)
 
