@@ -7,7 +7,9 @@ RGB, RGBA, palette, 16-bit), upright per its EXIF orientation, and finds the ink
    a transparent canvas, the usual export of a drawing app) the alpha channel is the ink; otherwise the image is
    composited onto white, as image viewers show it;
 2. invert when the background, estimated from the border pixels, is light (dark ink on paper -> light ink on
-   black);
+   black); where the writing runs off the edges (a tight crop, a digit cut by the frame, a digit filling its
+   picture) the paper's level and grain are measured on the paper part of the border only, not on the whole
+   image, of which the ink is then a third or more;
 3. subtract the paper: its local level is a grey opening at low resolution with a disk wider than any stroke, so
    grey or tinted paper, a lighting gradient and a shadow all go to 0 (crops of 64 pixels or less have no page
    around the digit: their paper is the border's median);
@@ -59,6 +61,9 @@ MIN_CONTRAST = 0.1
 FLAT_COLOUR_SPREAD = 0.25
 # Share of each side taken as the border when estimating the background.
 BORDER_FRACTION = 0.02
+# Ink runs off the edges when the ring of outermost pixels changes between paper and ink at most this often (a
+# page of noise changes at every other pixel; a tight crop's strokes cross the edge in a few runs).
+EDGE_RUNS = 0.2
 # Up to this long side an image is a crop of one digit, with no page (and no lighting) around it.
 SMALL_IMAGE = 64
 # The paper's level is estimated at this long side, with a disk of this share of it: wider than the stroke of a
@@ -229,10 +234,43 @@ def sample(array: np.ndarray, count: int = 65_536) -> np.ndarray:
     return array[::step, ::step]
 
 
-def noise_deviation(array: np.ndarray) -> float:
+def noise_deviation(values: np.ndarray) -> float:
     """The paper's grain as a standard deviation: the median absolute deviation, which sparse ink barely moves."""
-    values = sample(array)
     return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+def ring(array: np.ndarray) -> np.ndarray:
+    """The outermost pixels in order around the image (clockwise from the top-left corner)."""
+    if min(array.shape) < 2:
+        return array.ravel()
+    return np.concatenate([array[0, :-1], array[:-1, -1], array[-1, :0:-1], array[:0:-1, 0]])
+
+
+def edge_paper(ink: np.ndarray) -> np.ndarray | None:
+    """Where the writing runs off the edges (a tight crop, a digit cut by the frame): a mask of the border pixels
+    that are paper, else None.
+
+    Ink crossing the edge shows on the ring of outermost pixels as a few runs of a second level, at least
+    MIN_CONTRAST apart from the paper's; grain and noise flip between the two levels every other pixel.
+    """
+    values = ring(ink)
+    if values.size < 8 or np.ptp(values) < MIN_CONTRAST:
+        return None
+    from skimage import filters
+
+    threshold = float(filters.threshold_otsu(values))
+    inky = values > threshold
+    if inky.all() or not inky.any() or values[inky].mean() - values[~inky].mean() < MIN_CONTRAST:
+        return None
+    if np.mean(inky != np.roll(inky, 1)) > EDGE_RUNS:
+        return None
+    return border_values(ink) <= threshold
+
+
+def paper_values(array: np.ndarray, edge: np.ndarray | None) -> np.ndarray:
+    """The pixels the paper's level and grain are measured on: the whole image (sampled), where ink is sparse;
+    the paper part of the border where the ink runs off the edges and fills a third or more of the image."""
+    return sample(array).ravel() if edge is None else border_values(array)[edge]
 
 
 def rule_pixels(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -292,12 +330,13 @@ def find_ink(image: Image.Image, reach: float = DIGIT_REACH) -> Ink:
     working = shrink(image)
     array = light_on_dark(*image_to_arrays(working))
     ink = array - paper_level(array)
-    ink -= float(np.median(sample(ink)))
+    edge = edge_paper(ink)
+    ink -= float(np.median(paper_values(ink, edge)))
     small = max(ink.shape) <= SMALL_IMAGE
-    grain = noise_deviation(ink)
+    grain = noise_deviation(paper_values(ink, edge))
     # Thresholds are taken on a lightly smoothed copy: grain averages out, strokes (>= 2 pixels wide) do not.
     smooth = ink if small else filters.gaussian(ink, sigma=1)
-    smooth_grain = noise_deviation(smooth)
+    smooth_grain = noise_deviation(paper_values(smooth, edge))
     peak = float(smooth.max())
     if peak < MIN_CONTRAST or peak < NOISE_SIGMAS * smooth_grain:
         raise ImageError(BLANK)
@@ -321,8 +360,10 @@ def find_ink(image: Image.Image, reach: float = DIGIT_REACH) -> Ink:
     marks = sorted(measure.regionprops(labels), key=lambda mark: mark.area, reverse=True)
     if not marks:
         raise ImageError(BLANK)
-    marks = nearby(
-        [mark for mark in marks if mark.area >= SPECK_FRACTION * marks[0].area and mark.area >= 4], reach)
+    marks = [mark for mark in marks if mark.area >= SPECK_FRACTION * marks[0].area and mark.area >= 4]
+    if not marks:  # specks only
+        raise ImageError(BLANK)
+    marks = nearby(marks, reach)
     # Only the writing's surroundings matter from here on: a small digit on a large page is a small crop.
     rim = 1 if small else 2
     top = max(0, min(mark.bbox[0] for mark in marks) - rim)
