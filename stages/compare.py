@@ -28,6 +28,7 @@ COLUMNS = {
     "params.model.parameters": "parameters",
     "metrics.test_accuracy": "test accuracy",
     "metrics.test_loss": "test loss",
+    "metrics.own_test_accuracy": "own test accuracy",  # your own held-out digits (data.own)
     "metrics.system/train_seconds": "training seconds",
     "tags.dataset.train_images": "train images",
     "tags.dataset.test_images": "test images",
@@ -53,6 +54,8 @@ def markdown(table: pd.DataFrame, experiment: str) -> str:
     shown = table.copy()
     shown["test accuracy"] = shown["test accuracy"].map("{:.4f}".format)
     shown["test loss"] = shown["test loss"].map("{:.4f}".format)
+    shown["own test accuracy"] = pd.to_numeric(shown["own test accuracy"]).map(
+        lambda value: "" if pd.isna(value) else f"{value:.4f}")
     shown["training seconds"] = shown["training seconds"].map("{:.1f}".format)
     shown = shown.astype(object).fillna("").astype(str)  # runs made before a column existed show blanks
     lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]

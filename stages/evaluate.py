@@ -1,10 +1,11 @@
 """Evaluate stage: score the trained model on the test set and save what the plots stage draws.
 
-Reads `{paths.processed}/test.npz`, `{paths.processed}/dataset.json` and `{paths.model}`; params `evaluate.*`,
+Reads `{paths.processed}/test.npz`, `own_test.npz`, `dataset.json` and `{paths.model}`; params `evaluate.*`,
 `data.dataset`, `paths.*`.
 Writes, each atomically, to the `paths.*` key of the same name:
   metrics          test_accuracy, test_loss (cross-entropy, no label smoothing), macro_f1, images_per_s
-                   (inference throughput), dataset (e.g. mnist_10k, the shipped sample): flat, so
+                   (inference throughput), dataset (e.g. mnist_10k, the shipped sample), and with data.own
+                   own_test_accuracy (your own held-out digits, {paths.processed}/own_test.npz): flat, so
                    `dvc metrics show` and `dvc exp show` list them, and few, so they fit a 120-column terminal
                    (split sizes: dataset.json and run.json; per-class precision and recall: per_class)
   predictions      index, actual, predicted, confidence, prob_0..prob_9 (one row per test image)
@@ -180,6 +181,20 @@ def conv_activations(model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]
             np.asarray(activations, dtype=np.float32))
 
 
+def own_test_metrics(model, path: Path, batch_size: int, data: dict) -> dict[str, float]:
+    """{"own_test_accuracy"} on your own held-out digits; empty without any (data.own off, or none held out)."""
+    if "own_test_images" not in data:  # data.own off: own_test.npz is preprocess's empty placeholder
+        return {}
+    arrays = load_npz(path, ("x", "labels"), writer="preprocess")
+    if data["own_test_images"] != len(arrays["labels"]):
+        raise PipelineError(f"{path} holds {len(arrays['labels'])} images but dataset.json beside it says "
+                            f"{data['own_test_images']}; rerun `dvc repro preprocess`")
+    if not len(arrays["labels"]):
+        return {}
+    predicted = model.predict(arrays["x"], batch_size=batch_size, verbose=0).argmax(axis=1)
+    return {"own_test_accuracy": float(np.mean(predicted == arrays["labels"]))}
+
+
 def run(params) -> dict[str, float | int]:
     """Evaluate the trained model on the test set, write the reports, and return the metrics."""
     paths = params.paths
@@ -201,6 +216,7 @@ def run(params) -> dict[str, float | int]:
     # The data's name, for `dvc exp show` and `dvc metrics show`; its split sizes stay in dataset.json and run.json
     # (as metrics they would widen `dvc metrics show` past a terminal).
     metrics = {**scores, "images_per_s": round(images_per_second, 1), "dataset": data["dataset"]}
+    metrics.update(own_test_metrics(model, Path(paths.processed) / "own_test.npz", params.evaluate.batch_size, data))
     confusion = confusion_matrix(labels, probabilities.argmax(axis=1), len(names))
 
     count = min(params.evaluate.activation_images, len(images))
@@ -220,6 +236,8 @@ def run(params) -> dict[str, float | int]:
     print(f"test accuracy {metrics['test_accuracy']:.4f}, cross-entropy {metrics['test_loss']:.4f} (no label "
           f"smoothing), macro F1 {metrics['macro_f1']:.4f} on {test_images:,} {data['dataset']} images; "
           f"{images_per_second:,.0f} images/s")
+    if "own_test_accuracy" in metrics:
+        print(f"own_test accuracy {metrics['own_test_accuracy']:.4f} on {data['own_test_images']} of your digits")
     return metrics
 
 

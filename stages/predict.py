@@ -8,13 +8,21 @@ Prints the predicted class with its confidence and the top-k classes per image (
 line). `--save-preprocessed DIR` writes the 28x28 images the model saw.
 
 `--number` reads each image as a written number: its digits left to right, each with its probability (`--json`
-adds each digit's box in the image's pixels). `--serve` serves a page to draw digits and numbers on
-(stages/reading/drawing_page.py) at http://127.0.0.1:8000 instead (`--port` for another port).
+adds each digit's box in the image's pixels).
+
+`--label 4` confirms (or corrects) what the images are: after the predictions are printed, each image is stored as
+one of your own digits of class 4 under `paths.own` (stages/reading/own.py), for the pipeline to learn from with
+`data.own: true`. With `--number`, `--label 407` gives each image's digits left to right. Nothing is stored unless
+every image was read and (with --number) has as many digits as the label.
+
+`--serve` serves a page to draw digits and numbers on (stages/reading/drawing_page.py) at http://127.0.0.1:8000
+instead (`--port` for another port); there you confirm or correct each digit read.
 
 The model defaults to `paths.model` and the class names to `data.dataset`, both from params.yaml in the working
 directory; without one, pass --model and --dataset.
 
-Exit codes: 0 all images predicted; 1 at least one image could not be read (the others are still predicted);
+Exit codes: 0 all images predicted; 1 at least one image could not be read (the others are still predicted), or
+a --label that is not a class or does not match what was read;
 2 the model is missing or unusable (run `dvc repro` first), or the command line is wrong.
 """
 
@@ -214,6 +222,38 @@ def read_number_files(
     return readings, failed
 
 
+def own_paths_from_params(params_path: str | os.PathLike = "params.yaml") -> tuple[Path, Path]:
+    """(where confirmed digits go, the latest metrics): paths.own and paths.metrics, as params.yaml sets them."""
+    from stages.core.schema import ParamsError, load_params
+
+    try:
+        paths = load_params(params_path).paths
+    except ParamsError as error:
+        raise PipelineError(f"{str(error).splitlines()[0]}; your digits are stored in the folder params.yaml names "
+                            "(paths.own): run from the project root") from None
+    return Path(paths.own), Path(paths.metrics)
+
+
+def label_files(paths: Sequence[str | os.PathLike], label: str, number: bool, dataset: str, folder: Path,
+                max_pixels: int = MAX_IMAGE_PIXELS) -> list:
+    """Store every image's digits as confirmed with `label` (all or nothing); returns what own.store wrote."""
+    from stages.reading import own
+
+    classes = own.parse_number_label(label, dataset) if number else [own.parse_label(label, dataset)]
+    confirmed = []
+    for path in paths:
+        image = load_image(path, max_pixels)
+        if not number:
+            confirmed.append((model_input(image, dataset), classes[0], image, None))
+            continue
+        digits = split_number(image, dataset)
+        if len(digits) != len(classes):
+            raise own.LabelError(f"{path}: {len(digits)} digit(s) read but the label {label} has {len(classes)}; "
+                                 "nothing was stored (write the digits apart, or label what was read)")
+        confirmed += [(digit.array, value, image, digit.box) for digit, value in zip(digits, classes, strict=True)]
+    return [own.store(folder, array, value, image, box) for array, value, image, box in confirmed]
+
+
 def defaults_from_params(params_path: str | os.PathLike = "params.yaml") -> tuple[Path, str]:
     """(model path, dataset) as params.yaml sets them (paths.model, data.dataset)."""
     from stages.core.schema import ParamsError, load_params
@@ -245,12 +285,17 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="whose class names and framing to use (default: data.dataset from params.yaml)")
     parser.add_argument("--number", action="store_true",
                         help="read each image as a written number: its digits left to right")
+    parser.add_argument("--label", metavar="CLASS",
+                        help="confirm what the images show and store them as your own digits (paths.own); with "
+                             "--number, the number written, e.g. 407")
     parser.add_argument("--serve", action="store_true",
                         help="serve a page to draw digits and numbers on, at http://127.0.0.1:PORT")
     parser.add_argument("--port", type=int, default=8000, help="the drawing page's port (default 8000)")
     arguments = parser.parse_args(argv)
     if arguments.serve == bool(arguments.images):
         parser.error("give IMAGE files to classify, or --serve for the drawing page (not both)")
+    if arguments.serve and arguments.label is not None:
+        parser.error("--label confirms IMAGE files; on the drawing page, confirm under each digit instead")
     if not 1 <= arguments.top <= NUM_CLASSES:
         parser.error(f"--top must be between 1 and the number of classes, got {arguments.top}")
     return arguments
@@ -268,15 +313,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             arguments.model = arguments.model or default_model
             arguments.dataset = arguments.dataset or default_dataset
         names = class_names(arguments.dataset)
+        own_folder = own_paths = None
+        if arguments.label is not None:
+            from stages.reading import own
+
+            own_folder, _ = own_paths_from_params()
+            # A label that is no class fails before TensorFlow's seconds of start-up.
+            (own.parse_number_label if arguments.number else own.parse_label)(arguments.label, arguments.dataset)
+        elif arguments.serve and Path("params.yaml").is_file():
+            own_paths = own_paths_from_params()  # the page stores confirmed digits there, and shows how they do
         start_tensorflow_quietly()  # its start-up lines would bury the one line per image; real errors still show
         model = load_model(arguments.model, len(names), MODEL_ADVICE)
         if arguments.serve:
             from stages.reading import drawing_page
 
-            drawing_page.serve(model, names, arguments.dataset, arguments.port)
+            drawing_page.serve(model, names, arguments.dataset, arguments.port, own_paths)
             return EXIT_OK
         read = read_number_files if arguments.number else predict_files
         predictions, failed = read(arguments.images, model, names, arguments.dataset, arguments.save_preprocessed)
+        stored = []
+        if arguments.label is not None and not failed:
+            stored = label_files(arguments.images, arguments.label, arguments.number, arguments.dataset, own_folder)
     except ModelFileError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_MODEL
@@ -293,6 +350,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(prediction.as_json(arguments.top)))
         else:
             print(prediction.as_text(arguments.top))
+    if arguments.label is not None and failed:
+        print("error: nothing was stored: --label stores all the images or none", file=sys.stderr)
+    if stored:
+        new = sum(entry.new for entry in stored)
+        again = f" ({len(stored) - new} confirmed before)" if new < len(stored) else ""
+        print(f"stored {new} digit(s) as your own in {own_folder}{again}: `dvc repro` versions them and, with "
+              "data.own: true, trains on them", file=sys.stderr if arguments.json else sys.stdout)
     return EXIT_BAD_IMAGE if failed else EXIT_OK
 
 

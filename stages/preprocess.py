@@ -1,15 +1,23 @@
 """preprocess stage: turn the raw IDX files into normalized, one-hot, split arrays ready for Keras.
 
-Reads params: seed, data.dataset, preprocess.val_fraction, preprocess.limit, paths.raw, paths.processed,
-paths.class_counts. Reads `{paths.raw}/{dataset}/` (written by the download stage) with its manifest.
-Writes `{paths.processed}/train.npz`, `val.npz`, `test.npz`, each with `x` (float32 N x 28 x 28 x 1 in [0, 1]),
-`y` (float32 one-hot N x 10) and `labels` (uint8 N); `{paths.processed}/dataset.json`, which names the data
-(e.g. the shipped sample mnist_10k rather than mnist) with each split's size and content hash; and
+Reads params: seed, data.dataset, data.own, preprocess.val_fraction, preprocess.limit, preprocess.own_test_fraction,
+paths.raw, paths.own, paths.processed, paths.class_counts. Reads `{paths.raw}/{dataset}/` (written by the download
+stage) with its manifest, and with `data.own: true` your own digits in `{paths.own}` (versioned by the collect
+stage).
+Writes `{paths.processed}/train.npz`, `val.npz`, `test.npz`, `own_test.npz`, each with `x` (float32 N x 28 x 28 x 1
+in [0, 1]), `y` (float32 one-hot N x 10) and `labels` (uint8 N); `{paths.processed}/dataset.json`, which names the
+data (e.g. the shipped sample mnist_10k rather than mnist) with each split's size and content hash; and
 `{paths.class_counts}` (images per class and split).
 Run alone: `python -m stages.preprocess` from the project root.
 
 The validation set is split off the training images (after `preprocess.limit` keeps the first N of them),
 stratified by class and seeded, so the same seed always holds out the same images.
+
+Own digits (`data.own: true`): each goes either to training or to the fourth split, own_test, by its hash
+(stages/reading/own.py: `held_out`), so it never changes sides when more digits arrive. Those for training follow
+the dataset's training images in train.npz, which then also holds `own` (bool N: which rows are yours, for
+train.own_weight); validation stays the dataset's own. own_test.npz is written always (empty without own digits)
+so that evaluate can depend on it; dataset.json lists the split only when `data.own` is on.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from stages.core.errors import PipelineError
 from stages.core.files import save_npz, write_csv, write_json
 from stages.core.idx import IdxError, load_images_labels
 from stages.core.schema import Params
+from stages.reading import own
 
 
 def check_images(images: np.ndarray, name: str) -> None:
@@ -122,20 +131,31 @@ def read_manifest(raw_dir: Path) -> dict:
     return manifest
 
 
-def data_info(manifest: dict, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+def split_own(images: np.ndarray, labels: np.ndarray, names: list[str], fraction: float) -> dict[str, tuple]:
+    """Own digits into "train" and "own_test" (images, labels) by each digit's hash."""
+    test = np.array([own.held_out(name, fraction) for name in names], dtype=bool)
+    return {"train": (images[~test], labels[~test]), "own_test": (images[test], labels[test])}
+
+
+def data_info(manifest: dict, splits: dict[str, tuple[np.ndarray, np.ndarray]], own_origin: str | None = None,
+              own_train: int = 0) -> dict:
     """dataset.json: the data's registry name, and each split as written (size and content hash of x, labels)."""
     spec = dataset_spec(manifest["dataset"])
-    origins = {"train": TRAIN_IMAGES, "val": TRAIN_IMAGES, "test": TEST_IMAGES}
-    return {
+    origins = {"train": manifest["files"][TRAIN_IMAGES]["source"], "val": manifest["files"][TRAIN_IMAGES]["source"],
+               "test": manifest["files"][TEST_IMAGES]["source"], "own_test": own_origin}
+    info = {
         "dataset": spec.name,
         "sample_of": spec.sample_of,
         "content_hash": manifest["content_hash"],
         "splits": {
             split: {"name": spec.test_split if split == "test" else split, "images": len(labels),
-                    "sha256": split_sha256(x, labels), "origin": manifest["files"][origins[split]]["source"]}
+                    "sha256": split_sha256(x, labels), "origin": origins[split]}
             for split, (x, labels) in splits.items()
         },
     }
+    if "own_test" in splits:
+        info["splits"]["train"]["own_images"] = own_train
+    return info
 
 
 def run(params: Params) -> dict[str, int]:
@@ -158,18 +178,33 @@ def run(params: Params) -> dict[str, int]:
         "train": (train_images[train_indices], train_labels[train_indices]),
         "val": (train_images[val_indices], train_labels[val_indices]),
         "test": (test_images, test_labels),
+        "own_test": (np.zeros((0, *train_images.shape[1:]), np.uint8), np.zeros(0, np.uint8)),
     }
+    own_train = 0
+    extra = {"train": {}}
+    if params.data.own:
+        own.check_layout(own.ensure_folder(params.paths.own))
+        mine = split_own(*own.load_digits(params.paths.own), params.preprocess.own_test_fraction)
+        own_train = len(mine["train"][1])
+        dataset_train = len(splits["train"][1])
+        splits["train"] = tuple(np.concatenate(parts) for parts in zip(splits["train"], mine["train"], strict=True))
+        splits["own_test"] = mine["own_test"]
+        extra["train"] = {"own": np.arange(dataset_train + own_train) >= dataset_train}
     written = {}
     for split, (images, labels) in splits.items():
         x = normalize(images)
-        save_npz(processed_dir / f"{split}.npz", x=x, y=one_hot(labels), labels=labels)
+        save_npz(processed_dir / f"{split}.npz", x=x, y=one_hot(labels), labels=labels, **extra.get(split, {}))
         written[split] = (x, labels)
-    write_json(processed_dir / DATA_INFO_NAME, data_info(manifest, written))
+    if not params.data.own:
+        del written["own_test"], splits["own_test"]  # written empty for evaluate's dep, not a split of this data
+    write_json(processed_dir / DATA_INFO_NAME, data_info(manifest, written, str(params.paths.own), own_train))
     table = class_counts({split: labels for split, (_, labels) in splits.items()}, class_names(dataset))
     write_csv(params.paths.class_counts, table)
 
     sizes = {split: len(labels) for split, (_, labels) in splits.items()}
     note = f" (first {len(train_labels)} of {available} training images)" if limit is not None else ""
+    if params.data.own:
+        note += f"; own digits: {own_train} in train, {sizes['own_test']} in own_test"
     test_name = dataset_spec(manifest["dataset"]).test_split
     print(f"preprocess: {manifest['dataset']} train {sizes['train']}, val {sizes['val']}, {test_name} "
           f"{sizes['test']}{note}; "

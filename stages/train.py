@@ -1,6 +1,7 @@
 """Train stage: build the Keras model params.yaml describes and fit it on the processed data.
 
 Reads  {paths.processed}/train.npz, val.npz, dataset.json; params seed, model.*, train.*, tracking.*
+       (your own digits in train.npz count train.own_weight times a dataset image in the loss)
 Writes {paths.model} (best epoch by train.checkpoint_monitor), {paths.history}, {paths.summary}, {paths.run}
        (run.json also names the data: the dataset and its split sizes, from dataset.json)
 Run alone: python -m stages.train
@@ -47,6 +48,15 @@ def load_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return arrays["x"], arrays["y"]
 
 
+def own_weights(directory: Path, own_weight: float) -> np.ndarray | None:
+    """Per-image loss weights of train.npz: `own_weight` for your own digits, 1 for the dataset's; None without
+    own digits (preprocess writes the `own` mask only when data.own added some)."""
+    with np.load(directory / "train.npz", allow_pickle=False) as archive:
+        if "own" not in archive.files or not archive["own"].any():
+            return None
+        return np.where(archive["own"], np.float32(own_weight), np.float32(1.0)).astype(np.float32)
+
+
 def steps_per_epoch(images: int, batch_size: int) -> int:
     return int(np.ceil(images / batch_size))
 
@@ -76,8 +86,10 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def make_training_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epochs: range):
-    """The batches of all `epochs` in one stream, each epoch shuffled by a permutation of (seed, epoch) alone.
+def make_training_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epochs: range,
+                          weights: np.ndarray | None = None):
+    """The batches of all `epochs` in one stream, each epoch shuffled by a permutation of (seed, epoch) alone; with
+    `weights`, each batch carries its images' loss weights (Keras' sample_weight).
 
     tf.data's own reshuffle draws each epoch's order from how often the dataset was iterated before, so a resumed
     run (a fresh iterator) would see epoch 1's order again; keyed by the epoch, a resume sees the same batches.
@@ -93,6 +105,10 @@ def make_training_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: i
         return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
 
     batches = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches)
+    if weights is not None:
+        sample_weights = tf.constant(weights)
+        return batches.map(lambda index: (tf.gather(images, index), tf.gather(labels, index),
+                                          tf.gather(sample_weights, index))).prefetch(tf.data.AUTOTUNE)
     return batches.map(lambda index: (tf.gather(images, index), tf.gather(labels, index))).prefetch(tf.data.AUTOTUNE)
 
 
@@ -121,8 +137,10 @@ def build(params: Params, architecture: Architecture, steps: int, strategy=None)
     return model
 
 
-def fit(params: Params, model, train: tuple, val: tuple, resume_dir: Path, run=None, extra_callbacks=()):
+def fit(params: Params, model, train: tuple, val: tuple, resume_dir: Path, run=None, extra_callbacks=(),
+        weights: np.ndarray | None = None):
     """Fit the compiled model, resuming if resume_dir holds a backup; returns (model at its best epoch, history).
+    `weights`: per training image, how much it counts in the loss (own digits, train.own_weight).
 
     One process drives every replica of a MirroredStrategy and Keras calls each callback once per epoch with the
     replicas' metrics already combined: the history, checkpoint, backup and MLflow callbacks each write once.
@@ -135,7 +153,8 @@ def fit(params: Params, model, train: tuple, val: tuple, resume_dir: Path, run=N
         print(f"resuming after epoch {callbacks.finished} from {resume_dir}")
     # Batches of the global batch_size: the strategy splits each across its replicas.
     model.fit(
-        make_training_dataset(*train, settings.batch_size, params.seed, range(callbacks.finished, settings.epochs)),
+        make_training_dataset(*train, settings.batch_size, params.seed, range(callbacks.finished, settings.epochs),
+                              weights),
         validation_data=make_dataset(*val, settings.batch_size),
         epochs=settings.epochs,
         steps_per_epoch=steps_per_epoch(len(train[0]), settings.batch_size),  # one stream: Keras keeps its iterator
@@ -183,6 +202,7 @@ def run(params: Params, extra_callbacks=()) -> dict:
     paths = params.paths
     processed = Path(paths.processed)
     train, val = load_split(processed, "train"), load_split(processed, "val")
+    weights = own_weights(processed, params.train.own_weight)
     data_hash = sha256_of_files([processed / "train.npz", processed / "val.npz"])
     data_info = read_data_info(processed)
     tracking.check_tracking(params)  # seconds, before TensorFlow starts
@@ -200,7 +220,7 @@ def run(params: Params, extra_callbacks=()) -> dict:
         print(announcement(architecture.name, int(model.count_params()), precision, devices.replicas(strategy),
                            split_sizes(data_info), params), flush=True)
         started = time.perf_counter()
-        model, history = fit(params, model, train, val, resume_dir, run_handle, extra_callbacks)
+        model, history = fit(params, model, train, val, resume_dir, run_handle, extra_callbacks, weights)
         seconds = time.perf_counter() - started
 
         with atomic_path(paths.model) as tmp:

@@ -277,6 +277,30 @@ def test_run_saves_first_conv_layer_filters_and_activations(stage_params, mnist_
     np.testing.assert_allclose(activations, np.maximum(expected, 0), atol=1e-5)
 
 
+def test_own_test_accuracy_beside_the_test_metrics(stage_params, mnist_test_images):
+    """With data.own, dataset.json lists own_test and evaluate scores the model on those digits too."""
+    import keras
+
+    images, labels = mnist_test_images
+    processed = Path(stage_params.paths.processed)
+    own_images, own_labels = images[:30], labels[:30]
+    np.savez(processed / "own_test.npz", x=own_images, y=np.eye(NUM_CLASSES, dtype=np.float32)[own_labels],
+             labels=own_labels)
+    info = json.loads((processed / "dataset.json").read_text())
+    info["splits"]["own_test"] = {"name": "own_test", "images": 30, "sha256": "0" * 64, "origin": "data/own"}
+    (processed / "dataset.json").write_text(json.dumps(info))
+    metrics = run(stage_params)
+    _, expected = keras.saving.load_model(stage_params.paths.model).evaluate(
+        own_images, np.eye(NUM_CLASSES)[own_labels], verbose=0)
+    assert metrics["own_test_images"] == 30 and metrics["own_test_accuracy"] == pytest.approx(expected, abs=1e-6)
+    assert json.loads(Path(stage_params.paths.metrics).read_text())["own_test_accuracy"] == metrics["own_test_accuracy"]
+
+    info["splits"]["own_test"]["images"] = 31
+    (processed / "dataset.json").write_text(json.dumps(info))
+    with pytest.raises(PipelineError, match="own_test.npz holds 30 images but dataset.json beside it says 31"):
+        run(stage_params)
+
+
 @pytest.mark.parametrize(("missing", "stage"), [(lambda paths: Path(paths.model), "train"),
                                                  (lambda paths: Path(paths.processed) / "test.npz", "preprocess")])
 def test_missing_input_names_the_file_and_the_stage(stage_params, missing, stage):

@@ -174,7 +174,8 @@ def project_inputs(tmp_path_factory, raw_params, mnist_10k):
     return base
 
 
-@pytest.mark.parametrize("command", [["stages.params"], ["stages.source"], ["stages.download"], ["stages.preprocess"],
+@pytest.mark.parametrize("command", [["stages.params"], ["stages.source"], ["stages.download"], ["stages.collect"],
+                                     ["stages.preprocess"],
                                      ["stages.plots"], ["stages.predict", "--help"]], ids=lambda c: " ".join(c))
 def test_runs_without_tensorflow(project_inputs, command):
     result = subprocess.run([sys.executable, "-c", REFUSE_TENSORFLOW, *command], cwd=project_inputs,

@@ -454,3 +454,71 @@ def test_command_line_exit_code(digit_file, tmp_path, model_path):
     assert result.stdout.startswith(f"{digit_file}: ") and len(result.stdout.splitlines()) == 1
     assert "error: missing.png: file not found" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- --label: your own digits -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def own_project(tmp_path, monkeypatch, raw_params) -> Path:
+    """A working directory whose params.yaml keeps own digits in ./own; returns that folder."""
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, {**raw_params, "paths": {**raw_params["paths"], "own": "own"}})
+    return tmp_path / "own"
+
+
+def stored_files(folder: Path) -> list[str]:
+    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*.png")) if folder.exists() else []
+
+
+def test_label_stores_what_the_model_saw_and_the_crop(own_project, digit_file, model_path, test_digits, capsys):
+    from stages.reading import own
+
+    assert predict.main([str(digit_file), "--label", "4", "--model", str(model_path)]) == 0
+    output = capsys.readouterr().out.splitlines()
+    assert output[0].startswith(f"{digit_file}: ") and output[1].startswith("stored 1 digit(s) as your own in own")
+    [image, crop] = stored_files(own_project)[::-1]
+    assert image.startswith("4/") and crop == image.replace(".png", own.CROP_SUFFIX)
+    seen = images.model_input(images.load_image(digit_file), "mnist")
+    with Image.open(own_project / image) as stored:
+        np.testing.assert_array_equal(np.asarray(stored), own.as_bytes(seen))
+    assert Path(image).stem == own.digit_hash(own.as_bytes(seen), 4)
+    assert predict.main([str(digit_file), "--label", "4", "--model", str(model_path)]) == 0
+    assert "stored 0 digit(s) as your own in own (1 confirmed before)" in capsys.readouterr().out
+    assert len(stored_files(own_project)) == 2
+
+
+@pytest.mark.slow
+def test_number_label_stores_each_digit(own_project, number_file, model_path, capsys):
+    path, number = number_file
+    assert predict.main([str(path), "--number", "--label", "1234", "--model", str(model_path)]) == 0
+    files = [name for name in stored_files(own_project) if not name.endswith("-crop.png")]
+    assert sorted(name.split("/")[0] for name in files) == ["1", "2", "3", "4"]  # the classes confirmed, not read
+    capsys.readouterr()
+    assert predict.main([str(path), "--number", "--label", "12", "--model", str(model_path)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error == (f"error: {path}: 4 digit(s) read but the label 12 has 2; nothing was stored (write the digits "
+                     "apart, or label what was read)")
+    assert len(stored_files(own_project)) == 8
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--label", "12"], "error: label '12' is not a class of mnist: give one of 0, 1, 2, 3, 4, 5, 6, 7, 8, 9; "
+                        "nothing was stored"),
+    (["--label", "seven"], "error: label 'seven' is not a class of mnist"),
+    (["--number", "--label", "4-0"], "error: label '4-0' is not a number"),
+], ids=["not-a-class", "a-word", "not-a-number"])
+def test_a_label_that_is_no_class_is_refused_before_anything(own_project, digit_file, tmp_path, arguments, message,
+                                                             capsys):
+    # No model at all: the label is checked before TensorFlow starts and before any model is read.
+    assert predict.main([str(digit_file), *arguments, "--model", str(tmp_path / "none.keras")]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(message) and len(error.splitlines()) == 1
+    assert stored_files(own_project) == []
+
+
+def test_label_stores_nothing_when_an_image_fails(own_project, digit_file, model_path, tmp_path, capsys):
+    (tmp_path / "notes.jpg").write_text("not an image")
+    assert predict.main([str(digit_file), str(tmp_path / "notes.jpg"), "--label", "7", "--model",
+                         str(model_path)]) == 1
+    assert "nothing was stored: --label stores all the images or none" in capsys.readouterr().err
+    assert stored_files(own_project) == []

@@ -239,3 +239,44 @@ def test_download_then_preprocess_on_real_digits(make_params, capsys):
         expected = hashlib.sha256(stored["x"].tobytes() + stored["labels"].tobytes()).hexdigest()
         assert info["splits"][split]["images"] == size and info["splits"][split]["sha256"] == expected
 
+
+
+def test_own_digits_join_training_and_a_stable_share_is_held_out(make_params):
+    from PIL import Image
+
+    from stages.reading import own
+
+    params = make_params(preprocess__limit=None, data__own=True, preprocess__own_test_fraction=0.3)
+    write_raw(Path(params.paths.raw) / "mnist")
+    rng = np.random.default_rng(0)
+    stored = [own.store(params.paths.own, rng.random((28, 28)), index % 10, Image.new("L", (28, 28)))
+              for index in range(40)]
+    sizes = preprocess.run(params)
+
+    held = {entry.path.stem for entry in stored if own.held_out(entry.path.stem, 0.3)}
+    assert 0 < len(held) < 40 and sizes["own_test"] == len(held) and sizes["train"] == 160 + 40 - len(held)
+    train = load_split(params, "train")
+    assert train["own"].sum() == 40 - len(held) and not train["own"][:160].any()
+    own_test = load_split(params, "own_test")
+    assert set(own_test) == {"x", "y", "labels"} and len(own_test["labels"]) == len(held)
+    info = json.loads((Path(params.paths.processed) / "dataset.json").read_text())
+    assert info["splits"]["own_test"]["images"] == len(held) and info["splits"]["train"]["own_images"] == 40 - len(held)
+    assert set(load_split(params, "val")) == {"x", "y", "labels"}  # validation stays the dataset's
+
+    # More digits later: none of the held-out ones moves to training.
+    for index in range(40, 60):
+        own.store(params.paths.own, rng.random((28, 28)), index % 10, Image.new("L", (28, 28)))
+    preprocess.run(params)
+    again = {own.digit_hash(image, label) for image, label in zip(
+        np.rint(load_split(params, "own_test")["x"][..., 0] * 255).astype(np.uint8),
+        load_split(params, "own_test")["labels"], strict=True)}
+    assert held <= again
+
+
+def test_without_data_own_the_splits_are_as_before(make_params):
+    params = make_params(preprocess__limit=None)
+    write_raw(Path(params.paths.raw) / "mnist")
+    assert preprocess.run(params) == {"train": 160, "val": 40, "test": 30}
+    assert "own" not in load_split(params, "train") and len(load_split(params, "own_test")["labels"]) == 0
+    info = json.loads((Path(params.paths.processed) / "dataset.json").read_text())
+    assert set(info["splits"]) == {"train", "val", "test"}

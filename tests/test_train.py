@@ -239,3 +239,19 @@ def test_parallel_jobs_share_the_cores():
         devices.thread_share("two", 8)
     with pytest.raises(PipelineError, match=r"STAGES_JOBS='0'"):
         devices.thread_share("0", 8)
+
+
+def test_own_digits_carry_their_weight_in_the_batches(tmp_path):
+    """train.npz's `own` mask becomes per-image loss weights that travel with their images through the shuffle."""
+    x = np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1) * np.ones((10, 28, 28, 1), np.float32)
+    y = np.eye(10, dtype=np.float32)
+    np.savez(tmp_path / "train.npz", x=x, y=y, labels=np.arange(10, dtype=np.uint8))
+    assert train.own_weights(tmp_path, 5.0) is None  # no own digits: no weights, the batches are (x, y) as before
+    np.savez(tmp_path / "train.npz", x=x, y=y, labels=np.arange(10, dtype=np.uint8), own=np.arange(10) >= 7)
+    weights = train.own_weights(tmp_path, 5.0)
+    np.testing.assert_array_equal(weights, [1] * 7 + [5] * 3)
+    batches = list(train.make_training_dataset(x, y, 4, seed=0, epochs=range(0, 1), weights=weights))
+    images = np.concatenate([batch[0].numpy()[:, 0, 0, 0] for batch in batches])
+    given = np.concatenate([batch[2].numpy() for batch in batches])
+    assert sorted(images.tolist()) == list(range(10))
+    np.testing.assert_array_equal(given, np.where(images >= 7, 5.0, 1.0))

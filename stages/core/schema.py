@@ -56,6 +56,7 @@ class Paths(Section):
     params_check: str
     source: str
     raw: str
+    own: str
     processed: str
     class_counts: str
     model: str
@@ -81,11 +82,13 @@ class Data(Section):
     probe_timeout: Annotated[float, Field(gt=0, le=60)]
     timeout: Annotated[float, Field(gt=0, le=600)]
     retries: Annotated[int, Field(ge=0, le=10)]
+    own: bool
 
 
 class Preprocess(Section):
     val_fraction: Annotated[float, Field(gt=0, lt=1)]
     limit: Annotated[int, Field(ge=20)] | None
+    own_test_fraction: Annotated[float, Field(ge=0, lt=1)]
 
 
 class Model(Section):
@@ -140,6 +143,7 @@ class Train(Section):
     checkpoint_monitor: Literal[MONITORS]
     resume: bool
     tensorboard: bool
+    own_weight: Annotated[float, Field(gt=0, le=1000)]
 
 
 class Evaluate(Section):

@@ -4,6 +4,12 @@ The page (drawing_page.html, plain HTML and JavaScript) posts the canvas as a PN
 answer is the number read, and per digit the top-3 classes and the 28x28 image the model saw. It goes through the
 same code as `python -m stages.predict --number` (stages/reading/images.py), with the model loaded once at start-up.
 
+Under each digit a box holds the class read: Enter confirms it (or the class typed over it), and the page posts the
+same drawing to /confirm with the digit's position and class; the server reads the drawing again (the same code
+gives the same 28x28 image) and stores that digit as one of your own (stages/reading/own.py, the folder
+`paths.own`). /own answers how many own digits each class has, and the accuracy on your held-out digits
+(`own_test_accuracy`) of the latest evaluated run (`paths.metrics`), which the page shows beside the canvas.
+
 FastAPI and uvicorn come with MLflow (this module is imported only to serve the page). The server listens on
 127.0.0.1 only: it is a tool for the person at this machine, not a service (MLflow's `mlflow models serve` is the
 service; see the README).
@@ -13,15 +19,19 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import threading
 import time
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from stages.core.errors import PipelineError
+from stages.reading import own
 from stages.reading.images import ImageError, load_image, split_number, to_png_image
 
 # A 280x280 canvas as PNG is 5-30 kB; a photo from a phone is a few MB.
@@ -57,14 +67,20 @@ class Reader:
         canvas.save(buffer, format="PNG")
         self.read(buffer.getvalue())
 
+    def digits(self, data: bytes):
+        """(the drawing, its digits); raises ImageError with the message for the page."""
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise ImageError(f"{len(data):,} bytes is over the limit of {MAX_UPLOAD_BYTES:,} bytes")
+        image = load_image(data, MAX_DRAWING_PIXELS)
+        digits = split_number(image, self.dataset)
+        if len(digits) > MAX_DIGITS:
+            raise ImageError(f"{len(digits)} separate marks: draw at most {MAX_DIGITS} digits, or clear and redraw")
+        return image, digits
+
     def read(self, data: bytes) -> dict:
         """The answer to one drawing; raises ImageError with the message for the page."""
         started = time.perf_counter()
-        if len(data) > MAX_UPLOAD_BYTES:
-            raise ImageError(f"{len(data):,} bytes is over the limit of {MAX_UPLOAD_BYTES:,} bytes")
-        digits = split_number(load_image(data, MAX_DRAWING_PIXELS), self.dataset)
-        if len(digits) > MAX_DIGITS:
-            raise ImageError(f"{len(digits)} separate marks: draw at most {MAX_DIGITS} digits, or clear and redraw")
+        _, digits = self.digits(data)
         batch = np.stack([digit.array for digit in digits])
         with self.lock:
             probabilities = np.asarray(self.model.predict_on_batch(batch), dtype=np.float64)
@@ -81,43 +97,101 @@ class Reader:
                 "milliseconds": round(1000 * (time.perf_counter() - started), 1)}
 
 
-def create_app(reader: Reader) -> FastAPI:
+class OwnDigits:
+    """Your confirmed digits (paths.own) and the latest run's accuracy on the held-out ones (paths.metrics)."""
+
+    def __init__(self, folder: Path | None, metrics: Path | None, class_names: list[str], dataset: str):
+        self.folder, self.metrics, self.class_names, self.dataset = folder, metrics, class_names, dataset
+        self.lock = threading.Lock()
+
+    def summary(self) -> dict:
+        if self.folder is None:
+            return {"error": "no params.yaml here: start the page from the project root to keep your digits"}
+        counts = own.counts(self.folder) if self.folder.is_dir() else [0] * len(self.class_names)
+        try:
+            metrics = json.loads(self.metrics.read_text())
+        except (OSError, ValueError, AttributeError):
+            metrics = {}
+        return {"folder": str(self.folder), "classes": self.class_names, "counts": counts,
+                "own_test_accuracy": metrics.get("own_test_accuracy"),
+                "own_test_images": metrics.get("own_test_images")}
+
+    def confirm(self, reader: Reader, data: bytes, position: int, label: str) -> dict:
+        """Store digit `position` (0 = leftmost) of the drawing as class `label`; PipelineError for the page."""
+        if self.folder is None:
+            raise PipelineError(self.summary()["error"])
+        value = own.parse_label(label, self.dataset)
+        image, digits = reader.digits(data)
+        if not 0 <= position < len(digits):
+            raise ImageError(f"digit {position + 1} is not in this drawing ({len(digits)} digit(s)); nothing was "
+                             "stored")
+        digit = digits[position]
+        with self.lock:
+            stored = own.store(self.folder, digit.array, value, image, digit.box)
+        return {"label": self.class_names[value], "new": stored.new, "file": stored.path.name, **self.summary()}
+
+
+def create_app(reader: Reader, own_digits: OwnDigits | None = None) -> FastAPI:
     app = FastAPI(title="Draw a number", docs_url=None, redoc_url=None, openapi_url=None)
     page = resources.files("stages.reading").joinpath("drawing_page.html").read_text(encoding="utf-8")
+    own_digits = own_digits or OwnDigits(None, None, reader.class_names, reader.dataset)
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
         return page
 
-    @app.post("/predict")
-    async def predict(request: Request):
+    async def body(request: Request) -> bytes | None:
+        """The uploaded drawing; None when it is far over the limit."""
         # The body is read up to twice the limit, so that a client sending too much still gets the answer (a
         # server that closes on an unread body resets the connection); beyond that the connection is dropped.
-        too_much = JSONResponse({"error": f"over the limit of {MAX_UPLOAD_BYTES:,} bytes: send the 280x280 "
-                                          "drawing as PNG"}, status_code=413)
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > 2 * MAX_UPLOAD_BYTES:
-            return too_much
+            return None
         data = bytearray()
         async for chunk in request.stream():
             data += chunk
             if len(data) > 2 * MAX_UPLOAD_BYTES:
-                return too_much
+                return None
+        return bytes(data)
+
+    too_much = {"error": f"over the limit of {MAX_UPLOAD_BYTES:,} bytes: send the 280x280 drawing as PNG"}
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        data = await body(request)
+        if data is None:
+            return JSONResponse(too_much, status_code=413)
         try:
-            return await run_in_threadpool(reader.read, bytes(data))
+            return await run_in_threadpool(reader.read, data)
         except ImageError as error:
+            status = 413 if "over the limit" in str(error) else 422
+            return JSONResponse({"error": str(error)}, status_code=status)
+
+    @app.get("/own")
+    def own_summary() -> dict:
+        return own_digits.summary()
+
+    @app.post("/confirm")
+    async def confirm(request: Request, digit: int, label: str):
+        """Store digit number `digit` (0 = leftmost) of the posted drawing as class `label`."""
+        data = await body(request)
+        if data is None:
+            return JSONResponse(too_much, status_code=413)
+        try:
+            return await run_in_threadpool(own_digits.confirm, reader, data, digit, label)
+        except PipelineError as error:
             status = 413 if "over the limit" in str(error) else 422
             return JSONResponse({"error": str(error)}, status_code=status)
 
     return app
 
 
-def serve(model, class_names: list[str], dataset: str, port: int) -> None:
-    """Serve the page until Ctrl-C."""
+def serve(model, class_names: list[str], dataset: str, port: int, own_paths: tuple[Path, Path] | None = None) -> None:
+    """Serve the page until Ctrl-C; `own_paths` (paths.own, paths.metrics) keeps confirmed digits."""
     import uvicorn
 
     reader = Reader(model, class_names, dataset)
     reader.warm_up()
-    app = create_app(reader)
+    app = create_app(reader, OwnDigits(*(own_paths or (None, None)), class_names, dataset))
     print(f"drawing page on http://{HOST}:{port}/  (Ctrl-C to stop)", flush=True)
     uvicorn.run(app, host=HOST, port=port, log_level="warning")

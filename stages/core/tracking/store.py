@@ -29,7 +29,7 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 # MLflow caps a dataset digest at 36 characters; the full sha256 goes in the input's tag `sha256`.
 DIGEST_LENGTH = 36
-SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
+SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "test", "own_test": "own_test"}
 
 
 def dataset_name(data_info: dict, split: str) -> str:

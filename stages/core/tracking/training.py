@@ -126,7 +126,7 @@ def split_datasets(data_info: dict) -> dict[str, object]:
 
 
 def log_datasets(data_info: dict) -> dict[str, object]:
-    """The three splits as dataset inputs of the active run, so the runs table's Dataset column names them."""
+    """The splits (three; four with data.own) as dataset inputs of the active run: the runs table's Dataset column."""
     import mlflow
 
     datasets = split_datasets(data_info)

@@ -1,0 +1,95 @@
+"""Your own digits (stages/reading/own.py): labels, storing, the layout check, the stable held-out choice; then the
+collect stage on a project folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages import collect
+from stages.core.errors import PipelineError
+from stages.reading import own
+
+
+def a_digit(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((28, 28, 1))
+
+
+def test_labels_are_the_dataset_classes():
+    assert own.parse_label("7", "mnist") == 7
+    assert own.parse_label("Sneaker", "fashion_mnist") == 7 == own.parse_label("7", "fashion_mnist")
+    assert own.parse_number_label("407", "mnist") == [4, 0, 7]
+    for text, dataset in (("10", "mnist"), ("x", "mnist"), ("-1", "mnist"), ("sneaker", "fashion_mnist")):
+        with pytest.raises(own.LabelError, match=f"label '{text}' is not a class of {dataset}.*nothing was stored"):
+            own.parse_label(text, dataset)
+    with pytest.raises(own.LabelError, match="'4a' is not a number"):
+        own.parse_number_label("4a", "mnist")
+    with pytest.raises(own.LabelError, match="needs a dataset of digits"):
+        own.parse_number_label("12", "fashion_mnist")
+
+
+def test_store_writes_the_28x28_image_and_the_crop_named_by_image_and_label(tmp_path):
+    folder = tmp_path / "own"
+    original = Image.new("RGB", (800, 600), "white")
+    digit = a_digit(0)
+    first = own.store(folder, digit, 4, original, box=(100, 100, 50, 80))
+    assert first.new and first.path.parent == folder / "4" and first.path.stem == own.digit_hash(own.as_bytes(digit), 4)
+    with Image.open(first.path) as image:
+        assert image.size == (28, 28) and image.mode == "L"
+        np.testing.assert_array_equal(np.asarray(image), own.as_bytes(digit))
+    crop = first.path.with_name(first.path.stem + own.CROP_SUFFIX)
+    with Image.open(crop) as image:
+        assert image.size == (66, 96)  # the box and a margin of a tenth of its longest side (8) each side
+    assert (folder / own.README).is_file()
+
+    again = own.store(folder, digit, 4, original)
+    assert not again.new and again.path == first.path  # the same digit confirmed twice is one digit
+    other = own.store(folder, digit, 9, original)  # the same image as another class is another digit
+    assert other.new and other.path.stem != first.path.stem
+    assert own.counts(folder) == [0, 0, 0, 0, 1, 0, 0, 0, 0, 1]
+    images, labels, names = own.load_digits(folder)
+    assert images.shape == (2, 28, 28) and labels.tolist() == [4, 9] and names == [first.path.stem, other.path.stem]
+    assert sorted(path.name for path in folder.rglob("*")) == sorted(
+        ["4", "9", own.README, first.path.name, crop.name, other.path.name, other.path.stem + own.CROP_SUFFIX])
+
+
+def test_a_whole_photo_crop_is_shrunk(tmp_path):
+    stored = own.store(tmp_path, a_digit(1), 3, Image.new("L", (3000, 1500), 255))
+    with Image.open(stored.path.with_name(stored.path.stem + own.CROP_SUFFIX)) as crop:
+        assert crop.size == (own.CROP_SIZE, own.CROP_SIZE // 2)
+
+
+def test_held_out_is_a_stable_share_of_the_hashes():
+    names = [own.digit_hash(own.as_bytes(a_digit(seed)), seed % 10) for seed in range(2000)]
+    chosen = [name for name in names if own.held_out(name, 0.3)]
+    assert 0.26 < len(chosen) / len(names) < 0.34
+    assert set(chosen) == {name for name in names[:1000] if own.held_out(name, 0.3)} | {
+        name for name in names[1000:] if own.held_out(name, 0.3)}
+    assert not any(own.held_out(name, 0.0) for name in names)
+
+
+def test_the_layout_check_names_a_stray_file(tmp_path):
+    folder = own.ensure_folder(tmp_path / "own")
+    own.check_layout(folder)
+    (folder / "7").mkdir()
+    (folder / "7" / "my seven.png").write_bytes(b"")
+    with pytest.raises(PipelineError, match="my seven.png: not a stored digit"):
+        own.check_layout(folder)
+    (folder / "7" / "my seven.png").unlink()
+    (folder / "sevens").mkdir()
+    with pytest.raises(PipelineError, match="sevens: the own-digits folder holds only"):
+        own.check_layout(folder)
+    (folder / "sevens").rmdir()
+    Image.new("L", (20, 20)).save(folder / "7" / f"{'a' * own.HASH_LENGTH}.png")
+    with pytest.raises(PipelineError, match="is 20x20, not 28x28"):
+        own.load_digits(folder)
+
+
+def test_collect_creates_the_folder_and_counts(make_params, capsys):
+    params = make_params()
+    assert collect.run(params) == [0] * 10
+    assert (own.ensure_folder(params.paths.own) / own.README).is_file()
+    own.store(params.paths.own, a_digit(2), 1, Image.new("L", (28, 28)))
+    assert collect.run(params)[1] == 1
+    assert "collect: 1 own digits" in capsys.readouterr().out
