@@ -7,6 +7,7 @@ Without Chromium the browser test is skipped, and fails under CI=true.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -16,10 +17,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers.handwriting import drawn, pen_strokes
 from helpers.net import answers, free_port, wait_until
+from helpers.params import write_params
 from helpers.project import ROOT
 from helpers.servers import require
 from PIL import Image
@@ -34,11 +38,11 @@ RESPONSE_LIMIT_MS = 100
 
 
 class PageServer:
-    def __init__(self, url: str, process: subprocess.Popen):
-        self.url, self.process = url, process
+    def __init__(self, url: str, process: subprocess.Popen, own: Path):
+        self.url, self.process, self.own = url, process, own
 
-    def post(self, data: bytes, content_type: str = "image/png") -> tuple[int, dict]:
-        request = urllib.request.Request(self.url + "predict", data=data, headers={"Content-Type": content_type})
+    def post(self, data: bytes, content_type: str = "image/png", path: str = "predict") -> tuple[int, dict]:
+        request = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": content_type})
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 return response.status, json.loads(response.read())
@@ -46,22 +50,30 @@ class PageServer:
             return error.code, json.loads(error.read())
 
 
+OWN_TEST = {"own_test_accuracy": 0.9, "own_test_images": 60}  # what the latest run measured on your digits
+
+
 @pytest.fixture(scope="module")
-def page_server(model_path, tmp_path_factory):
+def page_server(model_path, tmp_path_factory, raw_params):
+    """The page started in a project folder whose params.yaml keeps own digits in ./own (the latest metrics say
+    OWN_TEST); `.own` is that folder."""
     port = free_port()
-    log = tmp_path_factory.mktemp("page") / "server.log"
+    folder = tmp_path_factory.mktemp("page")
+    log = folder / "server.log"
+    write_params(folder, {**raw_params, "paths": {**raw_params["paths"], "own": "own", "metrics": "metrics.json"}})
+    (folder / "metrics.json").write_text(json.dumps({"test_accuracy": 0.99, **OWN_TEST}))
     with open(log, "w") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "stages.predict", "--serve", "--model", str(model_path), "--dataset", "mnist",
              "--port", str(port)],
-            cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
+            cwd=folder, stdout=output, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"},
         )
     url = f"http://127.0.0.1:{port}/"
 
     try:
         wait_until(lambda: answers(url), 180, "the drawing page", process, log)
-        yield PageServer(url, process)
+        yield PageServer(url, process, folder / "own")
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -138,6 +150,42 @@ def test_bad_input_gets_one_clear_message(page_server, body, status, message):
     assert set(answer) == {"error"} and message in answer["error"] and "\n" not in answer["error"]
 
 
+def own_files(folder: Path) -> list[str]:
+    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*.png")) if folder.exists() else []
+
+
+def test_a_confirmed_digit_is_stored_as_the_model_saw_it(page_server, drawings):
+    from stages.reading import own
+
+    label, strokes = drawings[0]
+    drawing = png(drawn(strokes, SCALE, PEN))
+    status, answer = page_server.post(drawing)
+    assert status == 200
+    before = own_files(page_server.own)
+    # A correction: the person says it is a 3, whatever the model read.
+    status, stored = page_server.post(drawing, path="confirm?digit=0&label=3")
+    assert status == 200 and stored["label"] == "3" and stored["new"]
+    assert stored["own_test_accuracy"] == OWN_TEST["own_test_accuracy"]
+    added = sorted(set(own_files(page_server.own)) - set(before))
+    assert added == [f"3/{stored['file']}", f"3/{stored['file'].replace('.png', own.CROP_SUFFIX)}"]
+    seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["digits"][0]["image"].split(",")[1]))))
+    np.testing.assert_array_equal(np.asarray(Image.open(page_server.own / added[0])), seen)  # what the model saw
+    assert stored["counts"][3] == own.counts(page_server.own)[3] >= 1
+    status, again = page_server.post(drawing, path="confirm?digit=0&label=3")
+    assert status == 200 and not again["new"] and own_files(page_server.own) == sorted(before + added)
+
+
+@pytest.mark.parametrize(("path", "message"), [
+    ("confirm?digit=0&label=12", "label '12' is not a class of mnist"),
+    ("confirm?digit=1&label=3", "digit 2 is not in this drawing (1 digit(s)); nothing was stored"),
+], ids=["not-a-class", "no-such-digit"])
+def test_a_bad_confirmation_stores_nothing(page_server, drawings, path, message):
+    before = own_files(page_server.own)
+    status, answer = page_server.post(png(drawn(drawings[0][1], SCALE, PEN)), path=path)
+    assert status == 422 and set(answer) == {"error"} and message in answer["error"]
+    assert own_files(page_server.own) == before
+
+
 # --- in the browser ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -190,6 +238,34 @@ def test_drawing_in_the_browser(page_server, browser, drawings, tmp_path):
     page.screenshot(path=str(screenshot))
     print(f"\nthe page read {number!r} for {labels!r}; screenshot {screenshot}")
     assert number == labels  # each digit read, left to right: not just two of them
+    page.close()
+
+
+def test_confirming_in_the_browser(page_server, browser, drawings, tmp_path):
+    """Enter under a digit keeps it (a correction typed first is what is kept); the counts and the latest run's
+    accuracy on your digits show beside the canvas."""
+    from stages.reading import own
+
+    page = browser.new_page(viewport={"width": 900, "height": 560})
+    page.goto(page_server.url)
+    page.wait_for_function("() => document.querySelector('#own table') !== null", timeout=20_000)
+    assert "90.0% right on 60" in page.locator("#own").text_content()
+    counts = own.counts(page_server.own)
+    label, strokes = drawings[1]
+    draw(page, strokes)
+    page.wait_for_function("() => document.querySelectorAll('.digit .confirm input').length === 1", timeout=20_000)
+    box = page.locator(".digit .confirm input")
+    box.fill("5")
+    box.press("Enter")
+    page.wait_for_function("() => document.querySelector('.confirm.saved') !== null", timeout=20_000)
+    assert page.locator(".confirm").text_content().strip() == "kept as 5"
+    counts[5] += 1
+    assert own.counts(page_server.own) == counts
+    cells = page.locator("#own table tr").nth(1).locator("td").all_text_contents()
+    assert cells == [str(count) for count in counts]
+    screenshot = tmp_path / "drawing-page-confirmed.png"
+    page.screenshot(path=str(screenshot))
+    print(f"\nconfirmed in the browser; screenshot {screenshot}")
     page.close()
 
 
