@@ -163,6 +163,7 @@ def run(params: Params) -> dict[str, int]:
     dataset = params.data.dataset
     val_fraction = params.preprocess.val_fraction
     limit = params.preprocess.limit
+    own_test_fraction = params.preprocess.own_test_fraction
     raw_dir = Path(params.paths.raw) / dataset
     processed_dir = Path(params.paths.processed)
 
@@ -184,7 +185,7 @@ def run(params: Params) -> dict[str, int]:
     extra = {"train": {}}
     if params.data.own:
         own.check_layout(own.ensure_folder(params.paths.own))
-        mine = split_own(*own.load_digits(params.paths.own), params.preprocess.own_test_fraction)
+        mine = split_own(*own.load_digits(params.paths.own), own_test_fraction)
         own_train = len(mine["train"][1])
         dataset_train = len(splits["train"][1])
         splits["train"] = tuple(np.concatenate(parts) for parts in zip(splits["train"], mine["train"], strict=True))

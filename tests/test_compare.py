@@ -27,6 +27,7 @@ def test_comparison_table_lists_evaluated_runs_best_first():
         "tags.dataset": ["mnist", "mnist_10k", "mnist", None],  # d: made before runs named their data
         "tags.dataset.train_images": ["48000", "6400", "48000", None],
         "tags.dataset.test_images": ["10000", "2000", "10000", None],
+        "metrics.own_test_accuracy": [np.nan, 0.9, np.nan, np.nan],  # b learned its person's digits (data.own)
     })
     table = compare.comparison_table(runs)
     assert table["run"].tolist() == ["b", "a", "d"]
@@ -37,3 +38,4 @@ def test_comparison_table_lists_evaluated_runs_best_first():
     text = compare.markdown(table, "mnist")
     assert text.index("| b |") < text.index("| a |")
     assert "| b | exp-b | mnist_10k | conv32 |" in text
+    assert "| 0.9700 | 0.1000 | 0.9000 |" in text and "| 0.9500 | 0.2000 |  |" in text  # own test accuracy

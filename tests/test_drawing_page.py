@@ -167,9 +167,10 @@ def test_a_confirmed_digit_is_stored_as_the_model_saw_it(page_server, drawings):
     assert status == 200 and stored["label"] == "3" and stored["new"]
     assert stored["own_test_accuracy"] == OWN_TEST["own_test_accuracy"]
     added = sorted(set(own_files(page_server.own)) - set(before))
-    assert added == [f"3/{stored['file']}", f"3/{stored['file'].replace('.png', own.CROP_SUFFIX)}"]
+    image = f"3/{stored['file']}"
+    assert added == sorted([image, image.replace(".png", own.CROP_SUFFIX)])
     seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["digits"][0]["image"].split(",")[1]))))
-    np.testing.assert_array_equal(np.asarray(Image.open(page_server.own / added[0])), seen)  # what the model saw
+    np.testing.assert_array_equal(np.asarray(Image.open(page_server.own / image)), seen)  # what the model saw
     assert stored["counts"][3] == own.counts(page_server.own)[3] >= 1
     status, again = page_server.post(drawing, path="confirm?digit=0&label=3")
     assert status == 200 and not again["new"] and own_files(page_server.own) == sorted(before + added)
@@ -253,7 +254,9 @@ def test_confirming_in_the_browser(page_server, browser, drawings, tmp_path):
     counts = own.counts(page_server.own)
     label, strokes = drawings[1]
     draw(page, strokes)
-    page.wait_for_function("() => document.querySelectorAll('.digit .confirm input').length === 1", timeout=20_000)
+    # The last answer, after the pen is lifted: no request on its way that would redraw the cards.
+    page.wait_for_function("() => !pending && !again && document.querySelectorAll('.digit .confirm input').length "
+                           "=== 1", timeout=20_000)
     box = page.locator(".digit .confirm input")
     box.fill("5")
     box.press("Enter")

@@ -208,7 +208,9 @@ def dataset_spec(dataset: str) -> DatasetSpec:
 
 # What preprocess read and wrote, for train and evaluate to name the data they use: {"dataset", "sample_of",
 # "content_hash" (of the raw files, from download's manifest), "splits": {split: {"name", "images", "sha256",
-# "origin"}}}. A split's sha256 is that of its `x` bytes then its `labels` bytes, as stored in {split}.npz.
+# "origin"}}}. A split's sha256 is that of its `x` bytes then its `labels` bytes, as stored in {split}.npz. The
+# splits are train, val and test; with data.own also own_test (your held-out digits, origin paths.own), and then
+# train's entry has "own_images" too (how many of its images are yours).
 DATA_INFO_NAME = "dataset.json"
 
 
