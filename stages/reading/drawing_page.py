@@ -113,8 +113,7 @@ class OwnDigits:
         except (OSError, ValueError, AttributeError):
             metrics = {}
         return {"folder": str(self.folder), "classes": self.class_names, "counts": counts,
-                "own_test_accuracy": metrics.get("own_test_accuracy"),
-                "own_test_images": metrics.get("own_test_images")}
+                "own_test_accuracy": metrics.get("own_test_accuracy")}
 
     def confirm(self, reader: Reader, data: bytes, position: int, label: str) -> dict:
         """Store digit `position` (0 = leftmost) of the drawing as class `label`; PipelineError for the page."""

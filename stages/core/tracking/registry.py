@@ -84,12 +84,16 @@ def log_evaluation(params: Params, metrics: dict[str, float], files: list[Path],
         return
     client, run_id = attached
     model_id = json.loads(Path(params.paths.run).read_text()).get("model_id")
-    link = {"model_id": model_id} if model_id else {}
-    if model_id and data_info:
-        link.update(dataset_name=dataset_name(data_info, "test"), dataset_digest=dataset_digest(data_info, "test"))
+    def link(split: str) -> dict:
+        """The LoggedModel and the split's dataset a metric was measured with (own_test_*: your own digits)."""
+        found = {"model_id": model_id} if model_id else {}
+        if model_id and data_info and split in data_info["splits"]:
+            found.update(dataset_name=dataset_name(data_info, split), dataset_digest=dataset_digest(data_info, split))
+        return found
+
     for key, value in metrics.items():
         if isinstance(value, int | float):  # not the dataset's name: the run carries it as a tag
-            client.log_metric(run_id, key, float(value), **link)
+            client.log_metric(run_id, key, float(value), **link("own_test" if key.startswith("own_test") else "test"))
     for path in files:
         client.log_artifact(run_id, str(path), "reports")
     if "test_accuracy" not in metrics:
