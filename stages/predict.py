@@ -19,7 +19,9 @@ every image was read and (with --number) has as many digits as the label.
 instead (`--port` for another port); there you confirm or correct each digit read.
 
 The model defaults to `paths.model` and the class names to `data.dataset`, both from params.yaml in the working
-directory; without one, pass --model and --dataset.
+directory; without one, pass --model and --dataset. `--model` also takes the exported `.onnx` (run by ONNX Runtime,
+without TensorFlow) and `.tflite` (LiteRT) files, and MLflow model URIs such as `models:/mnist-cnn@champion` (found
+in the store params.yaml's tracking section names). One line on stderr names the model that answered.
 
 Exit codes: 0 all images predicted; 1 at least one image could not be read (the others are still predicted), or
 a --label that is not a class or does not match what was read;
@@ -38,9 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.core.architectures import ModelFileError, load_model
+from stages.core.architectures import ModelFileError
 from stages.core.errors import PipelineError
 from stages.core.files import atomic_path
+from stages.core.shipping import load_any
 from stages.reading.images import (
     MAX_IMAGE_PIXELS,
     ImageError,
@@ -254,16 +257,33 @@ def label_files(paths: Sequence[str | os.PathLike], label: str, number: bool, da
     return [own.store(folder, array, value, image, box) for array, value, image, box in confirmed]
 
 
-def defaults_from_params(params_path: str | os.PathLike = "params.yaml") -> tuple[Path, str]:
-    """(model path, dataset) as params.yaml sets them (paths.model, data.dataset)."""
+def read_params(params_path: str | os.PathLike = "params.yaml"):
     from stages.core.schema import ParamsError, load_params
 
     try:
-        params = load_params(params_path)
+        return load_params(params_path)
     except ParamsError as error:
         first_line = str(error).splitlines()[0]
         raise ModelFileError(f"{first_line}; or pass --model PATH and --dataset NAME") from None
+
+
+def defaults_from_params(params_path: str | os.PathLike = "params.yaml") -> tuple[Path, str]:
+    """(model path, dataset) as params.yaml sets them (paths.model, data.dataset)."""
+    params = read_params(params_path)
     return Path(params.paths.model), params.data.dataset
+
+
+def params_for(arguments: argparse.Namespace):
+    """params.yaml where the command line needs it (a default, an MLflow URI's store); else only if it is there
+    and valid, for what the export stage recorded of the model file."""
+    from stages.core.schema import PARAMS_FILE
+
+    if arguments.model is None or arguments.dataset is None or str(arguments.model).startswith("models:/"):
+        return read_params(PARAMS_FILE)
+    try:
+        return read_params(PARAMS_FILE) if Path(PARAMS_FILE).is_file() else None
+    except ModelFileError:
+        return None
 
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -275,8 +295,9 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         epilog="Exit codes: 0 all predicted; 1 some image could not be read; 2 model missing or unusable.",
     )
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="PNG, JPEG, BMP, GIF or WebP files")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="the .keras model (default: paths.model from params.yaml)")
+    parser.add_argument("--model", default=None,
+                        help="a .keras, .onnx or .tflite file, or an MLflow model URI such as "
+                             "models:/mnist-cnn@champion (default: paths.model from params.yaml)")
     parser.add_argument("--top", type=int, default=3, help="how many of the most likely classes to list (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per line per image")
     parser.add_argument("--save-preprocessed", type=Path, metavar="DIR",
@@ -305,13 +326,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code (see the module docstring)."""
     arguments = parse_arguments(argv)
     from stages.core.datasets import class_names
-    from stages.core.entry import start_tensorflow_quietly
 
     try:
-        if arguments.model is None or arguments.dataset is None:
-            default_model, default_dataset = defaults_from_params()
-            arguments.model = arguments.model or default_model
-            arguments.dataset = arguments.dataset or default_dataset
+        params = params_for(arguments)
+        if params is not None:
+            arguments.model = arguments.model or params.paths.model
+            arguments.dataset = arguments.dataset or params.data.dataset
         names = class_names(arguments.dataset)
         own_folder = own_paths = None
         if arguments.label is not None:
@@ -322,8 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             (own.parse_number_label if arguments.number else own.parse_label)(arguments.label, arguments.dataset)
         elif arguments.serve and Path("params.yaml").is_file():
             own_paths = own_paths_from_params()  # the page stores confirmed digits there, and shows how they do
-        start_tensorflow_quietly()  # its start-up lines would bury the one line per image; real errors still show
-        model = load_model(arguments.model, len(names), MODEL_ADVICE)
+        model, description = load_any(arguments.model, len(names), MODEL_ADVICE, params)
+        print(f"model: {description}", file=sys.stderr)
         if arguments.serve:
             from stages.reading import drawing_page
 

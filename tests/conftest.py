@@ -90,6 +90,36 @@ def model(model_path):
     return load_model(model_path, 10, advice="the session's model should load")
 
 
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, raw_params, mnist_10k, model_path, processed_dir):
+    """The export stage run once on the session's model and the 2,000 held-out digits of the processed sample,
+    MLflow on (a SQLite store beside it, the training's run made up): (params, report). The folder holds
+    params.yaml and is the project root while the module's tests run."""
+    import shutil
+
+    import mlflow
+    from helpers.params import write_params
+
+    from stages import export
+    from stages.core.files import write_json
+
+    base = tmp_path_factory.mktemp("export")
+    params = shrunk_params(raw_params, base, mnist_10k, tracking__enabled=True, paths__processed=str(processed_dir),
+                           tracking__uri=f"sqlite:///{base / 'mlflow.db'}")
+    write_params(base, params)
+    Path(params.paths.model).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(model_path, params.paths.model)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(base)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        client = mlflow.MlflowClient(params.tracking.uri)
+        experiment = client.create_experiment(params.tracking.experiment, artifact_location=(base / "art").as_uri())
+        run_id = client.create_run(experiment).info.run_id
+        client.set_terminated(run_id, "FINISHED")
+        write_json(params.paths.run, {"run_id": run_id})
+        yield params, export.run(params)
+
+
 @pytest.fixture(scope="session")
 def postgresql_server():
     """A throw-away PostgreSQL cluster for the session (see helpers/servers.py)."""

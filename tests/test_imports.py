@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 from helpers.params import shrunk_params, write_params
-from helpers.project import ROOT, write_stage_inputs
+from helpers.project import REFUSE_TENSORFLOW, ROOT, write_stage_inputs
 
 PACKAGE = ROOT / "stages"
 TOOLS = {"predict", "compare", "search", "server"}
@@ -139,23 +139,6 @@ def test_train_depends_on_exactly_the_code_the_image_model_ships():
     train = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]
     code = {dep for dep in train["deps"] if dep.startswith("stages/")}
     assert code == {"stages/train.py"} | {f"stages/{package}" for package in ImageClassifier.SHIPPED}
-
-
-# Runs a module as `python -m` would, with TensorFlow and Keras unimportable: a lazy import inside run() counts too.
-REFUSE_TENSORFLOW = """
-import importlib.abc, runpy, sys
-
-class RefuseTensorFlow(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in ("tensorflow", "keras"):
-            print(f"imported {name}", file=sys.stderr, flush=True)
-            raise ImportError(f"{name} is refused in this process")
-        return None
-
-sys.meta_path.insert(0, RefuseTensorFlow())
-sys.argv = sys.argv[1:]
-runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
-"""
 
 
 @pytest.fixture(scope="module")

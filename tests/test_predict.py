@@ -303,7 +303,8 @@ def test_bad_inputs_are_reported_and_the_rest_predicted(tmp_path, digit_file, mo
     output = capsys.readouterr()
     assert exit_code == 1
     assert len(output.out.splitlines()) == 1 and output.out.startswith(f"{digit_file}: ")
-    errors = output.err.strip().splitlines()
+    named, *errors = output.err.strip().splitlines()
+    assert named == f"model: {model_path} (lenet, keras)"
     assert len(errors) == len(bad)
     for error, (name, message) in zip(errors, bad.items(), strict=True):
         assert error.startswith(f"error: {tmp_path / name}: ") and message in error
@@ -401,7 +402,8 @@ def test_number_bad_inputs_one_line_each(tmp_path, number_file, model_path, caps
     assert predict.main([*map(str, files), str(path), "--number", "--model", str(model_path)]) == 1
     output = capsys.readouterr()
     assert output.out.strip().startswith(f"{path}: {number}")
-    errors = output.err.strip().splitlines()
+    named, *errors = output.err.strip().splitlines()
+    assert named.startswith(f"model: {model_path} ")
     assert len(errors) == 3
     for error, file, message in zip(errors, files, ["not an image", "blank image", "over the limit"], strict=True):
         assert error.startswith(f"error: {file}: ") and message in error

@@ -63,6 +63,9 @@ class Paths(Section):
     history: str
     summary: str
     run: str
+    onnx: str
+    litert: str
+    export: str
     tensorboard: str
     resume: str
     metrics: str
@@ -146,6 +149,18 @@ class Train(Section):
     own_weight: Annotated[float, Field(gt=0, le=1000)]
 
 
+class Export(Section):
+    formats: Annotated[list[Literal["onnx", "litert"]], Field(min_length=1)]
+    tolerance: Annotated[float, Field(gt=0, le=1)]
+
+    @field_validator("formats")
+    @classmethod
+    def _once_each(cls, formats: list[str]) -> list[str]:
+        if len(set(formats)) != len(formats):
+            raise ValueError(f"each format at most once, got {formats}")
+        return formats
+
+
 class Evaluate(Section):
     batch_size: Annotated[int, Field(ge=1, le=65_536)]
     activation_images: Annotated[int, Field(ge=1, le=32)]
@@ -174,6 +189,7 @@ class Params(Section):
     preprocess: Preprocess
     model: Model
     train: Train
+    export: Export
     evaluate: Evaluate
     plots: Plots
     tracking: Tracking

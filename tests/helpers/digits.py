@@ -27,7 +27,7 @@ def train_small_model(path: Path, mnist_10k: Path) -> Path:
 
     digits, labels = mnist_digits(mnist_10k, "train")
     keras.utils.set_random_seed(0)
-    model = build_model(presets()["lenet"])
+    model = build_model(presets()["lenet"], name="lenet")
     model.compile(optimizer="adam", loss="categorical_crossentropy")
     model.fit(digits, one_hot(labels), epochs=3, batch_size=128, verbose=0)
     model.save(path)

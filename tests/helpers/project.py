@@ -15,6 +15,22 @@ from stages.core.schema import Params
 from stages.evaluate import confusion_matrix, confusion_table, predictions_table
 from stages.preprocess import one_hot
 
+# Runs a module as `python -m` would, with TensorFlow and Keras unimportable: a lazy import inside run() counts too.
+REFUSE_TENSORFLOW = """
+import importlib.abc, runpy, sys
+
+class RefuseTensorFlow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("tensorflow", "keras"):
+            print(f"imported {name}", file=sys.stderr, flush=True)
+            raise ImportError(f"{name} is refused in this process")
+        return None
+
+sys.meta_path.insert(0, RefuseTensorFlow())
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
 
 def project_paths(project: Path):
     """`paths:` of a project copy's params.yaml, each under the project: where its stages write."""

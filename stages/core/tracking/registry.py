@@ -1,15 +1,19 @@
-"""The model registry: the image model beside the tensor model, test accuracy on each version, the champion."""
+"""The model registry: the image model beside the tensor model, the ONNX export and the LiteRT file on the same run,
+test accuracy on each version, the champion (the ONNX model's follows the tensor model's)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from stages.core.errors import PipelineError
 from stages.core.schema import Params
-from stages.core.tracking.store import attached_run, dataset_digest, dataset_name, store_lock, tracking_uri
+from stages.core.tracking.store import attached_run, connect, dataset_digest, dataset_name, store_lock, tracking_uri
 
 STAGES = Path(__file__).resolve().parents[2]  # the `stages` package, parts of which ship with the image model
 KINDS = ("", "images", "onnx")  # the tensor model, the pyfunc taking images, the ONNX export
@@ -108,6 +112,8 @@ def log_evaluation(params: Params, metrics: dict[str, float], files: list[Path],
             client.set_model_version_tag(name, versions[0].version, TEST_SET_TAG, test_sha256)
             client.set_model_version_tag(name, versions[0].version, "test_accuracy", f"{accuracy:.6f}")
             promote_champion(client, name, test_sha256)
+    with store_lock(tracking_uri(params)):
+        follow_champion(client, params, dataset)
 
 
 TEST_SET_TAG = "test_sha256"  # a version's test set: only versions tested on the same content compete
@@ -182,3 +188,136 @@ def promote_champion(client, name: str, test_sha256: str, alias: str = "champion
         print(f"registered model {name} version {best} is the {alias} (test accuracy {accuracy:.4f} on test set "
               f"{test_sha256[:12]})")
     raise PipelineError(f"the {alias!r} alias of registered model {name!r} kept changing under concurrent updates")
+
+
+def follow_champion(client, params: Params, dataset: str, alias: str = "champion") -> None:
+    """Point the ONNX model's `alias` at the version from the run of the tensor model's; remove it where that run
+    has no ONNX version (a model trained before exports existed), so it never names another run's model."""
+    from mlflow.exceptions import MlflowException
+
+    name, tensor_name = registered_name(params, dataset, "onnx"), registered_name(params, dataset)
+    try:
+        run_id = client.get_model_version_by_alias(tensor_name, alias).run_id
+    except MlflowException:  # no champion yet
+        return
+    try:
+        current = client.get_model_version_by_alias(name, alias).version
+    except MlflowException:  # no ONNX model registered yet, or no alias on it
+        current = None
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if not versions:
+        if current is not None:
+            client.delete_registered_model_alias(name, alias)
+            print(f"registered model {name}: no version from the {alias}'s run {run_id}, alias {alias!r} removed")
+        return
+    best = max(versions, key=lambda version: int(version.version)).version
+    if current != best:
+        client.set_registered_model_alias(name, alias, best)
+        print(f"registered model {name} version {best} is the {alias} (the {alias} of {tensor_name} comes from the "
+              "same run)")
+
+
+def log_exports(params: Params, files: dict[str, Path], metrics: dict[str, float], example, test_accuracy: float,
+                dataset: str, test_sha256: str):
+    """Attach the exported files to the training's run: the ONNX file with MLflow's onnx flavour, registered as a
+    version of `registered_name(params, dataset, "onnx")` (tagged with `test_accuracy` on the test set
+    `test_sha256`; its champion follows the tensor model's), the LiteRT file as an artifact under `litert/`, and
+    `metrics`. Nothing is logged when tracking is off or train recorded no run. `example`: a few input images, for
+    the signature and the input example."""
+    attached = attached_run(params)
+    if attached is None:
+        return None
+    client, run_id = attached
+    if "onnx" in files:
+        try:  # before anything is logged: mlflow.onnx needs it to save the model
+            import onnx
+        except ImportError as error:
+            raise PipelineError(f"MLflow's onnx flavour needs the onnx package ({error}): "
+                                "`pip install -r requirements.lock`") from None
+    import mlflow
+    from mlflow.models import infer_signature
+
+    # A model logged by run id alone would land in the default experiment: name the run's.
+    mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, float(value))
+    if "litert" in files:
+        client.log_artifact(run_id, str(files["litert"]), "litert")
+    if "onnx" not in files:
+        return None
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
+    output = session.run(None, {session.get_inputs()[0].name: example})[0]
+    name = registered_name(params, dataset, "onnx")
+    with store_lock(tracking_uri(params)):
+        info = mlflow.onnx.log_model(
+            onnx.load(str(files["onnx"])), name="onnx_model", run_id=run_id,
+            signature=infer_signature({"image": example}, output), input_example={"image": example},
+            registered_model_name=name, save_as_external_data=False,
+            onnx_execution_providers=["CPUExecutionProvider"],
+            pip_requirements=[f"onnxruntime=={onnxruntime.__version__}", f"onnx=={onnx.__version__}"],
+        )
+        version = str(info.registered_model_version)
+        client.set_model_version_tag(name, version, TEST_SET_TAG, test_sha256)
+        client.set_model_version_tag(name, version, "test_accuracy", f"{test_accuracy:.6f}")
+        follow_champion(client, params, dataset)
+    print(f"logged {files['onnx']} to MLflow run {run_id} as version {version} of {name}")
+    return version
+
+
+@contextlib.contextmanager
+def quiet_download() -> Iterator[None]:
+    """No progress bar: predict's output is its answers."""
+    variable = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    saved = os.environ.get(variable)
+    os.environ[variable] = "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = saved
+
+
+@contextlib.contextmanager
+def downloaded_model(params: Params, uri: str) -> Iterator[tuple[Path, dict]]:
+    """The model file behind a `models:/NAME@ALIAS` or `models:/NAME/VERSION` URI, downloaded to a temporary folder
+    that lives as long as the block, and what the registry knows of it: version (`NAME version N`), architecture
+    (its run's model.name), format and test accuracy."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client, _ = connect(params)
+    reference = uri.removeprefix("models:/")
+    name, _, alias = reference.partition("@")
+    try:
+        if alias:
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, number = reference.partition("/")
+            version = client.get_model_version(name, number)
+    except MlflowException as error:
+        raise PipelineError(f"{uri}: {error.message.splitlines()[0]} (store {tracking_uri(params)}); see the "
+                            "registered models and their aliases in `mlflow ui`") from None
+    with tempfile.TemporaryDirectory(prefix="mlflow-model-") as folder:
+        try:
+            with quiet_download():
+                local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version.version}",
+                                                                 dst_path=folder))
+        except MlflowException as error:
+            raise PipelineError(f"{uri}: cannot download {name} version {version.version} "
+                                f"({error.message.splitlines()[0]})") from None
+        flavors = mlflow.models.Model.load(str(local)).flavors
+        if "onnx" in flavors:
+            path, format = local / flavors["onnx"]["data"], "onnx"
+        elif "tensorflow" in flavors or "keras" in flavors:
+            path, format = next(local.rglob("*.keras"), local / "data" / "model.keras"), "keras"
+        else:
+            raise PipelineError(f"{uri} is a {', '.join(flavors)} model, not one that takes image arrays: use "
+                                "a tensor model (<dataset>-cnn) or its ONNX export (<dataset>-cnn-onnx)")
+        run = client.get_run(version.run_id) if version.run_id else None
+        yield path, {"version": f"{name} version {version.version}", "format": format,
+                     "architecture": run.data.params.get("model.name") if run else None,
+                     "test_accuracy": version.tags.get("test_accuracy")}

@@ -1,0 +1,308 @@
+"""The trained model shipped: an inference model without training-only layers, its ONNX and LiteRT files, the
+runtimes that run them, and `load_any`, the one loader predict uses for a .keras, .onnx or .tflite file or an MLflow
+model URI (models:/name@alias). ONNX Runtime and the LiteRT interpreter run without TensorFlow: nothing here imports
+it unless a Keras model is built, exported or loaded.
+
+Every runtime model has Keras' two inference calls, `predict(images, verbose=0)` and `predict_on_batch(images)`, so
+predict and the drawing page use any of them as they use a Keras model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from stages.core.architectures import ModelFileError, load_model
+from stages.core.datasets import INPUT_SHAPE
+from stages.core.errors import PipelineError
+from stages.core.files import atomic_path
+
+FORMATS = {"onnx": ".onnx", "litert": ".tflite"}  # export.formats -> the file suffix its runtime expects
+KERAS_SUFFIX = ".keras"
+INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
+# What the LiteRT interpreter prints on every start on a CPU (its default delegate); anything else still shows.
+LITERT_NOISE = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+CONVERTER_CHATTER = re.compile(r"[IW]\d{4} [\d:. ]+\d+ [\w.]+:\d+\] .*")  # absl INFO and WARNING lines
+
+
+class ExportError(ModelFileError):
+    """A format's exporter or runtime is missing or fails, or its file disagrees with the Keras model."""
+
+
+# ---------------------------------------------------------------------------------------------------- exporting
+
+
+def is_training_only(layer) -> bool:
+    """Random augmentation (RandomTranslation, RandomZoom...): identity at inference, random ops once exported."""
+    return type(layer).__name__.startswith("Random")
+
+
+def inference_model(model):
+    """A float32 functional copy of `model` without its training-only layers, each layer rebuilt from its config in
+    float32 and given the trained weights (BatchNormalization's moving statistics included).
+
+    Exporters call the model without training=False, so an augmentation layer left in would be exported as random
+    ops (ONNX Runtime has no StatelessRandomUniformV2); a mixed-precision model is shipped in float32.
+    """
+    import keras
+
+    inputs = keras.Input(shape=INPUT_SHAPE, dtype="float32", name=INPUT_NAME)
+    outputs = inputs
+    for layer in model.layers:
+        if is_training_only(layer):
+            continue
+        twin = type(layer).from_config({**layer.get_config(), "dtype": "float32"})
+        outputs = twin(outputs)
+        twin.set_weights(layer.get_weights())
+    return keras.Model(inputs, outputs, name=model.name)
+
+
+def export_model(inference, format: str, path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """Write `inference` as `format` to `path` (a temporary file: the caller renames it once checked).
+
+    ONNX: input `image`, output renamed from tf2onnx's `Identity:0` to `probabilities`, `metadata` in the file's
+    metadata_props. LiteRT: Keras' own converter (the path must end in .tflite).
+    """
+    import logging
+
+    from stages.core.entry import stderr_without
+
+    # Tracing the model for each exporter is expected; TensorFlow's retracing warning says otherwise.
+    logging.getLogger("tensorflow").addFilter(lambda record: "retracing" not in record.getMessage())
+    # The converters log every step of their work at INFO and WARNING level; their errors still show.
+    with stderr_without(CONVERTER_CHATTER.match), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # tf2onnx's numpy-2 shims warn about np.object on import
+        if format == "onnx":
+            import tensorflow as tf
+
+            signature = [tf.TensorSpec((None, *INPUT_SHAPE), tf.float32, name=INPUT_NAME)]
+            inference.export(str(path), format="onnx", verbose=False, input_signature=signature)
+        elif format == "litert":
+            inference.export(str(path), format="litert", verbose=False)
+        else:
+            raise ValueError(f"unknown export format {format!r}")
+    if format == "onnx":
+        name_onnx_output(path, metadata)
+
+
+def name_onnx_output(path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    import onnx
+
+    graph_model = onnx.load(str(path))
+    old = graph_model.graph.output[0].name
+    for node in graph_model.graph.node:
+        node.output[:] = [OUTPUT_NAME if name == old else name for name in node.output]
+    graph_model.graph.output[0].name = OUTPUT_NAME
+    for key, value in metadata.items():
+        graph_model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(graph_model)
+    onnx.save(graph_model, str(path))
+
+
+def compare(probabilities: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Share of images given the same class, and the largest difference of any probability."""
+    return {"agreement": float(np.mean(probabilities.argmax(axis=1) == reference.argmax(axis=1))),
+            "max_abs_diff": float(np.max(np.abs(probabilities.astype(np.float64) - reference)))}
+
+
+def export_checked(inference, format: str, path: str | os.PathLike, images: np.ndarray, reference: np.ndarray,
+                   tolerance: float, metadata: dict[str, str]) -> dict[str, float]:
+    """Export, run the file with its own runtime on `images`, and put it at `path` only if it gives the same class
+    as `reference` on every image and no probability further than `tolerance` from it. Returns the comparison."""
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        try:
+            export_model(inference, format, temporary, metadata)
+        except ImportError as error:
+            raise ExportError(f"the {format} exporter needs {error.name or error}, which is not installed: "
+                              "`pip install -r requirements.lock`, or drop it from export.formats") from None
+        except Exception as error:  # whatever the converter raises: one line, and no file
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ExportError(f"exporting the model to {format} failed ({reason}); drop {format} from "
+                              "export.formats to ship the others") from None
+        runtime = open_runtime(temporary, format)
+        probabilities = np.concatenate([runtime.predict_on_batch(images[start:start + 500])
+                                        for start in range(0, len(images), 500)])
+        result = compare(probabilities, reference)
+        if result["agreement"] < 1 or result["max_abs_diff"] > tolerance:
+            raise ExportError(
+                f"the {format} file disagrees with the Keras model on the {len(images):,} held-out images: same "
+                f"class on {result['agreement']:.2%} of them, max |Δp| {result['max_abs_diff']:.2g} (allowed: "
+                f"every class, {tolerance:g}); not written")
+        result["bytes"] = temporary.stat().st_size
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------- runtimes
+
+
+class OnnxModel:
+    """An .onnx file run by ONNX Runtime on the CPU."""
+
+    format = "onnx"
+
+    def __init__(self, path: str | os.PathLike):
+        import onnxruntime
+
+        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0]
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    @property
+    def shapes(self) -> tuple[tuple, tuple]:
+        return tuple(self.input.shape), tuple(self.session.get_outputs()[0].shape)
+
+    def predict_on_batch(self, images) -> np.ndarray:
+        return self.session.run(None, {self.input.name: np.asarray(images, dtype=np.float32)})[0]
+
+    def predict(self, images, verbose=0, batch_size=None) -> np.ndarray:
+        return self.predict_on_batch(images)
+
+
+class LiteRTModel:
+    """A .tflite file run by the LiteRT interpreter (ai_edge_litert), resized to each batch."""
+
+    format = "litert"
+
+    def __init__(self, path: str | os.PathLike):
+        from ai_edge_litert.interpreter import Interpreter
+
+        from stages.core.entry import stderr_without
+
+        with stderr_without(lambda line: line == LITERT_NOISE):
+            self.interpreter = Interpreter(model_path=str(path))
+            self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.metadata: dict[str, str] = {}
+
+    @property
+    def shapes(self) -> tuple[tuple, tuple]:
+        return tuple(self.input["shape_signature"]), tuple(self.output["shape_signature"])
+
+    def predict_on_batch(self, images) -> np.ndarray:
+        images = np.asarray(images, dtype=np.float32)
+        if tuple(self.interpreter.get_input_details()[0]["shape"]) != images.shape:
+            self.interpreter.resize_tensor_input(self.input["index"], list(images.shape))
+            self.interpreter.allocate_tensors()
+        self.interpreter.set_tensor(self.input["index"], images)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output["index"]).copy()
+
+    def predict(self, images, verbose=0, batch_size=None) -> np.ndarray:
+        return self.predict_on_batch(images)
+
+
+RUNTIMES = {"onnx": OnnxModel, "litert": LiteRTModel}
+
+
+def open_runtime(path: str | os.PathLike, format: str):
+    """The file in its format's runtime; a missing runtime is one ExportError."""
+    try:
+        return RUNTIMES[format](path)
+    except ImportError as error:
+        package = {"onnx": "onnxruntime", "litert": "ai-edge-litert"}[format]
+        raise ExportError(f"the {format} runtime ({package}) cannot be imported ({error}): "
+                          "`pip install -r requirements.lock`") from None
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+class Loaded(NamedTuple):
+    """A model ready to predict, and the one line that names it: where from, architecture, format, test accuracy."""
+
+    model: Any
+    description: str
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def shipped_facts(path: Path, report: Path | None) -> dict:
+    """What the export stage recorded of this very file (same sha256) in its report, or nothing."""
+    try:
+        entries = json.loads(report.read_text()).get("files", {}) if report else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    digest = file_sha256(path)
+    return next((entry for entry in entries.values() if isinstance(entry, dict) and entry.get("sha256") == digest),
+                {})
+
+
+def describe(where: str, facts: dict) -> str:
+    """`models/model.onnx (bn_cnn, onnx, test accuracy 0.9905)`, leaving out what is not known."""
+    known = [facts.get("architecture"), facts.get("format")]
+    if facts.get("test_accuracy") is not None:
+        known.append(f"test accuracy {float(facts['test_accuracy']):.4f}")
+    return f"{where} ({', '.join(str(item) for item in known if item)})"
+
+
+def load_file(path: str | os.PathLike, num_classes: int, advice: str):
+    """A .keras, .onnx or .tflite file as a model, checked to map 28x28x1 images to `num_classes` probabilities."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == KERAS_SUFFIX:
+        if path.is_file():
+            from stages.core.entry import start_tensorflow_quietly
+
+            start_tensorflow_quietly()  # its start-up lines would bury predict's answers; real errors still show
+        return load_model(path, num_classes, advice)
+    format = next((name for name, ending in FORMATS.items() if ending == suffix), None)
+    if format is None:
+        raise ModelFileError(f"{path}: unknown model format {suffix or '(no suffix)'!r}; expected a .keras, .onnx or "
+                             f".tflite file or an MLflow model URI (models:/NAME@ALIAS): {advice}")
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} not found: {advice}")
+    try:
+        model = open_runtime(path, format)
+    except ExportError as error:
+        raise ModelFileError(f"{path}: {error}") from None
+    except Exception as error:  # the runtime's own parse error
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ModelFileError(f"{path} is not a loadable {format} model ({reason}): {advice}") from None
+    input_shape, output_shape = model.shapes
+    if tuple(input_shape[1:]) != INPUT_SHAPE or tuple(output_shape[1:]) != (num_classes,):
+        raise ModelFileError(f"{path} maps {tuple(input_shape[1:])} to {tuple(output_shape[1:])}, expected "
+                             f"{INPUT_SHAPE} images to {num_classes} class probabilities: {advice}")
+    return model
+
+
+def load_any(source: str | os.PathLike, num_classes: int, advice: str, params=None) -> Loaded:
+    """The one loader of predict: a model file (see load_file) or an MLflow model URI, which needs `params` for
+    the tracking store. The description names the file or URI (and the registered version), the architecture,
+    the format and the test accuracy, where the file itself, the export stage's report or the registry knows them."""
+    text = str(source)
+    if text.startswith("models:/"):
+        if params is None:
+            raise ModelFileError(f"{text}: an MLflow model URI needs params.yaml (tracking.uri) in the working "
+                                 "directory to find the store")
+        from stages.core.tracking.registry import downloaded_model
+
+        try:
+            with downloaded_model(params, text) as (path, known):
+                model = load_file(path, num_classes, advice)
+        except ModelFileError:
+            raise
+        except PipelineError as error:  # the store or the registry: the model is what is unusable
+            raise ModelFileError(str(error)) from None
+        where = f"{text} = {known.pop('version')}"
+    else:
+        model = load_file(source, num_classes, advice)
+        report = Path(params.paths.export) if params is not None else None
+        known, where = shipped_facts(Path(source), report), text
+    format = getattr(model, "format", "keras")
+    facts = {"architecture": model.metadata.get("architecture") if format != "keras" else model.name,
+             "format": format}
+    facts.update({key: value for key, value in known.items()
+                  if key in ("architecture", "test_accuracy") and value is not None})
+    return Loaded(model, describe(where, facts))

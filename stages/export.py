@@ -1,0 +1,92 @@
+"""Export stage: ship the trained model as ONNX and LiteRT files, each checked against Keras before it is written.
+
+Reads `{paths.model}`, the held-out digits `{paths.processed}/test.npz` and `dataset.json` beside them; params
+`export.*`, `data.dataset`, `tracking.*`. Builds the inference model (stages/core/shipping.py: training-only
+augmentation dropped, float32, the trained weights), exports each of `export.formats` to `paths.<format>` and runs
+the file with its own runtime (ONNX Runtime, the LiteRT interpreter) on every held-out digit: it is written only if
+it gives the float32 Keras model's class on each of them and no probability further than `export.tolerance` from
+it. A format whose exporter or runtime is missing or fails stops the stage with one line; the files already
+checked stay.
+
+Writes `{paths.export}`: per file its size, sha256 and test accuracy, per format the agreement and max |Δp|
+against the float32 Keras model, and the same for the model as trained (a bf16-trained model's float32 rebuild
+differs from it slightly). With tracking on, the ONNX file is logged with MLflow's onnx flavour to the training's
+run and registered (its champion follows the tensor model's), the LiteRT file is an artifact, the figures metrics.
+
+ONNX files are not byte-reproducible (tf2onnx names nodes and tensors differently on each export), LiteRT files
+are. Run alone with `python -m stages.export` (after `dvc repro train`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from stages.core.architectures import load_model
+from stages.core.datasets import class_names, read_data_info
+from stages.core.entry import KERAS_UNUSED_IMPORTS, stage_main
+from stages.core.errors import PipelineError
+from stages.core.files import load_npz, require_files, write_json
+from stages.core.shipping import compare, export_checked, file_sha256, inference_model
+from stages.core.tracking import registry
+
+BATCH_SIZE = 500
+EXAMPLE_IMAGES = 2  # the MLflow input example of the ONNX model
+
+
+def file_entry(path: Path, architecture: str, format: str, probabilities: np.ndarray, labels: np.ndarray) -> dict:
+    return {"file": str(path), "format": format, "architecture": architecture, "bytes": path.stat().st_size,
+            "sha256": file_sha256(path), "test_accuracy": float(np.mean(probabilities.argmax(axis=1) == labels))}
+
+
+def run(params) -> dict:
+    """Export and check every format of export.formats; write and return the report."""
+    paths = params.paths
+    test_path, model_path = Path(paths.processed) / "test.npz", Path(paths.model)
+    require_files({test_path: "preprocess", model_path: "train"})
+    arrays = load_npz(test_path, ("x", "labels"), writer="preprocess")
+    images, labels = arrays["x"].astype(np.float32), arrays["labels"].astype(np.int64)
+    if images.ndim != 4 or len(images) != len(labels) or len(labels) == 0:
+        raise PipelineError(f"{test_path}: expected N x 28 x 28 x 1 images and N labels with N > 0, got images "
+                            f"{images.shape} and labels {labels.shape}; rerun `dvc repro preprocess`")
+
+    info = read_data_info(paths.processed)  # the data's registry name: the registered models carry it
+    model = load_model(model_path, len(class_names(params.data.dataset)), advice="rerun `dvc repro train`")
+    inference = inference_model(model)
+    trained = np.asarray(model.predict(images, batch_size=BATCH_SIZE, verbose=0), dtype=np.float64)
+    reference = np.asarray(inference.predict(images, batch_size=BATCH_SIZE, verbose=0), dtype=np.float64)
+    accuracy = float(np.mean(reference.argmax(axis=1) == labels))
+
+    report = {"test_images": len(labels), "tolerance": params.export.tolerance,
+              "trained_vs_float32": compare(trained, reference),
+              "files": {"keras": file_entry(model_path, model.name, "keras", trained, labels)}}
+    metadata = {"architecture": model.name, "dataset": params.data.dataset, "test_accuracy": f"{accuracy:.6f}"}
+    written = {}
+    for format in params.export.formats:
+        path = Path(getattr(paths, format))
+        check = export_checked(inference, format, path, images, reference, params.export.tolerance, metadata)
+        report[format] = {"agreement": check["agreement"], "max_abs_diff": check["max_abs_diff"]}
+        report["files"][format] = file_entry(path, model.name, format, reference, labels)  # same classes: same accuracy
+        written[format] = path
+        print(f"{format}: {path} ({check['bytes'] / 1e6:.2f} MB), same class as Keras on all {len(labels):,} "
+              f"held-out digits, max |Δp| {check['max_abs_diff']:.1e}")
+    write_json(paths.export, report)
+
+    metrics = {f"export.{name}_bytes": entry["bytes"] for name, entry in report["files"].items()}
+    metrics |= {f"export.{format}_max_abs_diff": report[format]["max_abs_diff"] for format in written}
+    metrics |= {f"export.{format}_agreement": report[format]["agreement"] for format in written}
+    registry.log_exports(params, written, metrics, images[:EXAMPLE_IMAGES], accuracy, dataset=info["dataset"],
+                         test_sha256=info["splits"]["test"]["sha256"])
+    gap = report["trained_vs_float32"]
+    print(f"the model as trained and its float32 rebuild: same class on {gap['agreement']:.2%} of the held-out "
+          f"digits, max |Δp| {gap['max_abs_diff']:.1e}")
+    return report
+
+
+def main() -> None:
+    stage_main(run, skip_imports=KERAS_UNUSED_IMPORTS, fast_exit=True, quiet_tensorflow=True)
+
+
+if __name__ == "__main__":
+    main()

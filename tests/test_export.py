@@ -1,0 +1,177 @@
+"""Tests of the export stage (stages/export.py, stages/core/shipping.py) and of predict with the files it ships.
+
+The oracle is Keras itself: each exported file, run by its own runtime, must give the Keras model's class on
+every held-out digit and probabilities within export.tolerance of it; a file that does not is never written.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers.digits import mnist_digits
+from helpers.project import REFUSE_TENSORFLOW, ROOT
+
+from stages import predict
+from stages.core import shipping
+from stages.core.architectures import build_model
+
+AUGMENTED = [{"type": "RandomTranslation", "height_factor": 0.1, "width_factor": 0.1},
+             {"type": "Conv2D", "filters": 4, "kernel_size": 3}, {"type": "BatchNormalization"},
+             {"type": "ReLU"}, {"type": "Flatten"}, {"type": "Dense", "units": 10}]
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_inference_model_drops_augmentation_and_computes_in_float32(precision, mnist_10k):
+    import keras
+
+    keras.mixed_precision.set_global_policy(precision)
+    model = build_model(AUGMENTED, name="augmented")
+    batch_norm = next(layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
+    batch_norm.moving_mean.assign(np.full(4, 0.3, np.float32))  # trained statistics must travel too
+    keras.mixed_precision.set_global_policy("float32")
+    inference = shipping.inference_model(model)
+    assert [type(layer).__name__ for layer in inference.layers] == [
+        "InputLayer", "Conv2D", "BatchNormalization", "ReLU", "Flatten", "Dense", "Activation"]
+    assert {layer.dtype_policy.name for layer in inference.layers} == {"float32"}
+    assert inference.name == "augmented"
+    for trained, shipped in zip(model.get_weights(), inference.get_weights(), strict=True):
+        np.testing.assert_array_equal(np.asarray(trained, np.float32), shipped)
+    images, _ = mnist_digits(mnist_10k, "test", 16)
+    expected = keras.ops.convert_to_numpy(model(images, training=False)).astype(np.float32)
+    tolerance = 0 if precision == "float32" else 2e-2  # bf16 rounding in the trained model's own compute
+    np.testing.assert_allclose(inference.predict(images, verbose=0), expected, atol=tolerance, rtol=0)
+
+
+@pytest.mark.slow
+def test_export_checks_each_file_against_keras_and_reports_it(exported, mnist_10k):
+    params, report = exported
+    paths = params.paths
+    assert set(report["files"]) == {"keras", "onnx", "litert"} and report["test_images"] == 2000
+    for format in ("onnx", "litert"):
+        assert report[format]["agreement"] == 1.0 and report[format]["max_abs_diff"] <= params.export.tolerance
+        entry = report["files"][format]
+        path = Path(getattr(paths, format))
+        assert entry["bytes"] == path.stat().st_size > 100_000 and entry["sha256"] == shipping.file_sha256(path)
+        assert entry["architecture"] == "lenet" and entry["test_accuracy"] == report["files"]["keras"]["test_accuracy"]
+    assert sorted(path.name for path in Path(paths.onnx).parent.iterdir()) == ["model.keras", "model.onnx",
+                                                                              "model.tflite", "run.json"]
+    onnx_model = shipping.OnnxModel(paths.onnx)
+    assert [i.name for i in onnx_model.session.get_inputs()] == ["image"]
+    assert [o.name for o in onnx_model.session.get_outputs()] == ["probabilities"]
+    assert onnx_model.metadata["architecture"] == "lenet"
+    # An independent look at the numbers: the session's Keras model on training digits, which the check never saw.
+    from stages.core.architectures import load_model
+
+    images, _ = mnist_digits(mnist_10k, "train", 100)
+    keras_probabilities = load_model(paths.model, 10, advice="").predict(images, verbose=0)
+    for runtime in (onnx_model, shipping.LiteRTModel(paths.litert)):
+        np.testing.assert_allclose(runtime.predict(images), keras_probabilities, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_mlflow_gets_the_onnx_model_registered_and_the_litert_file(exported):
+    import mlflow
+
+    from stages.core.tracking import registry
+
+    params, report = exported
+    client = mlflow.MlflowClient(params.tracking.uri)
+    run_id = json.loads(Path(params.paths.run).read_text())["run_id"]
+    name = registry.registered_name(params, "mnist_10k", "onnx")
+    assert name == "mnist_10k-cnn-onnx"
+    [version] = client.search_model_versions(f"name = '{name}'")
+    assert version.run_id == run_id
+    assert float(version.tags["test_accuracy"]) == pytest.approx(report["files"]["onnx"]["test_accuracy"])
+    assert "litert/model.tflite" in [item.path for item in client.list_artifacts(run_id, "litert")]
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["export.onnx_bytes"] == report["files"]["onnx"]["bytes"]
+    assert metrics["export.litert_agreement"] == 1.0
+    logged = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert logged.experiment_id == client.get_run(run_id).info.experiment_id  # not in "Default"
+
+
+@pytest.mark.slow
+def test_the_onnx_champion_follows_the_tensor_models_and_predict_takes_its_uri(exported, test_digits, capsys):
+    import mlflow
+    from PIL import Image
+
+    from stages.core.tracking import registry
+
+    params, _ = exported
+    client = mlflow.MlflowClient(params.tracking.uri)
+    run_id = json.loads(Path(params.paths.run).read_text())["run_id"]
+    # The tensor model's versions: an older one from another run, then this run's; the champion moves between them.
+    tensor_name, onnx_name = (registry.registered_name(params, "mnist_10k", kind) for kind in ("", "onnx"))
+    client.create_registered_model(tensor_name)
+    other = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id
+    for run in (other, run_id):
+        client.create_model_version(tensor_name, source=client.get_run(run).info.artifact_uri, run_id=run)
+    client.set_registered_model_alias(tensor_name, "champion", "1")
+    registry.follow_champion(client, params, "mnist_10k")
+    assert client.get_registered_model(onnx_name).aliases == {}  # run `other` has no ONNX version
+    client.set_registered_model_alias(tensor_name, "champion", "2")
+    registry.follow_champion(client, params, "mnist_10k")
+    assert client.get_model_version_by_alias(onnx_name, "champion").run_id == run_id
+
+    Image.fromarray(255 - test_digits[0]).save("digit.png")
+    capsys.readouterr()
+    assert predict.main(["digit.png", "--model", f"models:/{onnx_name}@champion"]) == 0
+    output = capsys.readouterr()
+    assert output.out.startswith("digit.png: ")
+    assert output.err.startswith(f"model: models:/{onnx_name}@champion = {onnx_name} version 1 (lenet, onnx, "
+                                 "test accuracy 0.")
+    assert predict.main(["digit.png", "--model", f"models:/{onnx_name}@nobody"]) == predict.EXIT_BAD_MODEL
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: models:/{onnx_name}@nobody: ") and len(error.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_predict_with_the_onnx_file_runs_without_tensorflow(exported, test_digits):
+    from PIL import Image
+
+    params, report = exported
+    Image.fromarray(255 - test_digits[0]).save("digit.png")
+    for format in ("onnx", "litert"):
+        result = subprocess.run([sys.executable, "-c", REFUSE_TENSORFLOW, "stages.predict", "--model",
+                                 getattr(params.paths, format), "digit.png"], capture_output=True, text=True,
+                                timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+        assert "imported " not in result.stderr and result.returncode == 0, result.stderr[-3000:]
+        accuracy = report["files"][format]["test_accuracy"]
+        assert result.stderr == (f"model: {getattr(params.paths, format)} (lenet, {format}, "
+                                 f"test accuracy {accuracy:.4f})\n")
+        assert result.stdout.startswith("digit.png: ") and len(result.stdout.splitlines()) == 1
+
+
+def test_a_file_that_disagrees_with_keras_is_not_written(model, mnist_10k, tmp_path):
+    images, _ = mnist_digits(mnist_10k, "test", 50)
+    inference = shipping.inference_model(model)
+    reference = inference.predict(images, verbose=0)[::-1]  # another image's probabilities for most of them
+    target = tmp_path / "model.onnx"
+    with pytest.raises(shipping.ExportError, match=r"the onnx file disagrees with the Keras model on the 50 held-out "
+                                                   r"images: same class on .*%.*; not written"):
+        shipping.export_checked(inference, "onnx", target, images, reference, 1e-4, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_runtime_is_one_error_and_no_file(model, mnist_10k, tmp_path, monkeypatch):
+    images, _ = mnist_digits(mnist_10k, "test", 10)
+    inference = shipping.inference_model(model)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    with pytest.raises(shipping.ExportError, match=r"the onnx runtime \(onnxruntime\) cannot be imported .*"
+                                                   r"pip install -r requirements.lock"):
+        shipping.export_checked(inference, "onnx", tmp_path / "model.onnx", images,
+                                inference.predict(images, verbose=0), 1e-4, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_refuses_an_unknown_model_format(tmp_path, capsys):
+    (tmp_path / "model.pt").write_bytes(b"torch")
+    assert predict.main([str(tmp_path / "digit.png"), "--model", str(tmp_path / "model.pt"), "--dataset",
+                         "mnist"]) == predict.EXIT_BAD_MODEL
+    error = capsys.readouterr().err
+    assert "unknown model format '.pt'; expected a .keras, .onnx or .tflite file or an MLflow model URI" in error
