@@ -16,6 +16,8 @@ Measures, in one run on the machine it runs on, and writes reports/benchmark.md 
 - the default model on the mnist-10k digits;
 - a 6-run `dvc queue` sweep of small models on mnist-10k, three ways: `-j 1`, `-j 2` with TensorFlow's default
   thread pools, and `-j 2` with STAGES_JOBS=2 (each training's pools sized to its share of the cores);
+- `python -m stages.predict --model <file> digit.png` in a fresh process with the .keras, .onnx and .tflite files
+  of the default architecture: the wall time of one answer, start-up included, and whether TensorFlow was loaded;
 
 and checks each against the targets of issue 7. Throughput runs use the tutorial settings (adam 1e-3, constant
 rate, no label smoothing, no early stop) on both sides, with params.yaml's seed and batch size; the stage keeps
@@ -57,7 +59,8 @@ from stages.core.datasets import DATASETS
 FASHION_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 MNIST_10K_SOURCE = DATASETS["mnist_10k"].folder  # the sample shipped in stages/mnist_10k
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
-SECTIONS = ("throughput", "e2e", "mnist", "sweep")
+SECTIONS = ("throughput", "e2e", "mnist", "sweep", "predict")
+PREDICT_RUNS = 3  # fresh processes per model file; the median counts
 SWEEP = {"model.architecture": ["single_conv", "conv10", "conv32"], "train.optimizer.name": ["adam", "sgd"]}
 SWEEP_WAYS = [  # (label, dvc queue workers, STAGES_JOBS)
     ("-j 1", 1, None),
@@ -480,6 +483,45 @@ def measure_sweep(config: argparse.Namespace, work: Path) -> dict:
     return {"runs": runs, "sweep": SWEEP, "settings": settings, "ways": ways}
 
 
+def measure_predict(work: Path) -> dict:
+    """One prediction in a fresh `python -m stages.predict` process per shipped file: wall time (median of
+    PREDICT_RUNS), peak RSS, whether TensorFlow was imported. The files: the default architecture trained for one
+    epoch on 600 mnist-10k digits and exported by `dvc repro export` in a copy of the project (MLflow off)."""
+    from PIL import Image
+
+    from stages.core.datasets import TEST_IMAGES
+    from stages.core.idx import read_idx
+    from stages.core.schema import read_yaml
+
+    project = copy_project(work / "predict", {"data.source": str(MNIST_10K_SOURCE), "data.dataset": "mnist",
+                                              "preprocess.limit": 600, "train.epochs": 1, "tracking.enabled": False})
+    probe_dir = work / "probe"
+    probe_dir.mkdir(exist_ok=True)
+    (probe_dir / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    probe = work / "tensorflow-probe.tsv"
+    env = project_env([project, probe_dir], BENCHMARK_TF_PROBE=str(probe))
+    logs = work / "predict-logs"
+    logs.mkdir(exist_ok=True)
+    print("predict: dvc repro export (default architecture, 1 epoch on 600 digits)", flush=True)
+    check(run_measured(["dvc", "repro", "export"], project, env, logs / "repro.log"), "dvc repro export", logs)
+    read_probe(probe)
+    Image.fromarray(255 - read_idx(MNIST_10K_SOURCE / TEST_IMAGES)[0]).save(project / "digit.png")
+    paths = read_yaml(project / "params.yaml")["paths"]
+    rows = []
+    for format, key in (("keras", "model"), ("onnx", "onnx"), ("litert", "litert")):
+        runs = [check(run_measured([sys.executable, "-m", "stages.predict", "--model", paths[key], "digit.png"],
+                                   project, env, logs / f"{format}-{attempt}.log"), f"predict {format}", logs)
+                for attempt in range(PREDICT_RUNS)]
+        rows.append({"format": format, "file": paths[key], "bytes": (project / paths[key]).stat().st_size,
+                     "seconds": [round(run.seconds, 2) for run in runs],
+                     "median_seconds": round(statistics.median(run.seconds for run in runs), 2),
+                     "max_rss_bytes": max(run.max_rss_bytes for run in runs),
+                     "tensorflow_loaded": bool(read_probe(probe)), "load_after": os.getloadavg()[0]})
+        print(f"  {format}: {rows[-1]['median_seconds']} s, TensorFlow loaded: {rows[-1]['tensorflow_loaded']}",
+              flush=True)
+    return {"runs": PREDICT_RUNS, "rows": rows}
+
+
 # ---------------------------------------------------------------------------------------------------- main
 
 
@@ -538,6 +580,8 @@ def main(argv: list[str] | None = None) -> None:
             results["mnist"] = measure_default_on_mnist(config, params, overrides, work)
         if "sweep" in config.sections:
             results["sweep"] = measure_sweep(config, work)
+        if "predict" in config.sections:
+            results["predict"] = measure_predict(work)
     finally:
         if config.keep:
             print(f"benchmark: kept {work}")

@@ -2,6 +2,6 @@
 
   store     where the store is, whether its server answers, the experiment, attaching to a run by id
   training  the MLflow run of one training: opened, epochs logged live, model logged, closed with its status
-  registry  the image model beside the tensor model, test accuracy on each version, the champion
+  registry  the image and ONNX models beside the tensor model, test accuracy on each version, the champion
   study     a search's parent run and its trials' runs
 """
