@@ -497,7 +497,8 @@ def test_number_label_stores_each_digit(own_project, number_file, model_path, ca
     assert sorted(name.split("/")[0] for name in files) == ["1", "2", "3", "4"]  # the classes confirmed, not read
     capsys.readouterr()
     assert predict.main([str(path), "--number", "--label", "12", "--model", str(model_path)]) == 1
-    error = capsys.readouterr().err.strip()
+    named, error = capsys.readouterr().err.strip().splitlines()
+    assert named.startswith(f"model: {model_path} (lenet, keras")
     assert error == (f"error: {path}: 4 digit(s) read but the label 12 has 2; nothing was stored (write the digits "
                      "apart, or label what was read)")
     assert len(stored_files(own_project)) == 8
