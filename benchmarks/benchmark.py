@@ -14,6 +14,8 @@ Measures, in one run on the machine it runs on, and writes reports/benchmark.md 
   wall time per stage, the part that is not training, the test accuracy reached, which processes loaded TensorFlow;
 - `dvc repro` with nothing changed, and after changing one `plots.*` key (only plots may run, without TensorFlow);
 - the default model on the mnist-10k digits;
+- handwriting: the default against augmentation off on held-out digits redrawn in other writers' styles, and
+  the calibration error before and after temperature scaling (benchmarks/handwriting.py);
 - a 6-run `dvc queue` sweep of small models on mnist-10k, three ways: `-j 1`, `-j 2` with TensorFlow's default
   thread pools, and `-j 2` with STAGES_JOBS=2 (each training's pools sized to its share of the cores);
 - `python -m stages.predict --model <file> digit.png` in a fresh process with the .keras, .onnx and .tflite files
@@ -24,7 +26,7 @@ rate, no label smoothing, no early stop) on both sides, with params.yaml's seed 
 everything else it does by default (tf.data feeding, op determinism, checkpoint and resume state every epoch).
 
 Options: --set KEY=VALUE overrides a params.yaml key for the default-params runs (e.g. to measure a proposed
-default before it is committed); --sections picks parts (throughput,e2e,mnist,sweep); --presets, --epochs,
+default before it is committed); --sections picks parts (throughput,e2e,mnist,sweep,handwriting); --presets, --epochs,
 --other-epochs size the throughput runs; --keep keeps the work folder. Timings are wall-clock: on a shared machine
 they depend on the load, so the load average is recorded next to every measurement.
 """
@@ -59,7 +61,7 @@ from stages.core.datasets import DATASETS
 FASHION_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 MNIST_10K_SOURCE = DATASETS["mnist_10k"].folder  # the sample shipped in stages/mnist_10k
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
-SECTIONS = ("throughput", "e2e", "mnist", "sweep", "predict")
+SECTIONS = ("throughput", "e2e", "mnist", "sweep", "predict", "handwriting")
 PREDICT_RUNS = 3  # fresh processes per model file; the median counts
 SWEEP = {"model.architecture": ["single_conv", "conv10", "conv32"], "train.optimizer.name": ["adam", "sgd"]}
 SWEEP_WAYS = [  # (label, dvc queue workers, STAGES_JOBS)
@@ -430,6 +432,28 @@ def measure_default_on_mnist(config: argparse.Namespace, params, overrides: dict
                                "overrides": run_overrides}, work, name)
 
 
+def measure_handwriting(config: argparse.Namespace, params, overrides: dict[str, Any], work: Path) -> dict:
+    """The default params (with --set) and the same with augmentation off, each trained by the stage on mnist-10k,
+    then read on other writers' styles (benchmarks/handwriting.py)."""
+    from benchmarks import handwriting
+
+    processed = prepare_data(MNIST_10K_SOURCE, "mnist", work / "data-mnist-10k")
+    section: dict[str, Any] = {"digits": 200 if config.quick else handwriting.STYLE_DIGITS}
+    for way, extra in (("off", {"train.augment.enabled": False}), ("on", {})):
+        name = f"handwriting-augmentation-{way}"
+        run_paths = paths_under(params.model_dump(), work / "runs" / name)
+        run_overrides = {**overrides, **extra, "data.dataset": "mnist", **run_paths,
+                         "paths.processed": str(processed), "tracking.enabled": False}
+        if config.quick:
+            run_overrides["train.epochs"] = 1
+        print(f"handwriting: augmentation {way}", flush=True)
+        run_child("stage", {"params_file": str(ROOT / "params.yaml"), "workdir": str(work / "runs" / name),
+                            "overrides": run_overrides}, work, name)
+        section[way] = handwriting.measure(Path(run_paths["paths.model"]), Path(run_paths["paths.run"]),
+                                           processed / "test.npz", MNIST_10K_SOURCE, section["digits"])
+    return section
+
+
 def wait_for_queue(project: Path, env: dict[str, str], runs: int, timeout: float = 7200) -> str:
     """Wait until `runs` experiments are done; cheap polling (git refs), `dvc queue status` only now and then."""
     deadline = time.monotonic() + timeout
@@ -582,6 +606,8 @@ def main(argv: list[str] | None = None) -> None:
             results["sweep"] = measure_sweep(config, work)
         if "predict" in config.sections:
             results["predict"] = measure_predict(work)
+        if "handwriting" in config.sections:
+            results["handwriting"] = measure_handwriting(config, params, overrides, work)
     finally:
         if config.keep:
             print(f"benchmark: kept {work}")

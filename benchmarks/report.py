@@ -256,6 +256,10 @@ def markdown(results: dict) -> str:
         lines += [f"| {row['file']} ({row['format']}) | {row['bytes'] / 1e6:.2f} MB | {row['median_seconds']:.2f} s | "
                   f"{', '.join(f'{s:.2f}' for s in row['seconds'])} s | {gigabytes(row['max_rss_bytes'])} | "
                   f"{'yes' if row['tensorflow_loaded'] else 'no'} |" for row in predict["rows"]]
+    if results.get("handwriting"):
+        from benchmarks.handwriting import markdown as handwriting_markdown
+
+        lines += handwriting_markdown(results["handwriting"])
     if results.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {note}" for note in results["notes"]]
     return "\n".join(lines) + "\n"

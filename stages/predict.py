@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.core.architectures import ModelFileError
+from stages.core.calibration import CalibratedModel, read_temperature, unsure
 from stages.core.errors import PipelineError
 from stages.core.files import atomic_path
 from stages.core.shipping import load_any
@@ -87,12 +88,19 @@ class Prediction:
             "label": self.class_names[self.predicted],
             "confidence": float(self.probabilities[self.predicted]),
             "top": self.top(count),
+            "not_sure": self.not_sure,
         }
+
+    @property
+    def not_sure(self) -> str | None:
+        """"not sure: 4 or 9" when the top probability is low (stages/core/calibration.py), else None."""
+        return unsure(self.probabilities, self.class_names)
 
     def as_text(self, count: int) -> str:
         ranked = ", ".join(f"{entry['label']} {entry['probability']:.1%}" for entry in self.top(count))
         confidence = float(self.probabilities[self.predicted])
-        return f"{self.file}: {self.class_names[self.predicted]} ({confidence:.1%})  top {count}: {ranked}"
+        answer = self.not_sure or self.class_names[self.predicted]
+        return f"{self.file}: {answer} ({confidence:.1%})  top {count}: {ranked}"
 
 
 def prepare_files(
@@ -191,7 +199,7 @@ class NumberReading:
 
     def as_text(self, count: int) -> str:
         ranked = ", ".join(
-            f"{digit.class_names[digit.predicted]} {float(digit.probabilities[digit.predicted]):.1%}"
+            f"{digit.not_sure or digit.class_names[digit.predicted]} {float(digit.probabilities[digit.predicted]):.1%}"
             for digit in self.digits)
         return f"{self.file}: {self.number}  ({ranked})"
 
@@ -344,6 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             own_paths = own_paths_from_params()  # the page stores confirmed digits there, and shows how they do
         model, description = load_any(arguments.model, len(names), MODEL_ADVICE, params)
         print(f"model: {description}", file=sys.stderr)
+        if params is not None and Path(arguments.model) == Path(params.paths.model):
+            # The temperature train fitted for this model (run.json); another model is read as it is.
+            model = CalibratedModel(model, read_temperature(params.paths.run))
         if arguments.serve:
             from stages.reading import drawing_page
 

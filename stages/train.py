@@ -3,7 +3,8 @@
 Reads  {paths.processed}/train.npz, val.npz, dataset.json; params seed, model.*, train.*, tracking.*
        (your own digits in train.npz count train.own_weight times a dataset image in the loss)
 Writes {paths.model} (best epoch by train.checkpoint_monitor), {paths.history}, {paths.summary}, {paths.run}
-       (run.json also names the data: the dataset and its split sizes, from dataset.json)
+       (run.json also names the data: the dataset and its split sizes, from dataset.json; and the temperature that
+       calibrates the model's probabilities, fitted on the validation digits: stages/core/calibration.py)
 Run alone: python -m stages.train
 
 Resuming. An interrupted training continues from its last finished epoch, with the same weights and numbers as an
@@ -39,7 +40,7 @@ from stages.core.datasets import read_data_info, split_sizes
 from stages.core.entry import KERAS_UNUSED_IMPORTS, stage_main
 from stages.core.errors import PipelineError
 from stages.core.files import atomic_path, load_npz, sha256_of_files, write_csv, write_json, write_text
-from stages.core.schema import Params, minimised
+from stages.core.schema import Augment, Params, minimised
 from stages.core.tracking import training as tracking
 
 
@@ -87,9 +88,10 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int):
 
 
 def make_training_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epochs: range,
-                          weights: np.ndarray | None = None):
+                          weights: np.ndarray | None = None, augment: Augment | None = None):
     """The batches of all `epochs` in one stream, each epoch shuffled by a permutation of (seed, epoch) alone; with
-    `weights`, each batch carries its images' loss weights (Keras' sample_weight).
+    `weights`, each batch carries its images' loss weights (Keras' sample_weight); each batch is augmented (when
+    `augment` is enabled) by draws keyed by (seed, epoch, batch).
 
     tf.data's own reshuffle draws each epoch's order from how often the dataset was iterated before, so a resumed
     run (a fresh iterator) would see epoch 1's order again; keyed by the epoch, a resume sees the same batches.
@@ -102,14 +104,24 @@ def make_training_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: i
     def epoch_batches(epoch):
         order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64),
                                                          seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).enumerate()
+        return batches.map(lambda batch, index: (epoch, batch, index))
 
-    batches = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches)
-    if weights is not None:
-        sample_weights = tf.constant(weights)
-        return batches.map(lambda index: (tf.gather(images, index), tf.gather(labels, index),
-                                          tf.gather(sample_weights, index))).prefetch(tf.data.AUTOTUNE)
-    return batches.map(lambda index: (tf.gather(images, index), tf.gather(labels, index))).prefetch(tf.data.AUTOTUNE)
+    sample_weights = None if weights is None else tf.constant(weights)
+
+    def gather(epoch, batch, index):
+        batch_images = tf.gather(images, index)
+        if augment is not None and augment.enabled:
+            from stages.core import augment as augmentation
+
+            batch_images = augmentation.augment(batch_images, augmentation.batch_seed(seed, epoch, batch), augment)
+        if sample_weights is not None:
+            return batch_images, tf.gather(labels, index), tf.gather(sample_weights, index)
+        return batch_images, tf.gather(labels, index)
+
+    stream = tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_batches)
+    # Stateless draws: parallel calls give the same batches, in order.
+    return stream.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 def resume_key(params: Params, data_hash: str) -> str:
@@ -154,7 +166,7 @@ def fit(params: Params, model, train: tuple, val: tuple, resume_dir: Path, run=N
     # Batches of the global batch_size: the strategy splits each across its replicas.
     model.fit(
         make_training_dataset(*train, settings.batch_size, params.seed, range(callbacks.finished, settings.epochs),
-                              weights),
+                              weights, settings.augment),
         validation_data=make_dataset(*val, settings.batch_size),
         epochs=settings.epochs,
         steps_per_epoch=steps_per_epoch(len(train[0]), settings.batch_size),  # one stream: Keras keeps its iterator
@@ -222,6 +234,11 @@ def run(params: Params, extra_callbacks=()) -> dict:
         started = time.perf_counter()
         model, history = fit(params, model, train, val, resume_dir, run_handle, extra_callbacks, weights)
         seconds = time.perf_counter() - started
+        # The temperature that calibrates the kept model's probabilities on the validation digits (predict uses it).
+        from stages.core.calibration import calibrate
+
+        calibration = calibrate(model.predict(val[0], batch_size=params.train.batch_size, verbose=0),
+                                val[1].argmax(axis=1))
 
         with atomic_path(paths.model) as tmp:
             model.save(tmp)
@@ -242,7 +259,7 @@ def run(params: Params, extra_callbacks=()) -> dict:
 
         logged = run_handle.log_training(params, model, result, example=val[0][:5], image_model=ImageClassifier,
                                          data_info=data_info)
-        write_json(paths.run, {**result, **split_sizes(data_info), **logged})
+        write_json(paths.run, {**result, **split_sizes(data_info), **calibration, **logged})
         shutil.rmtree(resume_dir, ignore_errors=True)
     kept = f"kept epoch {result['kept_epoch']}" if result["kept_epoch"] else "kept the last epoch"
     print(f"trained {result['architecture']} for {result['epochs_run']} epochs in {seconds:.1f} s; {kept}, "

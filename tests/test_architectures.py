@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.core.architectures import ModelFileError, SpecError, build_model, load_model, presets, resolve_spec
+from stages.core.architectures import (
+    ModelFileError,
+    SpecError,
+    build_model,
+    check_layer_list,
+    load_model,
+    presets,
+    resolve_spec,
+)
 from stages.core.schema import ParamsError
 
 EXPECTED_PARAMETERS = {"single_conv": 217_610, "lenet": 1_256_080}
@@ -50,14 +58,20 @@ def test_bn_cnn_builds_with_the_documented_parameter_count():
     assert model.count_params() == 858_794
 
 
-def test_bn_cnn_is_deterministic_at_inference_and_random_in_training():
+def test_bn_cnn_is_deterministic_at_inference():
     model = build_model(presets()["bn_cnn"], name="bn_cnn")
     images = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
     first, second = model(images, training=False), model(images, training=False)
     np.testing.assert_array_equal(np.asarray(first), np.asarray(second))
     np.testing.assert_allclose(np.asarray(first).sum(axis=1), 1.0, rtol=1e-5)
-    shifted = model.layers[0](images, training=True)  # RandomTranslation moves the pixels only when training
-    assert not np.array_equal(np.asarray(shifted), images)
+
+
+def test_augmentation_layers_are_refused_with_where_augmentation_lives(make_params):
+    layers = [{"type": "RandomRotation", "factor": 0.1}, {"type": "Flatten"}, {"type": "Dense", "units": 10}]
+    with pytest.raises(ParamsError, match=r"model\.layers.*RandomRotation is augmentation.*train\.augment"):
+        make_params(model__layers=layers)
+    with pytest.raises(SpecError, match=r"preset x\[0\]\.type: RandomTranslation is augmentation.*train\.augment"):
+        check_layer_list([{"type": "RandomTranslation", "height_factor": 0.1}], "preset x")
 
 
 def test_the_loader_names_a_missing_model_and_what_to_do(tmp_path):

@@ -151,19 +151,19 @@ def test_predictions_table_layout():
     np.testing.assert_allclose(table["confidence"], [0.7, 0.5, 0.8, 0.6, 0.5])
 
 
-def test_conv_activations_skip_augmentation_and_handle_models_without_convolutions():
+def test_conv_activations_skip_leading_layers_and_handle_models_without_convolutions():
     from stages.core.architectures import build_model
 
     images = np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32)
     augmented = build_model([
-        {"type": "RandomTranslation", "height_factor": 0.1, "width_factor": 0.1},
+        {"type": "SpatialDropout2D", "rate": 0.5},
         {"type": "Conv2D", "filters": 4, "kernel_size": 5, "padding": "same"},
         {"type": "Flatten"},
         {"type": "Dense", "units": 10},
     ])
     filters, activations = conv_activations(augmented, images)
     assert filters.shape == (5, 5, 1, 4) and activations.shape == (3, 28, 28, 4)
-    # Augmentation is off at inference, so the maps are the same on every call.
+    # Dropout is off at inference, so the maps are the same on every call.
     np.testing.assert_array_equal(activations, conv_activations(augmented, images)[1])
 
     dense_only = build_model([{"type": "Flatten"}, {"type": "Dense", "units": 10}])

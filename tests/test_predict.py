@@ -525,3 +525,38 @@ def test_label_stores_nothing_when_an_image_fails(own_project, digit_file, model
                          str(model_path)]) == 1
     assert "nothing was stored: --label stores all the images or none" in capsys.readouterr().err
     assert stored_files(own_project) == []
+
+
+# --- confidence -------------------------------------------------------------------------------------------------
+
+def not_digits() -> dict[str, Image.Image]:
+    """A scribble, a letter and a page of specks, dark on white."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(0)
+    scribble = Image.new("L", (200, 200), 255)
+    ImageDraw.Draw(scribble).line([tuple(point) for point in rng.integers(30, 170, (14, 2))], fill=0, width=9)
+    letter = Image.new("L", (200, 200), 255)
+    ImageDraw.Draw(letter).line([(50, 170), (100, 30), (150, 170)], fill=0, width=14)  # an A
+    ImageDraw.Draw(letter).line([(72, 115), (128, 115)], fill=0, width=14)
+    specks = np.full((200, 200), 255, np.uint8)
+    for row, column in rng.integers(10, 190, (40, 2)):
+        specks[row:row + 3, column:column + 3] = 0
+    return {"scribble": scribble, "letter": letter, "specks": Image.fromarray(specks)}
+
+
+def test_a_scribble_a_letter_and_specks_are_not_sure(tmp_path, model, test_digits, test_labels):
+    """With the model's temperature fitted on digits, as train does on the validation digits."""
+    from stages.core.calibration import CalibratedModel, fit_temperature
+
+    temperature = fit_temperature(model.predict(normalize(test_digits[:500]), verbose=0), test_labels[:500])
+    files = []
+    for name, image in not_digits().items():
+        image.save(tmp_path / f"{name}.png")
+        files.append(str(tmp_path / f"{name}.png"))
+    predictions, failed = predict.predict_files(files, CalibratedModel(model, temperature), class_names("mnist"),
+                                                "mnist")
+    texts = {Path(prediction.file).stem: prediction.as_text(3) for prediction in predictions}
+    print(f"T {temperature:.2f}", texts, failed)
+    assert not failed
+    assert all(" not sure: " in text for text in texts.values()), texts

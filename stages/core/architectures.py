@@ -20,7 +20,8 @@ from stages.core.errors import PipelineError
 
 PRESETS_FILE = Path(__file__).with_name("architectures.yaml")
 
-# The keras.layers classes a spec may use: image layers, regularisers and in-model augmentation.
+# The keras.layers classes a spec may use: image layers and regularisers. Augmentation is no layer of the model: it
+# lives in params.yaml's train.augment and is applied to the training data only (stages/core/augment.py).
 LAYER_TYPES = (
     "Conv2D", "SeparableConv2D", "DepthwiseConv2D",
     "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
@@ -28,7 +29,6 @@ LAYER_TYPES = (
     "Dropout", "SpatialDropout2D", "GaussianNoise",
     "BatchNormalization", "LayerNormalization",
     "Activation", "ReLU", "LeakyReLU", "ELU",
-    "RandomTranslation", "RandomRotation", "RandomZoom", "RandomContrast", "RandomFlip",
 )
 
 
@@ -52,7 +52,10 @@ class Architecture(NamedTuple):
 def presets() -> dict[str, list[dict[str, Any]]]:
     from ruamel.yaml import YAML
 
-    return YAML(typ="safe", pure=True).load(PRESETS_FILE.read_text())
+    loaded = YAML(typ="safe", pure=True).load(PRESETS_FILE.read_text())
+    for name, layers in loaded.items():
+        check_layer_list(layers, f"{PRESETS_FILE.name}: {name}")
+    return loaded
 
 
 def preset_names() -> list[str]:
@@ -67,6 +70,9 @@ def check_layer_list(layers: Any, where: str) -> None:
         if not isinstance(layer, dict) or "type" not in layer:
             raise SpecError(f"{where}[{index}]: each layer needs a 'type' key, e.g. {{type: Dense, units: 10}}")
         kind = layer["type"]
+        if str(kind).startswith("Random"):
+            raise SpecError(f"{where}[{index}].type: {kind} is augmentation, which is no layer of the model: set it "
+                            "in params.yaml under train.augment (applied to the training images only)")
         if kind not in LAYER_TYPES:
             close = difflib.get_close_matches(str(kind), LAYER_TYPES, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(LAYER_TYPES)}"

@@ -131,6 +131,21 @@ class EarlyStopping(Section):
     restore_best_weights: bool
 
 
+class Augment(Section):
+    """Augmentation of the training images (stages/core/augment.py); each knob is a range drawn per image."""
+
+    enabled: bool
+    rotation: Annotated[float, Field(ge=0, le=45)]
+    slant: Annotated[float, Field(ge=0, le=1)]
+    zoom: Annotated[float, Field(ge=0, lt=1)]
+    aspect: Annotated[float, Field(ge=0, lt=1)]
+    translation: Annotated[float, Field(ge=0, le=10)]
+    elastic_alpha: Annotated[float, Field(ge=0, le=100)]
+    elastic_sigma: Annotated[float, Field(gt=0, le=14)]
+    stroke: Annotated[float, Field(ge=0, le=1)]
+    blur: Annotated[float, Field(ge=0, le=3)]
+
+
 class Train(Section):
     epochs: Annotated[int, Field(ge=1, le=10_000)]
     batch_size: Annotated[int, Field(ge=1, le=65_536)]
@@ -147,6 +162,7 @@ class Train(Section):
     resume: bool
     tensorboard: bool
     own_weight: Annotated[float, Field(gt=0, le=1000)]
+    augment: Augment
 
 
 class Export(Section):
