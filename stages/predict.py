@@ -52,6 +52,7 @@ from stages.reading.images import (
     model_input,
     split_number,
     to_png_image,
+    unlike_a_digit,
 )
 
 MODEL_ADVICE = "run `dvc repro` first to train it, or pass --model PATH"
@@ -69,6 +70,7 @@ class Prediction:
     file: str
     probabilities: np.ndarray
     class_names: list[str] = field(repr=False)
+    unlike_a_digit: bool = False  # the model input has more marks or holes than digits have
 
     @property
     def predicted(self) -> int:
@@ -94,7 +96,7 @@ class Prediction:
     @property
     def not_sure(self) -> str | None:
         """"not sure: 4 or 9" when the top probability is low (stages/core/calibration.py), else None."""
-        return unsure(self.probabilities, self.class_names)
+        return unsure(self.probabilities, self.class_names, self.unlike_a_digit)
 
     def as_text(self, count: int) -> str:
         ranked = ", ".join(f"{entry['label']} {entry['probability']:.1%}" for entry in self.top(count))
@@ -171,7 +173,8 @@ def predict_files(
     if probabilities is None:
         return [], failed
     predictions = [
-        Prediction(file, row, class_names) for (file, _), row in zip(prepared, probabilities, strict=True)
+        Prediction(file, row, class_names, unlike_a_digit(array))
+        for (file, array), row in zip(prepared, probabilities, strict=True)
     ]
     return predictions, failed
 
@@ -227,7 +230,8 @@ def read_number_files(
         return [], failed
     rows = iter(probabilities)
     readings = [
-        NumberReading(file, [Prediction(file, next(rows), class_names) for _ in digits], [d.box for d in digits])
+        NumberReading(file, [Prediction(file, next(rows), class_names, unlike_a_digit(d.array)) for d in digits],
+                      [d.box for d in digits])
         for file, digits in found
     ]
     return readings, failed

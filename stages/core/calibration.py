@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 # Below this calibrated top probability a reading is "not sure". Measured on mnist_10k's 2,000 held-out digits with
-# the default model (README, "Confidence"): it flags well under 1% of them, and most of those are wrong, while a
-# scribble, a letter or a page of specks land below it.
+# the default model (README, "Confidence"): it flags 0.85% of them, 47% of which are wrong (0.5 flags 0.2%, 0.9
+# flags 2.2%).
 UNSURE_BELOW = 0.7
 ECE_BINS = 15
 
@@ -69,10 +69,12 @@ def read_temperature(run_json: str | os.PathLike) -> float:
         return 1.0
 
 
-def unsure(probabilities: np.ndarray, class_names: list[str]) -> str | None:
-    """"not sure: 4 or 9" when the top (calibrated) probability is below UNSURE_BELOW, else None."""
+def unsure(probabilities: np.ndarray, class_names: list[str], unlike_a_digit: bool = False) -> str | None:
+    """"not sure: 4 or 9" when the top (calibrated) probability is below UNSURE_BELOW or the input is unlike a
+    digit (stages/reading/images.py `unlike_a_digit`: a confident softmax says nothing about a page of specks),
+    else None."""
     order = np.argsort(-probabilities, kind="stable")
-    if probabilities[order[0]] >= UNSURE_BELOW:
+    if probabilities[order[0]] >= UNSURE_BELOW and not unlike_a_digit:
         return None
     return f"not sure: {class_names[order[0]]} or {class_names[order[1]]}"
 

@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from stages.core.calibration import unsure
 from stages.core.errors import PipelineError
 from stages.reading import own
-from stages.reading.images import ImageError, load_image, split_number, to_png_image
+from stages.reading.images import ImageError, load_image, split_number, to_png_image, unlike_a_digit
 
 # A 280x280 canvas as PNG is 5-30 kB; a photo from a phone is a few MB.
 MAX_UPLOAD_BYTES = 10_000_000
@@ -90,7 +90,7 @@ class Reader:
             order = np.argsort(-row, kind="stable")[:TOP]
             answers.append({
                 "label": self.class_names[order[0]],
-                "not_sure": unsure(row, self.class_names),  # "not sure: 4 or 9", or None
+                "not_sure": unsure(row, self.class_names, unlike_a_digit(digit.array)),  # "not sure: 4 or 9" or None
                 "top": [{"label": self.class_names[index], "probability": float(row[index])} for index in order],
                 "image": data_url(digit.array),
                 "box": dict(zip(("x", "y", "width", "height"), digit.box, strict=True)),

@@ -94,6 +94,10 @@ SAME_DIGIT_OVERLAP = 0.5
 # A group of marks with less than PIECE_AREA of the median digit's ink and less than PIECE_HEIGHT of its height is a
 # piece of a neighbouring digit, not a digit.
 PIECE_AREA, PIECE_HEIGHT = 0.25, 0.5
+# A model input unlike any handwritten digit, whatever the model's confidence: more separate marks than a digit
+# has (over MAX_MARKS of 3 pixels or more) or more enclosed holes (over MAX_HOLES). On mnist_10k's 2,000 held-out
+# digits at most 1% have 3 marks and 0.45% more than 3 holes; a page of specks has many marks, a scribble many holes.
+MAX_MARKS, MAX_HOLES = 2, 3
 # ITU-R 601-2 luma, the weights Pillow's own convert("L") uses.
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -557,6 +561,18 @@ def split_number(image: Image.Image, dataset: str) -> list[Digit]:
         box = tuple(round(value * ink.scale) for value in (left, top, right - left, bottom - top))
         digits.append(Digit(frame(np.where(own, ink.strength, 0), dataset), box))
     return digits
+
+
+def unlike_a_digit(array: np.ndarray) -> bool:
+    """Whether a model input (28x28x1) has more separate marks or enclosed holes than handwritten digits have."""
+    from skimage import measure
+
+    ink = array[..., 0] if array.ndim == 3 else array
+    marks = measure.label(ink > 0.5, connectivity=2)
+    strong_marks = int((np.bincount(marks.ravel())[1:] >= 3).sum())
+    stroke = ink > 0.3
+    holes = measure.label(stroke, connectivity=2).max() - measure.euler_number(stroke, connectivity=2)
+    return strong_marks > MAX_MARKS or holes > MAX_HOLES
 
 
 def to_png_image(array: np.ndarray) -> Image.Image:
