@@ -20,9 +20,18 @@ from stages import predict
 from stages.core import shipping
 from stages.core.architectures import build_model
 
-AUGMENTED = [{"type": "RandomTranslation", "height_factor": 0.1, "width_factor": 0.1},
-             {"type": "Conv2D", "filters": 4, "kernel_size": 3}, {"type": "BatchNormalization"},
-             {"type": "ReLU"}, {"type": "Flatten"}, {"type": "Dense", "units": 10}]
+LAYERS = [{"type": "Conv2D", "filters": 4, "kernel_size": 3}, {"type": "BatchNormalization"},
+          {"type": "ReLU"}, {"type": "Flatten"}, {"type": "Dense", "units": 10}]
+
+
+def augmented_model():
+    """A model as trained before augmentation moved out of the model into train.augment: a RandomTranslation
+    layer first (architectures now refuse one, but such model files exist)."""
+    import keras
+
+    body = build_model(LAYERS, name="augmented")
+    return keras.Sequential([keras.Input(shape=(28, 28, 1)), keras.layers.RandomTranslation(0.1, 0.1), *body.layers],
+                            name="augmented")
 
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
@@ -30,7 +39,7 @@ def test_inference_model_drops_augmentation_and_computes_in_float32(precision, m
     import keras
 
     keras.mixed_precision.set_global_policy(precision)
-    model = build_model(AUGMENTED, name="augmented")
+    model = augmented_model()
     batch_norm = next(layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
     batch_norm.moving_mean.assign(np.full(4, 0.3, np.float32))  # trained statistics must travel too
     keras.mixed_precision.set_global_policy("float32")
