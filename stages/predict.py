@@ -390,8 +390,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if stored:
         new = sum(entry.new for entry in stored)
         again = f" ({len(stored) - new} confirmed before)" if new < len(stored) else ""
-        print(f"stored {new} digit(s) as your own in {own_folder}{again}: `dvc repro` versions them and, with "
-              "data.own: true, trains on them", file=sys.stderr if arguments.json else sys.stdout)
+        # `dvc exp run` checks every output out from dvc.lock first: digits not yet recorded there would be dropped.
+        print(f"stored {new} digit(s) as your own in {own_folder}{again}: run `dvc repro` next (not `dvc exp run`, "
+              "which would drop digits dvc.lock does not record yet); with data.own: true it trains on them",
+              file=sys.stderr if arguments.json else sys.stdout)
     return EXIT_BAD_IMAGE if failed else EXIT_OK
 
 
