@@ -7,8 +7,11 @@ Run    python -m stages.search search.yaml   (again here in another clone, or on
 
 Each trial is `dvc exp run --name <study>-<trial> -S key=value ...` in this worker's clone; its MLflow run is
 tagged with the study and trial number, and with a git remote the worker pushes it (`dvc exp push`). The study
-ends with n_trials COMPLETE trials over all workers (Optuna's MaxTrialsCallback). A worker that dies stops
-heartbeating; after the grace period the next worker to start a trial fails the stale one and runs it again
+ends with exactly n_trials COMPLETE trials over all workers: Optuna numbers trials under a lock on the study row,
+so a trial runs only if fewer than n_trials trials before it are COMPLETE, RUNNING or WAITING (a retry); the others
+are PRUNED with user attr not_needed and left out of the report. The study records a fingerprint of its spec
+(search.yaml minus storage); a worker with another spec is refused. A worker that dies stops heartbeating;
+after the grace period the next worker to start a trial fails the stale one and runs it again
 (Optuna's RetryHeartbeatStaleTrialCallback).
 
 A trial runs as `setpriv --pdeathsig TERM timeout ... dvc exp run ...`: `timeout` makes the trial its own process
@@ -20,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
+import logging
 import os
 import re
 import shlex
@@ -318,7 +323,6 @@ class StopAfterFailures:
 def open_study(spec: SearchSpec):
     """Join the study (creating it if this is the first worker), with heartbeats and the stale-trial retry."""
     import optuna
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat and retry
@@ -335,8 +339,8 @@ def open_study(spec: SearchSpec):
             if attempt == 2:
                 raise
             time.sleep(1 + attempt)
-        except SQLAlchemyError as error:
-            shown = make_url(url).render_as_string(hide_password=True)
+        except (SQLAlchemyError, ValueError) as error:  # ValueError: e.g. a port that is not a number
+            shown = re.sub(r"(//[^:@/]*):[^@/]*@", r"\1:***@", url)  # it may not parse: hide the password by hand
             raise SearchError(f"storage {shown} failed: {str(error).splitlines()[0]}; {STORAGE_HINT}") from None
     if spec.sampler == "grid":
         sampler = optuna.samplers.GridSampler({key: d.choices for key, d in spec.space.items()})
@@ -348,7 +352,38 @@ def open_study(spec: SearchSpec):
     if study.direction.name.lower() != direction:
         raise SearchError(f"study {spec.study!r} exists and is to {study.direction.name.lower()}; metric "
                           f"{spec.metric} needs {direction}: name a new study")
+    check_spec(study, spec)
     return study
+
+
+def spec_record(spec: SearchSpec) -> dict:
+    """What makes a study one study: the whole spec but where it is stored (teammates reach it by other URLs)."""
+    return json.loads(spec.model_dump_json(exclude={"storage"}, exclude_defaults=True))
+
+
+def spec_fingerprint(record: dict) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def differing_keys(recorded: dict, mine: dict) -> list[str]:
+    flat_recorded, flat_mine = dict(flatten(recorded)), dict(flatten(mine))
+    return sorted(key for key in flat_recorded.keys() | flat_mine.keys()
+                  if flat_recorded.get(key, "<absent>") != flat_mine.get(key, "<absent>"))
+
+
+def check_spec(study, spec: SearchSpec) -> None:
+    """The first worker records the spec in the study's user attrs; a worker with another spec is refused."""
+    mine = spec_record(spec)
+    recorded = study.user_attrs.get("spec")
+    if recorded is None:
+        # Two first workers may both get here: the same spec writes the same value, another one is caught below
+        # by whichever reads after the other wrote.
+        study.set_user_attr("spec", mine)
+        study.set_user_attr("spec_fingerprint", spec_fingerprint(mine))
+        recorded = study.user_attrs["spec"]
+    if spec_fingerprint(recorded) != spec_fingerprint(mine):
+        raise SearchError(f"study {spec.study!r} was started with another search spec (differs in: "
+                          f"{', '.join(differing_keys(recorded, mine))}): use the same search.yaml or name a new study")
 
 
 def complete_trials(study) -> list:
@@ -357,12 +392,61 @@ def complete_trials(study) -> list:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
+def exactly(study, n_trials: int, objective):
+    """The objective, run only if fewer than n_trials trials numbered before this one are COMPLETE or may still
+    be (RUNNING, WAITING): trial numbers are a total order (Optuna assigns them under a lock on the study row)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    def guarded(trial) -> float:
+        states = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+        before = [t for t in study.get_trials(deepcopy=False, states=states) if t.number < trial.number]
+        if len(before) >= n_trials:
+            trial.set_user_attr("not_needed", True)
+            raise optuna.TrialPruned()
+        return objective(trial)
+
+    return guarded
+
+
+def quiet_interrupts(record) -> bool:
+    """Optuna logs a trial stopped by Ctrl-C or SIGTERM as failed, with a traceback; the worker's one line says it."""
+    from stages.core.errors import Terminated
+
+    error = record.exc_info[1] if record.exc_info else None
+    # "Trial N failed with value None." follows every failure and adds nothing to the line before it.
+    return not isinstance(error, KeyboardInterrupt | Terminated) and not record.getMessage().endswith("value None.")
+
+
+def work(study, spec: SearchSpec, objective, failures) -> None:
+    """Start trials until the study has n_trials COMPLETE ones; wait while running trials may get it there."""
+    import random
+
+    import optuna
+    from optuna.trial import TrialState
+
+    guarded = exactly(study, spec.n_trials, objective)
+    while failures.in_a_row < FAILURES_IN_A_ROW:
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial becomes a WAITING retry
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        complete, running = states.count(TrialState.COMPLETE), states.count(TrialState.RUNNING)
+        if complete >= spec.n_trials:
+            return
+        # Never wait while a retry is WAITING: ask() hands it out first, and waiting for it would deadlock.
+        if TrialState.WAITING not in states and complete + running >= spec.n_trials:
+            time.sleep(0.5 + random.random())  # a running trial completes, fails or goes stale
+            continue
+        study.optimize(guarded, n_trials=1, catch=(TrialFailed,), gc_after_trial=False, callbacks=[failures])
+
+
 def trials_table(study):
     """Every trial, COMPLETE ones first and best first, with what each produced."""
     frame = study.trials_dataframe(attrs=("number", "value", "state", "duration", "params", "user_attrs",
                                           "system_attrs"))
     frame = frame.rename(columns=lambda column: column.removeprefix("user_attrs_").removeprefix("params_"))
     frame = frame.rename(columns={"system_attrs_failed_trial": "retry_of"})
+    if "not_needed" in frame:  # trials started after n_trials were under way: never run, not part of the study
+        frame = frame[frame["not_needed"] != True].drop(columns="not_needed")  # noqa: E712 (NaN for the others)
     if "retry_of" in frame:
         frame["retry_of"] = frame["retry_of"].astype("Int64")  # a trial number, blank when not a retry
     frame = frame.drop(columns=[c for c in frame.columns if c.startswith("system_attrs_")])
@@ -414,8 +498,6 @@ def write_report(study, spec: SearchSpec, folder: Path) -> list[Path]:
 
 def run(params: Params, spec_path: str | Path = "search.yaml") -> None:
     import optuna
-    from optuna.study import MaxTrialsCallback
-    from optuna.trial import TrialState
 
     project = Path.cwd()
     raw_params = read_yaml(project / PARAMS_FILE)
@@ -424,10 +506,9 @@ def run(params: Params, spec_path: str | Path = "search.yaml") -> None:
     failures = StopAfterFailures()
     if len(complete_trials(study)) < spec.n_trials:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study.optimize(
-            make_objective(spec, raw_params, project), catch=(TrialFailed,), gc_after_trial=False,
-            callbacks=[MaxTrialsCallback(spec.n_trials, states=(TrialState.COMPLETE,)), failures],
-        )
+        for handler in logging.getLogger("optuna").handlers:  # a handler's filter sees the child loggers' records
+            handler.addFilter(quiet_interrupts)
+        work(study, spec, make_objective(spec, raw_params, project), failures)
     if failures.in_a_row >= FAILURES_IN_A_ROW:
         raise SearchError(f"{FAILURES_IN_A_ROW} trials in a row failed in this worker (their output is above); "
                           "stopped")

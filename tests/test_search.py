@@ -176,7 +176,7 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(postgre
     study = optuna.load_study(study_name=STUDY, storage=search.storage_url(storage))
     trials = {trial.number: trial for trial in study.trials}
     complete = [trial for trial in trials.values() if trial.state.name == "COMPLETE"]
-    assert len(complete) >= 6
+    assert len(complete) == 6, "exactly n_trials"
     assert trials[killed].state.name == "FAIL", "the stale trial of the killed worker is failed"
     retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == killed]
     assert [t.state.name for t in retries] == ["COMPLETE"], "and run again once, by the other worker"
@@ -260,3 +260,74 @@ def test_report_lists_complete_trials_best_first_with_plots_and_a_ready_command(
     assert f"dvc exp apply {spec.study}-1" in best[1]
     assert {path.name for path in written} == {"trials.csv", "best.txt", *search.PLOTS}
     assert all(path.stat().st_size > 0 for path in written)
+
+
+def spec_for(storage: str, **changes) -> search.SearchSpec:
+    from stages.core.schema import read_yaml
+
+    raw = {**yaml.safe_load((ROOT / "search.yaml").read_text()), **SEARCH, "storage": storage, **changes}
+    (path := Path(os.environ.get("TMPDIR", "/tmp")) / f"spec-{os.getpid()}.yaml").write_text(yaml.safe_dump(raw))
+    return search.load_search(path, read_yaml(ROOT / "params.yaml"))
+
+
+def test_a_worker_with_another_spec_is_refused_naming_the_keys(postgresql_server):
+    storage = postgresql_server.create_database("optuna_ci_spec")
+    search.open_study(spec_for(storage))
+    search.open_study(spec_for(storage.replace("127.0.0.1", "localhost")))  # the same spec, reached another way
+    other_space = {**SEARCH["space"], "train.batch_size": {"choices": [32, 64]}}
+    with pytest.raises(search.SearchError) as refused:
+        search.open_study(spec_for(storage, n_trials=7, space=other_space))
+    assert len(str(refused.value).splitlines()) == 1
+    assert "differs in: n_trials, space.train.batch_size.choices):" in str(refused.value)
+
+
+def test_a_bad_port_in_storage_is_one_line_without_the_password():
+    with pytest.raises(search.SearchError) as bad:
+        search.open_study(spec_for("postgresql://me:secret@db.example:notaport/optuna"))
+    assert len(str(bad.value).splitlines()) == 1
+    assert "notaport" in str(bad.value) and "me:***@" in str(bad.value) and "secret" not in str(bad.value)
+
+
+SIMULATED_WORKER = """
+import random, sys, time
+from stages import search
+spec = search.load_search(sys.argv[1], search.read_yaml("params.yaml"))
+study = search.open_study(spec)
+
+def objective(trial):
+    trial.suggest_categorical("train.optimizer.name", ["adam", "sgd"])
+    print(f"trial {trial.number}", flush=True)
+    time.sleep(random.uniform(0.3, 1.5))
+    if random.random() < 0.2:
+        raise search.TrialFailed("a genuine failure")
+    return random.random()
+
+search.work(study, spec, objective, search.StopAfterFailures())
+"""
+
+
+@pytest.mark.timeout(300)
+def test_three_workers_end_with_exactly_n_trials_complete_even_when_one_is_killed(postgresql_server, tmp_path):
+    import optuna
+
+    storage = postgresql_server.create_database("optuna_ci_exact")
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    for round_ in range(2):
+        spec = yaml.safe_load((ROOT / "search.yaml").read_text())
+        spec.update(SEARCH, storage=storage, study=f"exact-{round_}", space={"train.optimizer.name": {
+            "choices": ["adam", "sgd"]}})
+        (tmp_path / "search.yaml").write_text(yaml.safe_dump(spec))
+        logs = [tmp_path / f"worker-{round_}-{i}.log" for i in range(3)]
+        workers = [subprocess.Popen([sys.executable, "-c", SIMULATED_WORKER, "search.yaml"], cwd=tmp_path,
+                                    stdout=log.open("w"), stderr=subprocess.STDOUT, env=project_env([ROOT]))
+                   for log in logs]
+        wait_for(lambda first=logs[0]: "trial" in first.read_text(), 60, "worker 0's first trial")
+        workers[0].kill()  # a lost machine: its trial goes stale and another worker runs it again
+        for worker, log in zip(workers[1:], logs[1:], strict=True):
+            assert worker.wait(timeout=200) == 0, log.read_text()[-3000:]
+        trials = optuna.load_study(study_name=f"exact-{round_}", storage=search.storage_url(storage)).trials
+        states = [t.state.name for t in trials]
+        assert states.count("COMPLETE") == SEARCH["n_trials"], states
+        assert "RUNNING" not in states and "WAITING" not in states, states
+        print(f"round {round_}: {len(trials)} trials, {states.count('COMPLETE')} COMPLETE, "
+              f"{states.count('FAIL')} FAIL, {states.count('PRUNED')} not needed")
