@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers.params import shrunk_params, write_params
-from helpers.project import ROOT, run_data_stages
+from helpers.project import ROOT, project_env, run_data_stages
 
 from stages import train
 from stages.core import devices
@@ -239,6 +239,35 @@ def test_parallel_jobs_share_the_cores():
         devices.thread_share("two", 8)
     with pytest.raises(PipelineError, match=r"STAGES_JOBS='0'"):
         devices.thread_share("0", 8)
+
+
+DETERMINISM_PROBE = """
+import hashlib, sys
+from stages.core import devices
+devices.configure_devices()
+devices.seed_and_set_precision(0, True, "float32")
+import keras
+from helpers.digits import mnist_digits
+from stages.core.architectures import build_model, presets
+from stages.preprocess import one_hot
+digits, labels = mnist_digits(__import__("pathlib").Path(sys.argv[1]), "train")
+model = build_model(presets()["bn_cnn"], name="bn_cnn")
+model.compile(optimizer="adam", loss="categorical_crossentropy")
+model.fit(digits[:512], one_hot(labels[:512]), epochs=1, batch_size=128, verbose=0)
+print(hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest())
+"""
+
+
+def test_the_thread_count_does_not_change_the_weights(mnist_10k):
+    """STAGES_JOBS sizes the inter-op pool only: the intra-op pool's size changes how reductions are split."""
+    digests = {}
+    for jobs in ("", "2"):
+        env = project_env([ROOT, ROOT / "tests"], STAGES_JOBS=jobs)
+        done = subprocess.run([sys.executable, "-c", DETERMINISM_PROBE, str(mnist_10k)], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        digests[jobs] = done.stdout.split()[-1]
+    assert digests[""] == digests["2"]
 
 
 def test_own_digits_carry_their_weight_in_the_batches(tmp_path):

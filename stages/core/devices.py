@@ -3,7 +3,12 @@
 Environment, read before TensorFlow starts and kept out of params, the resume key and DVC's run-cache (they change
 how fast a run goes, not what it computes):
   STAGES_JOBS=N               N trainings share this machine's cores (`dvc queue start -j N`, N search workers):
-                              TensorFlow's intra- and inter-op thread pools get cores / N threads each
+                              TensorFlow's inter-op pool gets cores / N threads
+
+The intra-op pool always has INTRA_OP_THREADS threads: its size decides how TensorFlow's CPU kernels split a
+reduction (a conv's filter gradient, a matmul, BatchNorm's moments), so 1, 2 or 4 threads give weights that differ
+in the last bits, and a run would depend on the machine and on how many trainings share it. The inter-op pool
+(independent ops run side by side) does not change the numbers.
   STAGES_TEST_CPU_DEVICES=N   test hook: split the CPU into N logical devices, so `train.distribute: mirrored`
                               has N replicas on a machine without GPUs
 """
@@ -17,6 +22,7 @@ from stages.core.errors import PipelineError
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 JOBS_VARIABLE = "STAGES_JOBS"
+INTRA_OP_THREADS = 1  # fixed, so the numbers are the same on every machine and with any STAGES_JOBS
 TEST_CPU_DEVICES_VARIABLE = "STAGES_TEST_CPU_DEVICES"
 
 
@@ -61,9 +67,9 @@ def configure_devices() -> None:
     import tensorflow as tf
 
     share = thread_share(os.environ.get(JOBS_VARIABLE), len(os.sched_getaffinity(0)))
+    tf.config.threading.set_intra_op_parallelism_threads(INTRA_OP_THREADS)
     if share:
         # Each of N jobs would otherwise start a pool per core, and N pools fight over the same cores.
-        tf.config.threading.set_intra_op_parallelism_threads(share)
         tf.config.threading.set_inter_op_parallelism_threads(share)
     replicas = int(os.environ.get(TEST_CPU_DEVICES_VARIABLE) or 1)
     if replicas > 1:
