@@ -6,7 +6,7 @@ Writes {paths.search}/: trials.csv (best first), Optuna's plots as PNGs, best.tx
 Run    python -m stages.search search.yaml   (again here in another clone, or on other machines: all join)
 
 Each trial is `dvc exp run --name <study>-<trial> -S key=value ...` in this worker's clone; its MLflow run is
-tagged with the study and trial number, and with a git remote the worker pushes it (`dvc exp push`). The study
+tagged with the study and trial number, and with `push: <remote>` the worker pushes it (`dvc exp push`). The study
 ends with exactly n_trials COMPLETE trials over all workers: Optuna numbers trials under a lock on the study row,
 so a trial runs only if fewer than n_trials trials before it are COMPLETE, RUNNING or WAITING (a retry); the others
 are PRUNED with user attr not_needed and left out of the report. The study records a fingerprint of its spec
@@ -57,7 +57,8 @@ from stages.core.tracking import study as tracking_study
 from stages.core.tracking.training import SEARCH_TAGS
 
 STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg")
-STORAGE_HINT = "use sqlite:///optuna.db (this machine alone) or postgresql://user:password@host/database (a team)"
+STORAGE_HINT = ("use sqlite:///optuna.db (this machine alone) or postgresql://user@host/database (a team; the "
+                "password in PGPASSWORD or ~/.pgpass)")
 KILL_AFTER_SECONDS = 30  # a trial told to stop gets this long to close its MLflow run before SIGKILL
 FAILURES_IN_A_ROW = 3  # a worker whose trials keep failing stops: something is wrong beyond one trial
 RESTORED_MARK = "Stage 'train' is cached - skipping run"  # DVC's run-cache restored the training
@@ -118,6 +119,7 @@ class SearchSpec(BaseModel):
     grace_period: Annotated[int, Field(ge=1)]
     max_retry: Annotated[int, Field(ge=0)]
     trial_timeout: Annotated[int, Field(ge=0)]
+    push: Literal[False] | str  # false, or the git remote each trial's experiment is pushed to
     space: dict[str, Dimension]
 
     @field_validator("study")
@@ -191,6 +193,23 @@ def load_search(path: str | Path, raw_params: dict) -> SearchSpec:
     return spec
 
 
+def warn_of_a_password(spec_path: str | Path, storage: str) -> None:
+    """A password in a search.yaml that git tracks ends up in every clone: libpq reads it from elsewhere."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        password = make_url(storage).password
+    except (ArgumentError, ValueError):
+        return
+    path = Path(spec_path)
+    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", path.name], cwd=path.parent.resolve(),
+                             capture_output=True).returncode == 0
+    if password and tracked:
+        print(f"warning: {path} is tracked by git and its storage holds a password: drop it from the URL and set "
+              "PGPASSWORD or a ~/.pgpass line (host:port:database:user:password) instead", file=sys.stderr)
+
+
 def storage_url(storage: str) -> str:
     # SQLAlchemy reads a bare postgresql:// as psycopg2; the project installs psycopg 3.
     return re.sub(r"^postgresql://", "postgresql+psycopg://", storage)
@@ -253,15 +272,10 @@ def run_trial(command: list[str], env: dict[str, str]) -> tuple[int, str]:
         raise
 
 
-def git_remote(cwd: Path) -> str | None:
-    remotes = subprocess.run(["git", "remote"], cwd=cwd, capture_output=True, text=True).stdout.split()
-    return "origin" if "origin" in remotes else (remotes[0] if remotes else None)
-
-
-def push_experiment(name: str, cwd: Path) -> bool:
-    """`dvc exp push` to the git remote, with the outputs when a DVC remote is set; False when it failed."""
-    remote = git_remote(cwd)
-    if remote is None:
+def push_experiment(name: str, cwd: Path, remote: str | bool) -> bool:
+    """`dvc exp push` to the remote search.yaml names, with the outputs when a DVC remote is set; False when it
+    was not asked for or failed."""
+    if remote is False:
         return False
     has_dvc_remote = bool(subprocess.run(["dvc", "remote", "default"], cwd=cwd, capture_output=True,
                                          text=True).stdout.strip())
@@ -296,7 +310,7 @@ def make_objective(spec: SearchSpec, raw_params: dict, project: Path):
         value, produced = trial_result(load_params(project / PARAMS_FILE), spec.metric)
         for key, attribute in {**produced, "restored": RESTORED_MARK in output}.items():
             trial.set_user_attr(key, attribute)
-        trial.set_user_attr("pushed", push_experiment(name, project))
+        trial.set_user_attr("pushed", push_experiment(name, project, spec.push))
         return value
 
     return objective
@@ -502,6 +516,7 @@ def run(params: Params, spec_path: str | Path = "search.yaml") -> None:
     project = Path.cwd()
     raw_params = read_yaml(project / PARAMS_FILE)
     spec = load_search(spec_path, raw_params)
+    warn_of_a_password(spec_path, spec.storage)
     study = open_study(spec)
     failures = StopAfterFailures()
     if len(complete_trials(study)) < spec.n_trials:

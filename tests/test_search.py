@@ -100,7 +100,7 @@ QUICK = {  # a trial is a whole `dvc exp run`: keep every stage tiny (data.sourc
     "plots.feature_maps": 2,
 }
 SEARCH = {
-    "study": STUDY, "n_trials": 6, "heartbeat_interval": 1, "grace_period": 3, "max_retry": 2,
+    "study": STUDY, "n_trials": 6, "push": "origin", "heartbeat_interval": 1, "grace_period": 3, "max_retry": 2,
     "space": {"train.optimizer.name": {"choices": ["adam", "sgd"]},
               "train.optimizer.learning_rate": {"low": 1.0e-3, "high": 0.1, "log": True}},
 }
@@ -331,3 +331,16 @@ def test_three_workers_end_with_exactly_n_trials_complete_even_when_one_is_kille
         assert "RUNNING" not in states and "WAITING" not in states, states
         print(f"round {round_}: {len(trials)} trials, {states.count('COMPLETE')} COMPLETE, "
               f"{states.count('FAIL')} FAIL, {states.count('PRUNED')} not needed")
+
+
+def test_a_password_in_a_tracked_search_yaml_gets_a_warning(tmp_path, capsys):
+    (tmp_path / "search.yaml").write_text("storage: postgresql://me:secret@db/optuna\n")
+    search.warn_of_a_password(tmp_path / "search.yaml", "postgresql://me:secret@db/optuna")
+    assert capsys.readouterr().err == "", "not tracked by git: no warning"
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "search.yaml")
+    search.warn_of_a_password(tmp_path / "search.yaml", "postgresql://me@db/optuna")
+    assert capsys.readouterr().err == "", "no password: no warning"
+    search.warn_of_a_password(tmp_path / "search.yaml", "postgresql://me:secret@db/optuna")
+    warning = capsys.readouterr().err
+    assert "tracked by git" in warning and "PGPASSWORD" in warning and "secret" not in warning
