@@ -313,7 +313,8 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--top", type=int, default=3, help="how many of the most likely classes to list (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per line per image")
     parser.add_argument("--save-preprocessed", type=Path, metavar="DIR",
-                        help="write the 28x28 images the model saw into DIR")
+                        help="write the 28x28 images the model saw into DIR (created if missing; DIR is used as "
+                             "given, `..` included, and same-named files in it are overwritten)")
     parser.add_argument("--dataset", choices=SELECTABLE,
                         help="whose class names and framing to use (default: data.dataset from params.yaml)")
     parser.add_argument("--number", action="store_true",

@@ -6,26 +6,38 @@
 
 Runs and the model registry go to PostgreSQL (MLflow opens `postgresql://` through psycopg 3). Artifacts are
 proxied through the server (`--artifacts-destination`), so clients need no access to the artifact store. The
-server binds to 127.0.0.1 unless --host names another interface. `--auth` switches on MLflow's basic
-authentication, with its users in the same database: the admin user is created on first start from
-MLFLOW_AUTH_ADMIN_USERNAME / MLFLOW_AUTH_ADMIN_PASSWORD, and every user may read and log to every experiment
-(`default_permission = EDIT`: one team, one set of experiments). The backend URI may also come from
-MLFLOW_BACKEND_STORE_URI, which keeps the database password off the command line.
+server binds to 127.0.0.1 unless --host names another interface. The database is checked first (one connection,
+seconds): a wrong password or an unreachable database is one line and exit 1, not MLflow's minutes of retries.
+
+Secrets: the backend URI reaches `mlflow server` through MLFLOW_BACKEND_STORE_URI (which it reads itself), never
+its command line, so `ps` shows no password; pass it the same way (MLFLOW_BACKEND_STORE_URI) to keep it off this
+wrapper's command line too. `--auth` switches on MLflow's basic authentication, with its users in the same
+database: the admin user is created on first start from MLFLOW_AUTH_ADMIN_USERNAME / MLFLOW_AUTH_ADMIN_PASSWORD.
+MLflow reads its auth settings from a file only, at every worker's start; this wrapper writes it owner-only
+without the password (libpq takes that from PGPASSWORD), runs the server as its child, forwards SIGTERM, SIGINT
+and SIGHUP to it and removes the file when it exits (a file left by a wrapper killed with SIGKILL is removed by
+the next start). Every user may read every experiment and model (`default_permission = READ`); writing needs a
+grant (README: "A shared tracking server for a team").
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
 import secrets
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+# READ: an explicit READ grant holds (with EDIT as the default, every grant is raised to EDIT).
 AUTH_CONFIG = """\
 [mlflow]
-default_permission = EDIT
+default_permission = READ
 database_uri = {database_uri}
 admin_username = admin
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
@@ -53,29 +65,109 @@ def server_command(args: argparse.Namespace, extra: list[str]) -> list[str]:
     if "://" not in destination:
         destination = str(Path(destination).resolve())
     mlflow = shutil.which("mlflow", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
-    command = [mlflow or "mlflow", "server", "--backend-store-uri", args.backend_store_uri,
-               "--artifacts-destination", destination, "--host", args.host, "--port", str(args.port)]
+    # No --backend-store-uri: the server reads MLFLOW_BACKEND_STORE_URI (main() sets it), off the command line.
+    command = [mlflow or "mlflow", "server", "--artifacts-destination", destination, "--host", args.host,
+               "--port", str(args.port)]
     if args.auth:
         command += ["--app-name", "basic-auth"]
     return command + extra
 
 
+def database_url(uri: str):
+    """The backend URI as SQLAlchemy parses it; exits with one line when it cannot be parsed."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(uri)
+    except ArgumentError:
+        sys.exit("error: the backend store URI cannot be parsed: expected postgresql://user:password@host/database")
+
+
+def check_database(url) -> None:
+    """One connection to a PostgreSQL backend, before the server starts: a wrong password or a database out of
+    reach is one line in seconds (MLflow would retry with backoff for minutes, saying nothing)."""
+    if not url.drivername.startswith("postgresql"):
+        return
+    import psycopg
+
+    shown = url.render_as_string(hide_password=True)
+    try:
+        psycopg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False),
+                        connect_timeout=5).close()
+    except psycopg.Error as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        sys.exit(f"error: cannot open the backend store {shown}: {reason}")
+
+
+AUTH_FILE_PREFIX = "mlflow-auth-"
+
+
+def remove_stale_auth_files(folder: Path) -> None:
+    """Auth files of wrappers that died without cleaning up (SIGKILL): their pid is in the name."""
+    for path in folder.glob(f"{AUTH_FILE_PREFIX}*.ini"):
+        match = re.fullmatch(rf"{AUTH_FILE_PREFIX}(\d+)-.*\.ini", path.name)
+        if not match or path.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except PermissionError:
+            pass
+
+
+def write_auth_config(url) -> Path:
+    """The auth settings file (owner-only), its database URI without the password."""
+    folder = Path(tempfile.gettempdir())
+    remove_stale_auth_files(folder)
+    handle, path = tempfile.mkstemp(prefix=f"{AUTH_FILE_PREFIX}{os.getpid()}-", suffix=".ini", dir=folder)
+    with os.fdopen(handle, "w") as config:
+        database_uri = url._replace(password=None).render_as_string(hide_password=False)  # set() skips None
+        config.write(AUTH_CONFIG.format(database_uri=database_uri.replace("%", "%%")))
+    return Path(path)
+
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def serve(command: list[str], env: dict[str, str]) -> int:
+    """Run the server as a child, forwarding stop signals to it; its exit code."""
+    server = subprocess.Popen(command, env=env)
+
+    def forward(signum, frame):
+        with contextlib.suppress(ProcessLookupError):
+            server.send_signal(signum)
+
+    for signum in FORWARDED:
+        signal.signal(signum, forward)
+    return server.wait()
+
+
 def main(argv: list[str] | None = None) -> None:
     args, extra = parse_args(sys.argv[1:] if argv is None else argv)
     command = server_command(args, extra)
-    if args.auth:
-        # MLflow reads its auth settings from a file only; it holds the database password, so owner-only.
-        handle, path = tempfile.mkstemp(prefix="mlflow-auth-", suffix=".ini")
-        with os.fdopen(handle, "w") as config:
-            config.write(AUTH_CONFIG.format(database_uri=args.backend_store_uri.replace("%", "%%")))
-        os.environ["MLFLOW_AUTH_CONFIG_PATH"] = path
-        # Signs the UI's CSRF tokens; a fresh one per start only logs browser sessions out (set it for several
-        # servers behind one address).
-        os.environ.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
+    url = database_url(args.backend_store_uri)
+    check_database(url)
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": args.backend_store_uri}
     # The job runner serves GenAI evaluation jobs this project never submits: one process less.
-    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    print(" ".join(part if "@" not in part else "<backend store>" for part in command), flush=True)
-    os.execv(command[0], command)
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    config = None
+    try:
+        if args.auth:
+            config = write_auth_config(url)
+            env["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
+            if url.password:
+                env["PGPASSWORD"] = url.password  # the auth database's password, read by libpq
+            # Signs the UI's CSRF tokens; a fresh one per start only logs browser sessions out (set it for
+            # several servers behind one address).
+            env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
+        print(f"{' '.join(command)}  (backend store {url.render_as_string(hide_password=True)})", flush=True)
+        code = serve(command, env)
+    finally:
+        if config is not None:
+            config.unlink(missing_ok=True)
+    sys.exit(code if code >= 0 else 128 - code)
 
 
 if __name__ == "__main__":

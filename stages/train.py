@@ -12,10 +12,11 @@ uninterrupted one. The pieces that cooperate:
   - the resume key (`resume_key` below): {paths.resume}/<key>/ holds one training's state, keyed by the model,
     training params and data, outside DVC's outs (which DVC deletes before rerunning a stage); removed once the
     training completes;
-  - the backup (Keras' BackupAndRestore in <key>/backup/) and its repair after a kill mid-write
-    (stages/core/callbacks.py: `repair_backup`);
+  - the resume state (<key>/state.npz and the epoch before it, state.prev.npz: weights, seed states, optimizer,
+    epoch; stages/core/callbacks.py: ResumeState writes it, `restore_state` loads the newest whole one), and
+    fit's `initial_epoch`;
   - the best weights (<key>/best.weights.npz, BestCheckpoint) and the history rows (<key>/history.csv, EpochLog),
-    cut back to the backed-up epochs on resume;
+    cut back to the restored epochs on resume;
   - the epoch seeds (EpochSeeds; and the data order, `make_training_dataset`): each epoch's randomness is keyed by
     the epoch, not by how many epochs this process has run;
   - the MLflow run lost to a server that went away (stages/core/tracking/training.py keeps its id in <key>/), which
@@ -155,25 +156,28 @@ def fit(params: Params, model, train: tuple, val: tuple, resume_dir: Path, run=N
     `weights`: per training image, how much it counts in the loss (own digits, train.own_weight).
 
     One process drives every replica of a MirroredStrategy and Keras calls each callback once per epoch with the
-    replicas' metrics already combined: the history, checkpoint, backup and MLflow callbacks each write once.
+    replicas' metrics already combined: the history, checkpoint, resume state and MLflow callbacks each write once.
     """
     from stages.core.callbacks import HISTORY_COLUMNS, load_best_weights, make_callbacks
 
     settings = params.train
-    callbacks = make_callbacks(params, resume_dir, run or tracking.NullRun(), list(extra_callbacks))
+    callbacks = make_callbacks(params, model, resume_dir, run or tracking.NullRun(), list(extra_callbacks))
     if callbacks.finished:
         print(f"resuming after epoch {callbacks.finished} from {resume_dir}")
     # Batches of the global batch_size: the strategy splits each across its replicas.
-    model.fit(
-        make_training_dataset(*train, settings.batch_size, params.seed, range(callbacks.finished, settings.epochs),
-                              weights, settings.augment),
-        validation_data=make_dataset(*val, settings.batch_size),
-        epochs=settings.epochs,
-        steps_per_epoch=steps_per_epoch(len(train[0]), settings.batch_size),  # one stream: Keras keeps its iterator
-        shuffle=False,  # the stream is already shuffled, per epoch
-        callbacks=callbacks.ordered,
-        verbose=0,  # EpochLog prints one line per epoch in its own fixed format, in a terminal or a log alike
-    )
+    with tracking.fail_fast():
+        model.fit(
+            make_training_dataset(*train, settings.batch_size, params.seed,
+                                  range(callbacks.finished, settings.epochs), weights, settings.augment),
+            validation_data=make_dataset(*val, settings.batch_size),
+            epochs=settings.epochs,
+            initial_epoch=callbacks.finished,
+            # One stream: Keras keeps its iterator.
+            steps_per_epoch=steps_per_epoch(len(train[0]), settings.batch_size),
+            shuffle=False,  # the stream is already shuffled, per epoch
+            callbacks=callbacks.ordered,
+            verbose=0,  # EpochLog prints one line per epoch in its own fixed format, in a terminal or a log alike
+        )
     if not (settings.early_stopping.enabled and settings.early_stopping.restore_best_weights):
         load_best_weights(model, resume_dir)
     import pandas as pd
@@ -217,7 +221,7 @@ def run(params: Params, extra_callbacks=()) -> dict:
     weights = own_weights(processed, params.train.own_weight)
     data_hash = sha256_of_files([processed / "train.npz", processed / "val.npz"])
     data_info = read_data_info(processed)
-    tracking.check_tracking(params)  # seconds, before TensorFlow starts
+    tracking.check_tracking(params, data_info["dataset"])  # seconds, before TensorFlow starts
 
     precision = devices.seed_and_set_precision(params.seed, params.train.deterministic, params.train.precision)
     strategy = devices.choose_strategy(params.train.distribute)

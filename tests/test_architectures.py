@@ -86,3 +86,33 @@ def test_the_loader_refuses_a_model_for_other_inputs(tmp_path):
     other.save(tmp_path / "other.keras")
     with pytest.raises(ModelFileError, match=r"maps \(8,\) to \(3,\), expected \(28, 28, 1\) images to 10 class"):
         load_model(tmp_path / "other.keras", 10, advice="retrain")
+
+
+def test_safe_mode_names_the_lambda_or_custom_layer_it_refused(tmp_path, model_path):
+    import keras
+
+    ran = tmp_path / "code-ran"
+
+    @keras.saving.register_keras_serializable(package="mine")
+    class Twice(keras.layers.Layer):
+        def call(self, inputs):
+            return inputs * 2
+
+        @classmethod
+        def from_config(cls, config):
+            ran.touch()  # would run on load without safe mode's check
+            return cls(**config)
+
+    inputs = keras.Input(shape=(28, 28, 1))
+    flat = keras.layers.Flatten()(inputs)
+    for name, layer in (("lambda", keras.layers.Lambda(lambda x: x * 2)), ("custom", Twice())):
+        model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(layer(flat)))
+        model.save(tmp_path / f"{name}.keras")
+    with pytest.raises(ModelFileError, match=r"lambda\.keras: safe mode refused a Lambda or custom layer \(Lambda "
+                                             r"\(keras\.layers\).*\); none of its code ran: retrain$"):
+        load_model(tmp_path / "lambda.keras", 10, advice="retrain")
+    with pytest.raises(ModelFileError, match=r"custom\.keras: safe mode refused a Lambda or custom layer \(Twice "
+                                             r"\(mine>Twice\)\)"):
+        load_model(tmp_path / "custom.keras", 10, advice="retrain")
+    assert not ran.exists()
+    assert load_model(model_path, 10, advice="retrain").count_params() > 0  # the project's own models pass

@@ -174,19 +174,86 @@ def assert_same_training(project: Path) -> None:
         np.testing.assert_array_equal(got, want)
 
 
-def test_a_training_killed_after_epoch_2_resumes_to_the_same_model(project):
+def test_a_training_killed_while_writing_its_resume_state_resumes_to_the_same_model(project):
     before = run_statuses(project)
-    killed = Started(project, "python", "-m", "stages.train", pause="stages.train:.history.tmp-:3")
-    killed.paused()  # epoch 3's history row: epochs 1-2 are backed up, epoch 3 is not
-    killed.process.send_signal(signal.SIGKILL)
-    assert killed.wait() == -signal.SIGKILL
+    # Killed while the first epoch's state is written: nothing to resume, the next training starts over.
+    first = Started(project, "python", "-m", "stages.train", pause="stages.train:.state.tmp-:1")
+    first.paused()
+    first.process.send_signal(signal.SIGKILL)
+    assert first.wait() == -signal.SIGKILL
+    # That one is killed while the third epoch's state is written: epochs 1-2 are saved, epoch 3 is not.
+    second = Started(project, "python", "-m", "stages.train", pause="stages.train:.state.tmp-:3")
+    second.paused()
+    second.process.send_signal(signal.SIGKILL)
+    assert second.wait() == -signal.SIGKILL
+    assert "resuming" not in second.output()
 
     resumed = Started(project, "python", "-m", "stages.train")
     assert resumed.wait() == 0, resumed.output()[-4000:]
     assert "resuming after epoch 2" in resumed.output()
     assert_same_training(project)
-    # MLflow leaves the killed run RUNNING; the next training marks it KILLED.
-    assert sorted(new_runs(project, before)) == ["FINISHED", "KILLED"]
+    # MLflow leaves the killed runs RUNNING; the next training marks them KILLED.
+    assert sorted(new_runs(project, before)) == ["FINISHED", "KILLED", "KILLED"]
+    assert_recovers(project)
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, megabytes: int):
+    """A tmpfs of `megabytes` mounted on `folder` (root only), unmounted afterwards whatever happens."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        if os.environ.get("CI") == "true":
+            pytest.fail("a full-disk test needs root to mount a tmpfs")
+        pytest.skip("a full-disk test needs root to mount a tmpfs")
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def fill(folder: Path, leave_megabytes: float) -> Path:
+    """A file taking all but `leave_megabytes` of the file system under `folder`."""
+    filler = folder / "filler"
+    free = shutil.disk_usage(folder).free - int(leave_megabytes * 2**20)
+    with open(filler, "wb") as handle:
+        handle.truncate(0)
+        handle.write(b"\0" * max(free, 0))
+    return filler
+
+
+def test_a_full_disk_while_saving_the_resume_state_is_one_line_and_the_rerun_continues(project):
+    before = run_statuses(project)
+    resume = project / paths_of(project).resume
+    with small_disk(resume, 64):
+        # Room for a state (weights, optimizer: ~8 MB) and the best weights (~3 MB), not for three states at once.
+        filler = fill(resume, 20)
+        full = Started(project, "python", "-m", "stages.train")
+        assert full.wait() == 1, full.output()[-4000:]
+        the_message(full.output(), r"^error: cannot write \S*state\.npz: No space left on device; free space .*"
+                                   r"then rerun `dvc repro`$")
+        assert "Segmentation" not in full.output()
+        assert new_runs(project, before) == ["FAILED"]
+        assert not temp_files(project)
+
+        filler.unlink()  # space again
+        again = Started(project, "python", "-m", "stages.train")
+        assert again.wait() == 0, again.output()[-4000:]
+        assert re.search(r"^resuming after epoch [1-3] ", again.output(), re.MULTILINE), again.output()[-4000:]
+    assert_same_training(project)
+    assert_recovers(project)
+
+
+def test_an_mlflow_store_on_a_full_disk_is_one_line(project, tmp_path):
+    with small_disk(tmp_path / "disk", 8 + (project / "mlflow.db").stat().st_size // 2**20) as disk:
+        shutil.copy(project / "mlflow.db", disk / "mlflow.db")
+        fill(disk, 0)
+        evaluate = Started(project, "python", "-m", "stages.evaluate",
+                           MLFLOW_TRACKING_URI=f"sqlite:///{disk / 'mlflow.db'}")
+        assert evaluate.wait() == 1, evaluate.output()[-4000:]
+    the_message(evaluate.output(), rf"^error: cannot write {disk / 'mlflow.db'}: (database or disk is full|disk I/O "
+                                   r"error); free space .*then rerun `dvc repro`$")
+    assert not temp_files(project)
     assert_recovers(project)
 
 

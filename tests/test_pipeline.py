@@ -23,9 +23,10 @@ import numpy as np
 import pytest
 import yaml
 from helpers.net import LocalServer, QuietHandler, free_port
-from helpers.project import copy_project, project_env, project_paths, set_params, sh
+from helpers.project import ROOT, copy_project, project_env, project_paths, set_params, sh
 
 from stages.core.datasets import FILE_NAMES, TEST_REGISTRY_ENV
+from stages.core.entry import EXP_RUN_RESTORE
 from stages.core.idx import write_idx
 
 pytestmark = pytest.mark.slow
@@ -181,12 +182,22 @@ def test_only_stages_whose_params_changed_rerun(project):
 def test_typo_on_the_command_line_fails_with_did_you_mean(project):
     # DVC 3.6x refuses a plain unknown key itself; `+key=value` (Hydra's append) writes it into params.yaml,
     # and then only the schema stands between the typo and a run with the default.
-    assert sh(project, "dvc", "exp", "run", "-S", "preprocess.val_fraktion=0.1", check=False).returncode != 0
+    # The README's two examples, with the lines it shows.
+    readme = (ROOT / "README.md").read_text()
+    plain = sh(project, "dvc", "exp", "run", "-S", "preprocess.val_fraktion=0.1", check=False)
+    assert plain.returncode != 0
+    refusal = "To append to your config use +preprocess.val_fraktion=0.1: Key 'val_fraktion' is not in struct"
+    assert refusal in plain.stdout + plain.stderr and refusal in " ".join(readme.split())
+    assert "val_fraktion" not in (project / "params.yaml").read_text()
     try:
         result = sh(project, "dvc", "exp", "run", "-S", "+preprocess.val_fraktion=0.1", check=False)
         assert "val_fraktion" in (project / "params.yaml").read_text(), "DVC added the key"
         assert result.returncode != 0
-        assert "preprocess.val_fraktion: unknown key; did you mean 'val_fraction'?" in result.stdout + result.stderr
+        output = result.stdout + result.stderr
+        for line in ("error: params.yaml is invalid:", EXP_RUN_RESTORE,
+                     "  preprocess.val_fraktion: unknown key; did you mean 'val_fraction'? (allowed here: "
+                     "val_fraction, limit)"):
+            assert f"\n{line}\n" in f"\n{output}" and f"\n{line}\n" in readme, line
         assert "Running stage 'train'" not in result.stdout
     finally:
         sh(project, "git", "checkout", "--", "params.yaml")

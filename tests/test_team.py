@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,14 +26,23 @@ from stages.core.tracking import registry, store
 pytestmark = pytest.mark.slow  # real servers: seconds to start each
 
 
+DB_PASSWORD = "db-secret-4711"  # the auth server's database password: never on a command line or on disk
+
+
 @pytest.fixture(scope="module")
-def auth_server(postgresql_server, tmp_path_factory):
+def team_database(postgresql_server) -> str:
+    """A database whose owner logs in with a password, as a team's does: its URI holds DB_PASSWORD."""
+    return postgresql_server.create_user_database("mlflow_auth", DB_PASSWORD)
+
+
+@pytest.fixture(scope="module")
+def auth_server(team_database, tmp_path_factory):
     """A second server, with MLflow's basic auth (users in its own database), admin password from the environment."""
     from helpers.servers import MlflowServer, require_module
 
     require_module("flask_wtf", "Flask-WTF (MLflow's basic-auth app)")
     folder = tmp_path_factory.mktemp("mlflow-auth")
-    server = MlflowServer(postgresql_server.create_database("mlflow_auth"), folder, "--auth",
+    server = MlflowServer(team_database, folder, "--auth",
                           env={"MLFLOW_AUTH_ADMIN_PASSWORD": "team-admin-secret"}).start()
     try:
         yield server
@@ -60,6 +73,106 @@ def test_basic_auth_is_checked_before_training(auth_server, make_params, process
 
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "team-admin-secret")
     store.check_server(uri)  # the right credentials pass
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"password": "wrong"}, 'password authentication failed for user "mlflow_auth"'),
+    ({"port": 1}, "connection .*refused"),
+], ids=["wrong-password", "unreachable"])
+def test_a_database_it_cannot_open_ends_the_server_in_seconds(team_database, tmp_path, change, reason):
+    from sqlalchemy.engine import make_url
+
+    uri = make_url(team_database).set(**change).render_as_string(hide_password=False)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "stages.server", "--port", "1"], capture_output=True, text=True,
+                            env={**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}, timeout=60)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout == "" and len(result.stderr.splitlines()) == 1, result.stderr
+    assert re.match(rf"^error: cannot open the backend store postgresql://mlflow_auth:\*\*\*@127\.0\.0\.1:\d+/"
+                    rf"mlflow_auth: .*{reason}", result.stderr), result.stderr
+    assert "wrong" not in result.stderr and DB_PASSWORD not in result.stderr
+    assert elapsed < 15, f"{elapsed:.1f} s"
+
+
+def test_a_read_only_user_cannot_write_and_is_refused_before_training(auth_server, make_params, monkeypatch):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.server import get_app_client
+
+    from stages.core.tracking import training
+
+    uri = auth_server.uri
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "team-admin-secret")
+    # The README's recipe: a user, READ on the experiment and on its registered models; EDIT for a writer.
+    admin, client = get_app_client("basic-auth", tracking_uri=uri), mlflow.MlflowClient(uri, uri)
+    experiment_id = client.create_experiment("readonly")
+    model = registry.registered_name(make_params(tracking__model_prefix="readonly-"), "mnist_10k")
+    client.create_registered_model(model)
+    for user, permission in (("reader", "READ"), ("writer", "EDIT")):
+        admin.create_user(user, f"{user}-pass-123456")
+        admin.grant_user_permission(user, "experiment", experiment_id, permission)
+        admin.grant_user_permission(user, "registered_model", model, permission)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "writer")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "writer-pass-123456")
+    run = mlflow.MlflowClient(uri, uri).create_run(experiment_id)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "reader-pass-123456")
+    reader = mlflow.MlflowClient(uri, uri)
+    assert reader.get_run(run.info.run_id).info.run_id == run.info.run_id  # reading works
+    with pytest.raises(MlflowException) as refused:
+        reader.create_run(experiment_id)
+    assert refused.value.error_code == "PERMISSION_DENIED"
+    with pytest.raises(MlflowException) as refused:
+        reader.create_model_version(model, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    assert refused.value.error_code == "PERMISSION_DENIED"
+
+    # What the train stage checks before TensorFlow starts (test_basic_auth_is_checked_before_training runs the
+    # stage itself).
+    params = make_params(tracking__enabled=True, tracking__uri=uri, tracking__experiment="readonly",
+                         tracking__model_prefix="readonly-")
+    with pytest.raises(PipelineError) as error:
+        training.check_tracking(params, "mnist_10k")
+    assert str(error.value) == (
+        f"MLflow user 'reader' may not write to experiment 'readonly' on {uri} (permission READ): ask the server's "
+        "admin for EDIT on it, or set tracking.enabled: false")
+    # READ on the models only: the same line names the model.
+    admin_env = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "team-admin-secret"}
+    with monkeypatch.context() as admin_session:
+        for key, value in admin_env.items():
+            admin_session.setenv(key, value)
+        admin.revoke_user_permission("reader", "experiment", experiment_id)
+        admin.grant_user_permission("reader", "experiment", experiment_id, "EDIT")
+    with pytest.raises(PipelineError, match=f"may not write to registered model '{model}'"):
+        training.check_tracking(params, "mnist_10k")
+
+
+def auth_files(pid: int) -> list[Path]:
+    return list(Path(tempfile.gettempdir()).glob(f"mlflow-auth-{pid}-*.ini"))
+
+
+def test_the_database_password_is_on_no_command_line_and_no_disk(auth_server):
+    """Last of the tests on auth_server: it stops the server."""
+    wrapper = auth_server.process.pid
+    command_lines = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            command_lines.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    assert any("stages.server" in line for line in command_lines) and any(" server " in line and "mlflow" in line
+                                                                          for line in command_lines)
+    assert not [line for line in command_lines if DB_PASSWORD in line]
+    # The auth settings file exists while the server runs (its workers read it), owner-only, without the password.
+    (config,) = auth_files(wrapper)
+    assert config.stat().st_mode & 0o777 == 0o600
+    assert DB_PASSWORD not in config.read_text() and "mlflow_auth@" in config.read_text()
+
+    auth_server.stop()  # SIGTERM to the wrapper's process group, as a terminal's Ctrl-C or systemd would
+    assert auth_files(wrapper) == []
 
 
 # Two people on two machines: clones A and B of the project share a bare git origin, a DVC remote over SSH and the

@@ -90,50 +90,53 @@ def test_same_seed_gives_identical_history_and_weights(raw_params, mnist_10k, pr
         np.testing.assert_array_equal(first, second)
 
 
-def interrupted_backup(backup: Path, epochs_done: int):
-    """A tiny model trained with Keras's BackupAndRestore and interrupted after `epochs_done` epochs."""
+def tiny_model(seed: int = 0, units: int = 2):
     import keras
 
-    class Interrupt(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch + 1 == epochs_done:
-                raise RuntimeError("interrupted")
-
-    def fit(callbacks):
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
-        model.compile(optimizer="adam", loss="categorical_crossentropy")
-        data = np.random.default_rng(0).random((32, 4)), keras.utils.to_categorical(np.arange(32) % 2, 2)
-        return model.fit(*data, epochs=5, verbose=0,
-                         callbacks=[keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True), *callbacks])
-
-    with pytest.raises(RuntimeError, match="interrupted"):
-        fit([Interrupt()])
-    return fit
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.2), keras.layers.Dense(units)])
+    model.compile(optimizer="adam", loss="mse")
+    return model
 
 
-@pytest.mark.parametrize(("epochs_done", "resumed_epochs"), [(2, 4), (1, 5)])
-def test_backup_left_unreadable_by_a_kill_falls_back_or_starts_over(tmp_path, epochs_done, resumed_epochs):
-    from stages.core.callbacks import repair_backup
+def fit_tiny(model, folder: Path, epochs: int, initial_epoch: int = 0):
+    from stages.core.callbacks import ResumeState
 
-    backup = tmp_path / "backup"
-    fit = interrupted_backup(backup, epochs_done)
-    (backup / "training_metadata.json").write_text('{"epo')  # killed while Keras wrote it
-
-    repair_backup(backup)
-    # Two epochs done: back to the previous backup (epoch 1), 4 epochs left; one epoch: no older backup, start over.
-    assert len(fit([]).history["loss"]) == resumed_epochs
+    data = np.random.default_rng(0).random((32, 4)), np.random.default_rng(1).random((32, 2))
+    model.fit(*data, epochs=epochs, initial_epoch=initial_epoch, batch_size=8, shuffle=False, verbose=0,
+              callbacks=[ResumeState(folder)])
 
 
-def test_a_readable_backup_is_left_alone(tmp_path):
-    from stages.core.callbacks import backed_up_epoch, repair_backup
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_resume_state_falls_back_to_the_epoch_before(tmp_path, damage):
+    from stages.core.callbacks import PREVIOUS_STATE, STATE_FILE, restore_state
 
-    backup = tmp_path / "backup"
-    fit = interrupted_backup(backup, 2)
-    repair_backup(backup)
-    assert backed_up_epoch(backup / "training_metadata.json") == 2
-    assert len(fit([]).history["loss"]) == 3
+    reference = tiny_model()
+    fit_tiny(reference, tmp_path / "reference", 3)
+    interrupted = tiny_model()
+    fit_tiny(interrupted, tmp_path, 2)
+    state = tmp_path / STATE_FILE
+    {"truncated": lambda: state.write_bytes(state.read_bytes()[:500]),
+     "garbage": lambda: state.write_bytes(b"\x89HDF\r\n" * 100)}[damage]()
 
+    resumed = tiny_model(seed=7)  # other initial weights: all of them must come from the state
+    assert restore_state(resumed, tmp_path) == 1
+    fit_tiny(resumed, tmp_path, 3, initial_epoch=1)
+    for got, want in zip(resumed.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert int(resumed.optimizer.iterations.numpy()) == int(reference.optimizer.iterations.numpy())
+    assert {path.name for path in tmp_path.iterdir()} >= {STATE_FILE, PREVIOUS_STATE}
+
+
+def test_no_usable_resume_state_starts_over(tmp_path):
+    from stages.core.callbacks import PREVIOUS_STATE, STATE_FILE, restore_state
+
+    assert restore_state(tiny_model(), tmp_path) == 0  # nothing saved
+    fit_tiny(tiny_model(), tmp_path, 2)
+    assert restore_state(tiny_model(units=3), tmp_path) == 0  # another model's state
+    (tmp_path / STATE_FILE).write_bytes(b"")
+    (tmp_path / PREVIOUS_STATE).write_bytes(b"PK")
+    assert restore_state(tiny_model(), tmp_path) == 0
 
 
 # Dropout in the model; augmentation from params.yaml's train.augment (on by default).

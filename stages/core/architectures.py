@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import difflib
 import functools
+import json
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -123,6 +125,33 @@ def build_model(layers: list[dict[str, Any]], name: str = "model", where: str = 
     return model
 
 
+def code_bearing_layers(path: Path) -> list[str]:
+    """The Lambda and non-Keras (custom) classes a .keras file's config names, read without running any of it:
+    Keras' safe mode refuses them with a generic "could not be deserialized properly". Empty for a file that is
+    not a .keras archive (Keras then says what is wrong with it)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return []
+    found: list[str] = []
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            name, module = node.get("class_name"), node.get("module") or ""
+            if isinstance(name, str) and "config" in node and not name.startswith("__") and (
+                    name == "Lambda" or not module.startswith("keras")):
+                found.append(f"{name} ({node.get('registered_name') or module or 'no module'})")
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return list(dict.fromkeys(found))
+
+
 def load_model(path: str | os.PathLike, num_classes: int, advice: str):
     """The trained model in `path`, for inference, checked to map 28x28x1 images to `num_classes` probabilities.
 
@@ -132,6 +161,10 @@ def load_model(path: str | os.PathLike, num_classes: int, advice: str):
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file {path} not found: {advice}")
+    refused = code_bearing_layers(path)
+    if refused:
+        raise ModelFileError(f"{path}: safe mode refused a Lambda or custom layer ({', '.join(refused)}); none of "
+                             f"its code ran: {advice}")
     import keras
 
     try:

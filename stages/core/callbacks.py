@@ -5,9 +5,9 @@ Imports Keras at load time: import it from inside a stage's `run()`, after Tenso
 
 from __future__ import annotations
 
-import json
-import shutil
+import os
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,8 @@ from stages.core.schema import Params, minimised
 
 BEST_WEIGHTS = "best.weights.npz"  # in the resume folder: the best epoch's weights (np.savez order)
 HISTORY_FILE = "history.csv"  # in the resume folder: the finished epochs' rows
-BACKUP_FOLDER = "backup"  # in the resume folder: Keras' BackupAndRestore state
+STATE_FILE = "state.npz"  # in the resume folder: the last finished epoch's variables (ResumeState)
+PREVIOUS_STATE = "state.prev.npz"  # the epoch before it: the fall-back when the newest cannot be read
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"]
 
 
@@ -70,8 +71,8 @@ class StopAtAccuracy(keras.callbacks.Callback):
 class EpochSeeds(keras.callbacks.Callback):
     """Reseeds dropout and augmentation from (seed, epoch, layer) at each epoch's start.
 
-    Their generators' states are not in the weights BackupAndRestore saves; a resumed run would draw epoch 1's
-    masks again. Keyed by the epoch, a resumed epoch draws what the uninterrupted one drew.
+    Keyed by the epoch, each epoch draws the same whatever ran before it in this process, so a resume from any
+    saved state (the newest or the one before) replays what the uninterrupted training drew.
     """
 
     def __init__(self, seed: int):
@@ -137,26 +138,64 @@ def load_best_weights(model, resume_dir: Path) -> None:
             model.set_weights([weights[f"arr_{index}"] for index in range(len(weights.files))])
 
 
-def backed_up_epoch(metadata: Path) -> int | None:
-    """The last finished epoch BackupAndRestore recorded, or None when its file is missing or unreadable."""
-    try:
-        return int(json.loads(metadata.read_text())["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+class ResumeState(keras.callbacks.Callback):
+    """After each epoch, everything a resume needs in one file, `state.npz`: the model's variables (weights and the
+    random seeds' states), the optimizer's (its step and moments) and the epoch.
+
+    Not Keras' BackupAndRestore: it rewrites its .h5 file in place through h5py, so a kill or a full disk mid-write
+    leaves a file that later resumes fail on (or load with the optimizer reset), and h5py crashes the interpreter
+    at exit (segmentation fault) after a failed write. Here plain NumPy writes a temp file beside the state,
+    fsyncs it and renames it over the state (atomic_path: a full disk is one line), after moving the current state
+    to `state.prev.npz`: a kill at any moment leaves the newest or the previous epoch's state whole.
+    """
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        self.path, self.previous = folder / STATE_FILE, folder / PREVIOUS_STATE
+
+    def on_epoch_end(self, epoch, logs=None):
+        arrays = [keras.ops.convert_to_numpy(variable) for variable in state_variables(self.model)]
+        with atomic_path(self.path) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, *arrays, epoch=np.int64(epoch + 1))
+                handle.flush()
+                os.fsync(handle.fileno())
+            if self.path.exists():
+                os.replace(self.path, self.previous)
 
 
-def repair_backup(backup: Path) -> None:
-    """A kill while Keras writes its backup metadata leaves that file unreadable, and Keras then fails on every
-    resume; fall back to the previous backup (what Keras does for unreadable weights), or else start over."""
-    metadata = backup / "training_metadata.json"
-    if not metadata.exists() or backed_up_epoch(metadata) is not None:
-        return
-    previous = backup / "training_metadata.json.bkp"
-    if backed_up_epoch(previous) is not None and (backup / "latest.weights.h5.bkp").exists():
-        shutil.copy(backup / "latest.weights.h5.bkp", backup / "latest.weights.h5")
-        shutil.copy(previous, metadata)
-    else:
-        shutil.rmtree(backup)
+def state_variables(model) -> list:
+    """What ResumeState saves, in a fixed order; builds the optimizer's variables if no step has made them yet."""
+    with model.distribute_strategy.scope():  # a MirroredStrategy's optimizer variables are mirrored too
+        model.optimizer.build(model.trainable_variables)
+    return [*model.variables, *model.optimizer.variables]
+
+
+def restore_state(model, folder: Path) -> int:
+    """Load the newest whole resume state that fits the model into it; the epochs it had finished (0: none).
+
+    A state that cannot be read (a kill or a full disk in an older version's write, a damaged disk) or does not
+    fit (another model) is passed over for the previous one, and without either the training starts over.
+    """
+    targets = state_variables(model)
+    for path in (folder / STATE_FILE, folder / PREVIOUS_STATE):
+        if not path.exists():
+            continue
+        try:
+            with np.load(path) as state:
+                epoch = int(state["epoch"])
+                arrays = [state[f"arr_{index}"] for index in range(len(state.files) - 1)]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            print(f"resume state {path} is unreadable ({error}): trying an older one")
+            continue
+        if len(arrays) != len(targets) or any(array.shape != tuple(target.shape)
+                                              for array, target in zip(arrays, targets, strict=True)):
+            print(f"resume state {path} does not fit this model: trying an older one")
+            continue
+        for target, array in zip(targets, arrays, strict=True):
+            target.assign(array)
+        return epoch
+    return 0
 
 
 @dataclass
@@ -168,10 +207,11 @@ class Callbacks:
     ordered: list = field(default_factory=list)
 
 
-def make_callbacks(params: Params, resume_dir: Path, run, extra: list[Any] = ()) -> Callbacks:
+def make_callbacks(params: Params, model, resume_dir: Path, run, extra: list[Any] = ()) -> Callbacks:
     """The training's callbacks in the order they must run: history, seeds, best weights, the course's stops,
-    TensorBoard, the tracking run's live metrics, the backup (last of the training's own, so an epoch counts as
-    finished only once its history row and checkpoint exist), then `extra` (the benchmark's clock)."""
+    TensorBoard, the tracking run's live metrics, the resume state (last of the training's own, so an epoch counts
+    as finished only once its history row and checkpoint exist), then `extra` (the benchmark's clock). With
+    train.resume, the model gets the saved state's variables first."""
     settings = params.train
     resume_dir.mkdir(parents=True, exist_ok=True)
     history_path = resume_dir / HISTORY_FILE
@@ -195,11 +235,9 @@ def make_callbacks(params: Params, resume_dir: Path, run, extra: list[Any] = ())
     ordered.append(LiveMetrics(run))
     finished = 0
     if settings.resume:
-        backup = resume_dir / BACKUP_FOLDER
-        repair_backup(backup)
-        # Rows of an epoch whose backup never finished would be replayed: keep only backed-up epochs.
-        finished = backed_up_epoch(backup / "training_metadata.json") or 0
+        finished = restore_state(model, resume_dir)
+        # Rows of an epoch whose state never landed would be replayed: keep only the restored epochs.
         epoch_log.rows = [row for row in epoch_log.rows if row["epoch"] <= finished]
-        ordered.append(keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True))
+        ordered.append(ResumeState(resume_dir))
     ordered.extend(extra)
     return Callbacks(epoch_log, finished, ordered)

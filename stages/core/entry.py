@@ -89,7 +89,7 @@ def _main(
     policy = SignalPolicy()
     try:
         with policy.installed(), leave_when_parent_is_gone(policy):
-            params = load_params(params_path)  # a bad params.yaml fails before TensorFlow's seconds of start-up
+            params = load_params_told(params_path)  # a bad params.yaml fails before TensorFlow's seconds of start-up
             check_paths_inside(params.paths.model_dump(), project_root())
             if quiet_tensorflow:
                 start_tensorflow_quietly()
@@ -110,6 +110,22 @@ def _main(
         exit_without_teardown(code)
     if code:
         sys.exit(code)
+
+
+# `dvc exp run -S +key=value` writes the override into params.yaml before any stage runs, and leaves it there when a
+# stage refuses it; restoring automatically would also drop the user's own uncommitted edits.
+EXP_RUN_RESTORE = ("`dvc exp run` wrote its -S overrides into params.yaml and left them there: restore it with "
+                   "`git checkout params.yaml` (this also drops uncommitted edits), then rerun with the key fixed")
+
+
+def load_params_told(path: str):
+    """load_params; inside `dvc exp run` (DVC sets DVC_EXP_NAME), a refusal also says how to restore params.yaml."""
+    try:
+        return load_params(path)
+    except PipelineError as error:
+        if os.environ.get("DVC_EXP_NAME"):
+            raise PipelineError(f"{error}\n{EXP_RUN_RESTORE}") from None
+        raise
 
 
 TOOL_STOPPED = "nothing half-written was left"

@@ -33,6 +33,12 @@ def _umask() -> int:
     return mask
 
 
+def disk_full_message(path: str | os.PathLike, code: int) -> str:
+    """The one line for a write that a full disk, a quota or a file-size limit (`ulimit -f`) refused."""
+    return (f"cannot write {path}: {os.strerror(code)}; free space (or raise the file-size limit), then rerun "
+            "`dvc repro`")
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `target`; rename it onto `target` only if the block succeeds.
@@ -61,8 +67,7 @@ def atomic_path(target: str | os.PathLike, directory: bool = False) -> Iterator[
         elif tmp is not None:
             tmp.unlink(missing_ok=True)
         if isinstance(error, OSError) and error.errno in DISK_FULL:
-            raise PipelineError(f"cannot write {target}: {os.strerror(error.errno)}; free some space (or raise "
-                                "the file-size limit) and rerun") from None
+            raise PipelineError(disk_full_message(target, error.errno)) from None
         raise
 
 

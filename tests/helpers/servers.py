@@ -68,6 +68,20 @@ class PostgreSQL:
             connection.execute(f'CREATE DATABASE "{name}"')
         return self.uri(name)
 
+    def create_user_database(self, name: str, password: str) -> str:
+        """A database owned by a role that logs in with `password` (scram-sha-256; the cluster trusts every other
+        role): a URI with the password in it, as a team's is."""
+        import psycopg
+
+        with psycopg.connect(self.uri("postgres"), autocommit=True) as connection:
+            connection.execute(f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}'")
+            connection.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
+            hba = Path(connection.execute("SHOW hba_file").fetchone()[0])
+            # First match wins: this role's line goes before the cluster's `trust` lines.
+            hba.write_text(f"host all {name} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+            connection.execute("SELECT pg_reload_conf()")
+        return f"postgresql://{name}:{password}@127.0.0.1:{self.port}/{name}"
+
     def accepts_connections(self) -> bool:
         import psycopg
 
@@ -99,11 +113,12 @@ class MlflowServer:
         self.log = folder / "server.log"
 
     def start(self) -> MlflowServer:
-        command = [sys.executable, "-m", "stages.server", "--backend-store-uri", self.backend_uri,
-                   "--artifacts-destination", str(self.folder / "artifacts"), "--port", str(self.port),
-                   "--workers", "1", *self.extra]
+        # The URI through the environment, as the README says: it may hold the database's password.
+        command = [sys.executable, "-m", "stages.server", "--artifacts-destination", str(self.folder / "artifacts"),
+                   "--port", str(self.port), "--workers", "1", *self.extra]
         with open(self.log, "a") as log:
-            self.process = subprocess.Popen(command, cwd=self.folder, env=self.env, stdout=log,
+            self.process = subprocess.Popen(command, cwd=self.folder, stdout=log,
+                                            env={**self.env, "MLFLOW_BACKEND_STORE_URI": self.backend_uri},
                                             stderr=subprocess.STDOUT, start_new_session=True)
         # Its first API answer, not /health: the tracking store is opened on the first request.
         wait_until(lambda: answers(f"{self.uri}/api/2.0/mlflow/experiments/search?max_results=1"), 180,

@@ -13,7 +13,15 @@ from pathlib import Path
 
 from stages.core.errors import PipelineError
 from stages.core.schema import Params
-from stages.core.tracking.store import attached_run, connect, dataset_digest, dataset_name, store_lock, tracking_uri
+from stages.core.tracking.store import (
+    attached_run,
+    connect,
+    dataset_digest,
+    dataset_name,
+    full_store_is_an_error,
+    store_lock,
+    tracking_uri,
+)
 
 STAGES = Path(__file__).resolve().parents[2]  # the `stages` package, parts of which ship with the image model
 KINDS = ("", "images", "onnx")  # the tensor model, the pyfunc taking images, the ONNX export
@@ -82,7 +90,13 @@ def log_evaluation(params: Params, metrics: dict[str, float], files: list[Path],
     """Attach test metrics and report files to the training's run (linked to its LoggedModel and, given
     `data_info` (dataset.json), to the test split's dataset, so the model page shows them); tag its model versions
     with the test accuracy and the test set's content hash (`test_sha256`, datasets.split_sha256) and move
-    `champion`."""
+    `champion`. A full store is one line."""
+    with full_store_is_an_error(tracking_uri(params)):
+        _log_evaluation(params, metrics, files, dataset, test_sha256, data_info)
+
+
+def _log_evaluation(params: Params, metrics: dict[str, float], files: list[Path], dataset: str,
+                    test_sha256: str, data_info: dict | None) -> None:
     attached = attached_run(params)
     if attached is None:
         return

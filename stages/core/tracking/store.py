@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -18,8 +19,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from stages.core.errors import PipelineError
-from stages.core.files import project_root
+from stages.core.errors import DISK_FULL, PipelineError
+from stages.core.files import disk_full_message, project_root
 from stages.core.schema import Params
 
 SQLITE_TIMEOUT_SECONDS = 60
@@ -65,6 +66,59 @@ def store_lock(uri: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# What SQLite reports when its file cannot grow: a full disk or quota ("database or disk is full") or a file-size
+# limit ("disk I/O error": the write failed with EFBIG).
+SQLITE_FULL = ("database or disk is full", "disk I/O error")
+
+
+def store_is_full(error: BaseException) -> bool:
+    """Whether `error` (or what it wraps: MLflow wraps SQLAlchemy, which wraps sqlite3) is a write refused for
+    lack of space."""
+    return full_disk_message(error, "") is not None
+
+
+def full_disk_message(error: BaseException, uri: str) -> str | None:
+    """The one line for a write refused for lack of space somewhere in `error`'s chain: a file it names, or else
+    the store at `uri` (SQLite names no file)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            return disk_full_message(error.filename or sqlite_path(uri), error.errno)
+        reason = next((text for text in SQLITE_FULL if text in str(error)), None)
+        if reason:
+            return disk_full_message(sqlite_path(uri), errno.ENOSPC).replace(os.strerror(errno.ENOSPC), reason, 1)
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def sqlite_path(uri: str) -> str:
+    return uri.removeprefix("sqlite:///").split("?")[0] if _is_local_sqlite(uri) else uri
+
+
+def _not_a_full_store(record: logging.LogRecord) -> bool:
+    """MLflow logs a SQLite error with its traceback before raising it; a full store is reported in one line."""
+    return not (record.exc_info and record.exc_info[1] is not None and store_is_full(record.exc_info[1]))
+
+
+logging.getLogger("mlflow.store.db.utils").addFilter(_not_a_full_store)
+
+
+@contextlib.contextmanager
+def full_store_is_an_error(uri: str) -> Iterator[None]:
+    """A write refused for lack of space (MLflow's SQLite file, an artifact copy) ends the stage with one line, not
+    the four tracebacks of MLflow, SQLAlchemy and sqlite3."""
+    try:
+        yield
+    except PipelineError:
+        raise
+    except Exception as error:
+        message = full_disk_message(error, uri)
+        if message is None:
+            raise
+        raise PipelineError(message) from None
 
 
 def check_server(uri: str) -> None:
@@ -127,12 +181,14 @@ def connect(params: Params):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = user_uri
-    with store_lock(uri):
+    with store_lock(uri), full_store_is_an_error(uri):
         try:
             # In the lock: the client creates (migrates) a new SQLite store, which two first runs must not race.
             client = mlflow.MlflowClient(uri, uri)
             return client, experiment_id(client, params.tracking.experiment, uri)
         except MlflowException as error:
+            if store_is_full(error):
+                raise
             raise PipelineError(f"MLflow tracking store {uri} failed: {error.message.splitlines()[0]}") from None
 
 
@@ -177,8 +233,9 @@ def log_files(params: Params, files: list[Path], folder: str) -> None:
     attached = attached_run(params)
     if attached is not None:
         client, run_id = attached
-        for path in files:
-            client.log_artifact(run_id, str(path), folder)
+        with full_store_is_an_error(tracking_uri(params)):
+            for path in files:
+                client.log_artifact(run_id, str(path), folder)
 
 
 def search_runs(params: Params):

@@ -32,6 +32,8 @@ from stages.core.tracking.store import (
     connect,
     dataset_digest,
     dataset_name,
+    full_store_is_an_error,
+    store_is_full,
     store_lock,
     tracking_uri,
 )
@@ -44,10 +46,63 @@ SYSTEM_METRICS = {"seconds": "system/epoch_seconds", "train_seconds": "system/tr
                   "epochs_run": "system/epochs_run"}
 
 
-def check_tracking(params: Params) -> None:
-    """Before any slow work: fail when tracking is on and its server is down, failing or refuses us."""
+def check_tracking(params: Params, dataset: str | None = None) -> None:
+    """Before any slow work: fail when tracking is on and its server is down, failing or refuses us, or lets us
+    only read the experiment (or the registered models of `dataset`) the training would write to."""
     if params.tracking.enabled:
-        check_server(tracking_uri(params))
+        uri = tracking_uri(params)
+        check_server(uri)
+        models = [registered_name(params, dataset, kind) for kind in ("", "images", "onnx")] if dataset else []
+        check_write_access(uri, params.tracking.experiment, models)
+
+
+READ_ONLY = ("READ", "NO_PERMISSIONS")
+
+
+def check_write_access(uri: str, experiment: str, models: list[str]) -> None:
+    """With basic auth, ask the server for our own permission on what the training writes: a READ-only grant is
+    one line now, not an HTTP 403 after the training. No grant of our own (the server's default applies) or a
+    server without auth: nothing to check here (a 403 later is one line too: `refused`)."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if not user or not uri.startswith(("http://", "https://")):
+        return
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.server import get_app_client
+
+    client, auth = mlflow.MlflowClient(uri, uri), get_app_client("basic-auth", tracking_uri=uri)
+    resources = []
+    with contextlib.suppress(MlflowException):
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:  # else this user creates it, and may write to what they create
+            resources.append(("experiment", found.experiment_id, f"experiment {experiment!r}"))
+    for name in models:
+        with contextlib.suppress(MlflowException):
+            client.get_registered_model(name)
+            resources.append(("registered_model", name, f"registered model {name!r}"))
+    for kind, key, what in resources:
+        try:
+            permission = auth.get_user_permission(user, kind, key).permission
+        except MlflowException:
+            continue
+        if permission in READ_ONLY:
+            raise PipelineError(f"MLflow user {user!r} may not write to {what} on {uri} (permission {permission}): "
+                                "ask the server's admin for EDIT on it, or set tracking.enabled: false")
+
+
+@contextlib.contextmanager
+def refused_is_an_error(uri: str) -> Iterator[None]:
+    """An HTTP 403 from the server (no write access) is one line."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as error:
+        if error.error_code != "PERMISSION_DENIED":
+            raise
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME", "(no user)")
+        raise PipelineError(f"MLflow tracking server {uri} refused user {user!r}: "
+                            f"{error.message.splitlines()[0]}; ask its admin for EDIT") from None
 
 
 def _git(*args: str) -> str:
@@ -328,9 +383,41 @@ def _resumable_run(client, uri: str, resume_dir: Path | None) -> str | None:
     return run.info.run_id
 
 
+# During the epochs a tracking server that stops answering (or whose database stops: it answers 503) is noticed
+# in seconds, not after MLflow's default minutes of retries; MLflow reads these at each request. Backoff 1 s, no
+# jitter, 2 retries, 10 s per request: ~2 s for a dead database, ~30 s for a hung one. Then the training stops
+# after its epoch's state is saved and resumes into the same run later (TrainingRun.log_epoch).
+FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+             "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+@contextlib.contextmanager
+def fail_fast() -> Iterator[None]:
+    """FAIL_FAST for the block (what the user set wins), then the environment as it was."""
+    saved = {key: os.environ.get(key) for key in FAIL_FAST}
+    os.environ.update({key: value for key, value in FAIL_FAST.items() if saved[key] is None})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+
+
 @contextlib.contextmanager
 def training_run(params: Params, architecture: str, data_hash: str, data_info: dict,
                  resume_dir: Path | None = None) -> Iterator[NullRun | TrainingRun]:
+    """The run of `_training_run`; a store that cannot grow (a full disk) or refuses us (HTTP 403) ends the stage
+    with one line."""
+    uri = tracking_uri(params)
+    with full_store_is_an_error(uri), refused_is_an_error(uri), \
+            _training_run(params, architecture, data_hash, data_info, resume_dir) as handle:
+        yield handle
+
+
+@contextlib.contextmanager
+def _training_run(params: Params, architecture: str, data_hash: str, data_info: dict,
+                  resume_dir: Path | None = None) -> Iterator[NullRun | TrainingRun]:
     """Open the MLflow run for a training of `architecture` (the name train resolved, logged as `model.name`)
     and close it FINISHED, FAILED or KILLED, whatever happens. `data_info` (preprocess's dataset.json) names the
     data in the run's tags and dataset inputs.
@@ -381,9 +468,15 @@ def training_run(params: Params, architecture: str, data_hash: str, data_info: d
             # The status first: on a server, MLflow prints the run's URL before it writes the status, and that
             # print raises once nobody reads our output (a search worker killed mid-trial), which would leave it
             # RUNNING.
-            client.update_run(run_id, status=status)
-            if status != "FINISHED":
-                mark_dead_versions(client, run_id, status)
+            try:
+                client.update_run(run_id, status=status)
+                if status != "FINISHED":
+                    mark_dead_versions(client, run_id, status)
+            except Exception as error:
+                # A full store cannot take the status either: the error in flight says what happened, and the
+                # next training marks this run KILLED.
+                if status == "FINISHED" or not store_is_full(error):
+                    raise
             with contextlib.suppress(OSError):
                 mlflow.end_run(status=status)
             print(f"MLflow run {run_name} ({run_id}) {status} in experiment {params.tracking.experiment!r}")
