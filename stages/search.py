@@ -4,6 +4,7 @@ Reads  search.yaml (study, storage, trial count, search space over params.yaml k
 Writes {paths.search}/: trials.csv (best first), Optuna's plots as PNGs, best.txt (the best params as a
        ready `dvc exp run -S ...` line); the same files on the study's parent run in MLflow
 Run    python -m stages.search search.yaml   (again here in another clone, or on other machines: all join)
+       python -m stages.search search.yaml --report   (the complete study's report, from its storage, anywhere)
 
 Each trial is `dvc exp run --name <study>-<trial> -S key=value ...` in this worker's clone; its MLflow run is
 tagged with the study and trial number, and with `push: <remote>` the worker pushes it (`dvc exp push`). The study
@@ -510,7 +511,7 @@ def write_report(study, spec: SearchSpec, folder: Path) -> list[Path]:
     return written
 
 
-def run(params: Params, spec_path: str | Path = "search.yaml") -> None:
+def run(params: Params, spec_path: str | Path = "search.yaml", report_only: bool = False) -> None:
     import optuna
 
     project = Path.cwd()
@@ -519,7 +520,7 @@ def run(params: Params, spec_path: str | Path = "search.yaml") -> None:
     warn_of_a_password(spec_path, spec.storage)
     study = open_study(spec)
     failures = StopAfterFailures()
-    if len(complete_trials(study)) < spec.n_trials:
+    if not report_only and len(complete_trials(study)) < spec.n_trials:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         for handler in logging.getLogger("optuna").handlers:  # a handler's filter sees the child loggers' records
             handler.addFilter(quiet_interrupts)
@@ -527,11 +528,12 @@ def run(params: Params, spec_path: str | Path = "search.yaml") -> None:
     if failures.in_a_row >= FAILURES_IN_A_ROW:
         raise SearchError(f"{FAILURES_IN_A_ROW} trials in a row failed in this worker (their output is above); "
                           "stopped")
-    if not complete_trials(study):
-        raise SearchError(f"study {spec.study!r} has no COMPLETE trial yet: nothing to report")
+    if (done := len(complete_trials(study))) < spec.n_trials:
+        # The report is the finished study's, the same from every worker: no best of a study still under way.
+        raise SearchError(f"study {spec.study!r} has {done} of {spec.n_trials} COMPLETE trials: no report until it "
+                          "is complete (start a worker, or `--report` once it is)")
     files = write_report(study, spec, Path(params.paths.search))
-    runs = [t.user_attrs["mlflow_run_id"] for t in complete_trials(study) if t.user_attrs.get("mlflow_run_id")]
-    tracking_study.log_study(params, spec.study, runs, files)
+    tracking_study.log_study(params, spec.study, files)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -539,8 +541,10 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m stages.search", description=__doc__.splitlines()[0])
     parser.add_argument("spec", nargs="?", default="search.yaml", help="the search spec (default: search.yaml)")
+    parser.add_argument("--report", action="store_true",
+                        help="run no trial: write the complete study's report from its storage (the same everywhere)")
     arguments = parser.parse_args(argv)
-    tool_main(lambda params: run(params, arguments.spec))
+    tool_main(lambda params: run(params, arguments.spec, arguments.report))
 
 
 if __name__ == "__main__":

@@ -331,6 +331,13 @@ def test_three_workers_end_with_exactly_n_trials_complete_even_when_one_is_kille
         assert "RUNNING" not in states and "WAITING" not in states, states
         print(f"round {round_}: {len(trials)} trials, {states.count('COMPLETE')} COMPLETE, "
               f"{states.count('FAIL')} FAIL, {states.count('PRUNED')} not needed")
+    # One report: written from the storage, the same bytes whoever writes it (each worker's clone, or --report).
+    spec = search.load_search(tmp_path / "search.yaml", search.read_yaml(ROOT / "params.yaml"))
+    for clone in ("a", "b"):
+        search.write_report(search.open_study(spec), spec, tmp_path / clone)
+    for name in ("trials.csv", "best.txt"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert "RUNNING" not in (tmp_path / "a" / "trials.csv").read_text()
 
 
 def test_a_password_in_a_tracked_search_yaml_gets_a_warning(tmp_path, capsys):
