@@ -117,6 +117,9 @@ def test_mlflow_shows_a_training_experiment_with_three_dataset_inputs(project):
     assert inputs["test"][0].name == "mnist_10k-held-out"  # never "test": these come from MNIST's training set
 
 
+NOT_STAGE_PARAMS = {"tracking.uri"}  # read by stages, deliberately not their DVC params
+
+
 def declared_params(stage: dict) -> list[str]:
     keys = []
     for entry in stage.get("params", []):
@@ -133,8 +136,9 @@ def test_dvc_yaml_declares_exactly_the_params_each_stage_reads(project):
     for name, stage in stages.items():
         module = stage["cmd"].split("-m", 1)[1].split()[0]
         assert module in read, f"stage {name} ({module}) never ran under the params trace"
-        # paths.* are bound to deps and outs through ${paths.*}: DVC already reruns when they change.
-        used = {key for key in read[module] if not key.startswith("paths.")}
+        # paths.* are bound to deps and outs through ${paths.*}: DVC already reruns when they change. tracking.uri
+        # says only where the runs are logged (127.0.0.1 or localhost, a teammate's URL): no reason to retrain.
+        used = {key for key in read[module] if not key.startswith("paths.") and key not in NOT_STAGE_PARAMS}
         declared = declared_params(stage)
 
         def covers(declared_key: str, key: str) -> bool:
@@ -170,6 +174,10 @@ def test_only_stages_whose_params_changed_rerun(project):
         plots_only = sh(project, "dvc", "repro").stdout
         assert "Running stage 'plots'" in plots_only
         assert "Running stage 'train'" not in plots_only and "Running stage 'evaluate'" not in plots_only
+
+        set_params(project, {"tracking.uri": "http://localhost:5000"})  # where runs are logged: nothing retrains
+        assert set(json.loads(sh(project, "dvc", "status", "--json").stdout)) == {"params"}
+        set_params(project, {"tracking.uri": None})
 
         set_params(project, {"train.epochs": 2})
         status = json.loads(sh(project, "dvc", "status", "--json").stdout)
