@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from stages import collect
@@ -106,8 +107,10 @@ def test_collect_creates_the_folder_and_counts(make_params, capsys):
 # The smallest honest setup: the 8,000 training digits of the shipped sample, LeNet, 3 epochs. Its held-out accuracy
 # moves by up to about a point from one training to the next (a different shuffle), so that is what is checked here;
 # the README's table holds the default model's numbers, measured by hand (within 0.3 points).
+# Augmentation off: with it on (the default since train.augment), 3 epochs learn the long-flag 1 but not the slashed
+# 0, whatever train.own_weight (3 or 10): measured, see the README.
 PERSON = {"model.architecture": "lenet", "train.epochs": 3, "preprocess.limit": None, "data.own": True,
-          "tracking.enabled": False}
+          "tracking.enabled": False, "train.augment.enabled": False}
 SHEETS = 20  # calibration sheets, each 0-9 in a row: 20 digits per class
 MNIST_TOLERANCE = 0.01
 
@@ -167,7 +170,9 @@ def test_a_person_teaches_the_pipeline_their_handwriting(tmp_path, mnist_10k):
     status = json.loads(sh(a, "dvc", "status", "--json").stdout)
     assert set(status) == {"collect", "preprocess"}, status
     second = sh(a, "dvc", "repro").stdout
-    assert ran(second) == {"collect", "preprocess", "train", "evaluate", "plots"}, second
+    upstream = {"params", "source", "download"}
+    everything = set(yaml.safe_load((a / "dvc.yaml").read_text())["stages"])
+    assert ran(second) == everything - upstream, second
 
     after = read_json(paths.metrics)
     held_out = [path for path, _ in own.digit_files(paths.own) if own.held_out(path.stem, 0.3)]
