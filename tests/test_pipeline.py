@@ -11,9 +11,15 @@ Last, a local HTTP mirror comes up and the command the fallback warning printed 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
+import shlex
+import signal
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from http.server import SimpleHTTPRequestHandler
@@ -22,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers.net import LocalServer, QuietHandler, free_port
+from helpers.net import LocalServer, QuietHandler, answers, free_port, wait_until
 from helpers.project import ROOT, copy_project, project_env, project_paths, set_params, sh
+from helpers.servers import require
 
 from stages.core.datasets import FILE_NAMES, TEST_REGISTRY_ENV
 from stages.core.entry import EXP_RUN_RESTORE
@@ -50,7 +57,10 @@ def registry(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, registry):
-    """The project after one traced `dvc repro` offline with MLflow on (store in the copy's own mlflow.db)."""
+    """The project after one traced `dvc repro` offline with MLflow on (store in the copy's own mlflow.db).
+
+    An `mlflow server` on that store starts right after, for the browser test near the end of the module: its
+    start-up (tens of seconds on a busy machine) overlaps the tests in between."""
     path = copy_project(tmp_path_factory.mktemp("project"), QUICK)
     trace = path.parent / "params-trace.tsv"
     env = project_env([path], STAGES_TRACE_PARAMS=str(trace))
@@ -58,7 +68,21 @@ def project(tmp_path_factory, registry):
     result = sh(path, "dvc", "repro", env=env)
     (path.parent / "repro.log").write_text(result.stdout)
     (path.parent / "repro.err").write_text(result.stderr)
-    return path
+    port = free_port()
+    with open(path.parent / "mlflow-server.log", "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{path / 'mlflow.db'}",
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            cwd=path, env={**project_env([path]), "MLFLOW_DISABLE_TELEMETRY": "true"}, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+    MLFLOW_UI.update(url=f"http://127.0.0.1:{port}", process=server, log=path.parent / "mlflow-server.log")
+    yield path
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+MLFLOW_UI: dict = {}  # the project's `mlflow server`: url, process, log
 
 
 def read_json(path: Path) -> dict:
@@ -91,6 +115,52 @@ def test_tensorflow_stages_start_without_noise(project):
     stderr = (project.parent / "repro.err").read_text()
     for noise in ("cuInit", "oneDNN", "absl::InitializeLog", "cpu_feature_guard", "Could not find cuda drivers"):
         assert noise not in stderr + log, noise
+
+
+def from_stage(log: str, stage: str) -> list[str]:
+    return log[log.index(f"Running stage '{stage}'"):].splitlines()
+
+
+# What a learner must not see from the train stage on: TensorFlow's C++ log lines (absl's `E0000 00:00:...`
+# prefix), terminal escape codes in a log, and MLflow's chatter that is not about this run.
+ABSL_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:[\d.]+ +\d+ [\w.]+:\d+\]")
+MLFLOW_NOISE = ("INFO mlflow", "WARNING mlflow", "UserWarning", "CloudPickle", "Downloading artifacts",
+                "Creating initial MLflow database tables")
+EPOCH_LINE = re.compile(r"epoch +\d+/\d+  loss \d+\.\d{4}  accuracy \d\.\d{4}  val_loss \d+\.\d{4}  "
+                        r"val_accuracy \d\.\d{4}  lr \d\.\d\de[-+]\d\d  \d+\.\d s")
+
+
+def test_the_train_stage_on_says_what_trains_and_nothing_from_third_parties(project):
+    """From `Running stage 'train'` to the end: a line naming what trains before the first epoch, epochs in one
+    fixed format, the test line naming its loss, and no noise. stderr is checked whole (only the source stage's
+    offline warning and MLflow's registration lines belong there)."""
+    log = from_stage((project.parent / "repro.log").read_text(), "train")
+    stderr = (project.parent / "repro.err").read_text().splitlines()
+    for line in log + stderr:
+        assert not ABSL_LINE.match(line) and "\x1b[" not in line, line
+        assert not any(noise in line for noise in MLFLOW_NOISE), line
+    first_epoch = next(index for index, line in enumerate(log) if line.startswith("epoch "))
+    assert re.fullmatch(r"training conv10 \([\d,]+ parameters, float32, 1 replica\) on mnist_10k: 480 training and "
+                        r"120 validation images, 1 epochs of batch \d+, .*", log[first_epoch - 1]), log[first_epoch - 1]
+    assert all(EPOCH_LINE.fullmatch(line) for line in log if line.startswith("epoch ")), log
+    assert any("cross-entropy" in line and "no label smoothing" in line for line in log)
+    assert len(log) <= 20, "\n".join(log)  # 12 lines in the measured run, against 22 before
+
+
+def test_predict_prints_only_its_answer(project):
+    """`python -m stages.predict digit.png` on a CPU-only machine, TensorFlow at its default verbosity: the answer,
+    and at most one line naming the model that answers."""
+    from PIL import Image
+
+    with np.load(project_paths(project).processed / "test.npz") as test:
+        Image.fromarray((test["x"][0, :, :, 0] * 255).astype(np.uint8)).save(project / "digit.png")
+    env = project_env([project])
+    del env["TF_CPP_MIN_LOG_LEVEL"]
+    result = sh(project, sys.executable, "-m", "stages.predict", "digit.png", env=env)
+    lines = (result.stdout + result.stderr).splitlines()
+    answers_ = [line for line in lines if line.startswith("digit.png: ")]
+    others = [line for line in lines if line not in answers_]
+    assert len(answers_) == 1 and len(others) <= 1 and all("model" in line for line in others), lines
 
 
 def split_digest(path: Path) -> str:
@@ -166,6 +236,79 @@ def test_dvc_metrics_and_plots_render(project):
     html = (out / "index.html").read_text()
     for title in ("Loss", "Accuracy", "Confusion matrix", "curves.png", "confusion_matrix.png"):
         assert title in html
+
+
+def test_dvc_plots_show_lists_only_the_intended_plots(project):
+    """Stage-level `plots:` would add DVC's default plot of every CSV column against the row index."""
+    shown = json.loads(sh(project, "dvc", "plots", "show", "--json").stdout)["data"]
+    pngs = [f"{project_paths(project).plots.relative_to(project)}/{name}" for name in
+            ("curves.png", "confusion_matrix.png", "misclassified.png", "feature_maps.png")]
+    assert sorted(shown) == sorted(["Loss", "Accuracy", "Confusion matrix", *pngs])
+
+
+def exp_show_lines(project: Path, *options: str) -> list[str]:
+    return sh(project, "dvc", "exp", "show", "--no-pager", *options, COLUMNS="120").stdout.splitlines()
+
+
+def test_dvc_exp_show_shows_the_test_accuracy_in_a_120_column_terminal(project):
+    """Plain `dvc exp show`: test_accuracy is the first metric (metrics.json's order), so its value shows beside
+    the experiment; the README's --drop/--keep line shows its name too, with the knobs people vary."""
+    accuracy = read_json(project_paths(project).metrics)["test_accuracy"]
+    shown = f"{accuracy:.4g}"
+    plain = exp_show_lines(project)
+    workspace = next(line for line in plain if line.strip().startswith("wor"))  # the name may be cut to "wor…"
+    assert shown in workspace, "\n".join(plain)
+    readme = (project / "README.md").read_text()
+    documented = re.search(r"^dvc exp show --drop '[^']*' --keep '[^']*'", readme, re.MULTILINE).group(0)
+    kept = exp_show_lines(project, *shlex.split(documented)[3:])
+    assert max(len(line) for line in kept) <= 120
+    header = next(line for line in kept if "Experiment" in line)
+    assert "test_accuracy" in header and "dataset" in header and "model.architecture" in header, "\n".join(kept)
+    assert shown in next(line for line in kept if "workspace" in line)
+
+
+def test_mlflow_pages_show_the_run_and_its_logged_model(project, tmp_path):
+    """Headless Chromium on `mlflow server`'s run page and logged-model page (what they show, not pixels), and the
+    offline `dvc plots show` page drawing its charts with every network request refused."""
+    require("/usr/bin/chromium", "Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    url, server = MLFLOW_UI["url"], MLFLOW_UI["process"]
+    wait_until(lambda: answers(f"{url}/api/2.0/mlflow/experiments/search?max_results=1"), 180,
+               f"mlflow server on {url}", server, MLFLOW_UI["log"])
+    record = read_json(project_paths(project).run)
+    import mlflow
+
+    experiment = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(record["run_id"]).info.experiment_id
+    out = tmp_path / "plots-html"
+    sh(project, "dvc", "plots", "show", "-o", str(out))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        context = browser.new_context(viewport={"width": 1600, "height": 1100})
+        # The "Model training" toggle's memory: without it the UI's sidebar falls back to GenAI on a click.
+        context.add_init_script("localStorage.setItem('mlflow.workflowType_v1', JSON.stringify('machine_learning'))")
+        page = context.new_page()
+        page.goto(f"{url}/#/experiments/{experiment}/runs/{record['run_id']}")
+        page.get_by_text("train.epochs").first.wait_for(timeout=90_000)
+        text = page.locator("body").inner_text()
+        assert "model.architecture" in text and "test_accuracy" in text
+        assert "paths." not in text, "paths are no knob of a run"
+        page.goto(f"{url}/#/experiments/{experiment}/models/{record['model_id']}")
+        page.get_by_text("Datasets used").first.wait_for(timeout=90_000)
+        page.get_by_text("mnist_10k-held-out").first.wait_for(timeout=30_000)
+        text = page.locator("body").inner_text()
+        assert "conv10" in text and "test_accuracy" in text
+        for split in ("train", "val", "held-out"):  # one metric row per split, each naming its dataset
+            assert f"mnist_10k-{split} (#" in text, split
+        assert "system/" not in text, "how long it trained is no score of the model"
+
+        page = context.new_page()
+        page.route("**/*", lambda route: route.abort() if route.request.url.startswith("http") else route.continue_())
+        page.goto((out / "index.html").as_uri())
+        page.wait_for_function("document.querySelectorAll('.vega-embed svg, .vega-embed canvas').length >= 3",
+                               timeout=30_000)
+        browser.close()
 
 
 def test_only_stages_whose_params_changed_rerun(project):

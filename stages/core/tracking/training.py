@@ -317,9 +317,6 @@ class TrainingRun:
         self.client.log_batch(self.run_id, params=[
             mlflow.entities.Param("model.parameters", str(result["parameters"])),
         ])
-        for key in ("train_seconds", "epochs_run"):
-            self.client.log_metric(self.run_id, SYSTEM_METRICS[key], float(result[key]))
-        self.client.log_metric(self.run_id, "best_val_accuracy", float(result["best_val_accuracy"]))
         self.client.set_tag(self.run_id, "precision", result["precision"])
         self.client.set_tag(self.run_id, "replicas", str(result["replicas"]))
         for path in (params.paths.summary, params.paths.history):
@@ -344,6 +341,11 @@ class TrainingRun:
                 )
             log_image_model(params, self.uri, image_model, dataset)
         self.link_kept_epoch(info.model_id, history, result["kept_epoch"], data_info)
+        # After the model: MLflow copies the run's metrics logged so far onto the LoggedModel, whose page should
+        # list the model's scores, not how long it trained.
+        for key in ("train_seconds", "epochs_run"):
+            self.client.log_metric(self.run_id, SYSTEM_METRICS[key], float(result[key]))
+        self.client.log_metric(self.run_id, "best_val_accuracy", float(result["best_val_accuracy"]))
         return {
             "run_id": self.run_id, "experiment": params.tracking.experiment, "model_uri": info.model_uri,
             "model_id": info.model_id, "registered_model": registered_name(params, dataset),
