@@ -77,9 +77,12 @@ def project(tmp_path_factory, registry):
             stderr=subprocess.STDOUT, start_new_session=True)
     MLFLOW_UI.update(url=f"http://127.0.0.1:{port}", process=server, log=path.parent / "mlflow-server.log")
     yield path
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
+    for sig in (signal.SIGTERM, signal.SIGKILL):  # uvicorn waits for the browser's open connections
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=10)
+            break
 
 
 MLFLOW_UI: dict = {}  # the project's `mlflow server`: url, process, log
@@ -426,8 +429,9 @@ def test_back_online_the_printed_command_moves_the_workspace_to_the_full_set(pro
     assert command[:4] == ["dvc", "exp", "run", "-S"]
     switched = sh(project, *command).stdout
     assert "Running stage 'train'" in switched and "is cached" not in switched
-    metrics = read_json(project_paths(project).metrics)
-    assert (metrics["dataset"], metrics["train_images"] + metrics["val_images"], metrics["test_images"]) == \
+    record = read_json(project_paths(project).run)
+    assert read_json(project_paths(project).metrics)["dataset"] == "mnist"
+    assert (record["dataset"], record["train_images"] + record["val_images"], record["test_images"]) == \
         ("mnist", 300, 100)
     manifest = read_json(project_paths(project).raw / "mnist" / "manifest.json")
     assert manifest["dataset"] == "mnist" and all(entry["verified"] for entry in manifest["files"].values())
