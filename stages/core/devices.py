@@ -15,6 +15,7 @@ in the last bits, and a run would depend on the machine and on how many training
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -67,7 +68,10 @@ def configure_devices() -> None:
     import tensorflow as tf
 
     share = thread_share(os.environ.get(JOBS_VARIABLE), len(os.sched_getaffinity(0)))
-    tf.config.threading.set_intra_op_parallelism_threads(INTRA_OP_THREADS)
+    # TensorFlow already running in this process (a test, a notebook) keeps its pools; a stage run as a program
+    # always gets here before TensorFlow starts.
+    with contextlib.suppress(RuntimeError):
+        tf.config.threading.set_intra_op_parallelism_threads(INTRA_OP_THREADS)
     if share:
         # Each of N jobs would otherwise start a pool per core, and N pools fight over the same cores.
         tf.config.threading.set_inter_op_parallelism_threads(share)
