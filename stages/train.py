@@ -38,7 +38,7 @@ import numpy as np
 from stages.core import devices
 from stages.core.architectures import Architecture, SpecError, build_model, resolve_spec
 from stages.core.datasets import read_data_info, split_sizes
-from stages.core.entry import KERAS_UNUSED_IMPORTS, stage_main
+from stages.core.entry import KERAS_UNUSED_IMPORTS, stage_main, tensorflow_quietly
 from stages.core.errors import PipelineError
 from stages.core.files import atomic_path, load_npz, sha256_of_files, write_csv, write_json, write_text
 from stages.core.schema import Augment, Params, minimised
@@ -241,8 +241,9 @@ def run(params: Params, extra_callbacks=()) -> dict:
         # The temperature that calibrates the kept model's probabilities on the validation digits (predict uses it).
         from stages.core.calibration import calibrate
 
-        calibration = calibrate(model.predict(val[0], batch_size=params.train.batch_size, verbose=0),
-                                val[1].argmax(axis=1))
+        with tensorflow_quietly():  # the first predict on NumPy under op determinism logs a harmless error line
+            probabilities = model.predict(val[0], batch_size=params.train.batch_size, verbose=0)
+        calibration = calibrate(probabilities, val[1].argmax(axis=1))
 
         with atomic_path(paths.model) as tmp:
             model.save(tmp)

@@ -326,7 +326,7 @@ def test_json_output(digit_file, tmp_path, model_path, capsys):
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [record["file"] for record in records] == [str(digit_file), str(other)]
     for record in records:
-        assert set(record) == {"file", "predicted", "label", "confidence", "top"}
+        assert set(record) == {"file", "predicted", "label", "confidence", "top", "not_sure"}
         assert record["label"] == str(record["predicted"])
         assert len(record["top"]) == 4
         assert record["top"][0] == {"class": record["predicted"], "label": record["label"],

@@ -56,7 +56,10 @@ def test_one_epoch_lowers_the_loss_and_writes_outputs(make_params, processed_dir
     recorded = json.loads(Path(paths.run).read_text())
     # Which data, from preprocess's dataset.json: processed_dir holds the MNIST sample (800 + 200 of its digits).
     data = {"dataset": "mnist_10k", "train_images": 800, "val_images": 200, "test_images": 2000}
-    assert recorded == {**result, **data, "run_id": None} and recorded["epochs_run"] == len(history) == 1
+    # and the temperature calibrating its probabilities on the validation digits, with the error it leaves
+    calibration = {key: recorded[key] for key in ("temperature", "val_ece", "val_ece_calibrated")}
+    assert calibration["temperature"] > 0 and 0 <= calibration["val_ece_calibrated"] <= 1
+    assert recorded == {**result, **data, **calibration, "run_id": None} and recorded["epochs_run"] == len(history) == 1
     assert not any(Path(paths.model).parent.glob(".*tmp*")), "no temp files left behind"
 
 

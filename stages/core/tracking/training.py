@@ -358,7 +358,8 @@ class TrainingRun:
         if kept_epoch is None:
             return
         row = history[history["epoch"] == kept_epoch].iloc[0]
-        # Own keys: `val_accuracy` with a model id would add a point to the epoch curve of the same name.
+        # `val_accuracy` adds its kept point to the epoch curve again (same step, same value): the curve looks the
+        # same, and the model page shows the name people compare runs by.
         for split, column in (("train", "accuracy"), ("val", "val_accuracy")):
             if row[column] == row[column]:  # NaN: not measured
                 self.client.log_metric(self.run_id, f"{split}_accuracy", float(row[column]), step=kept_epoch,
