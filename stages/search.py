@@ -6,7 +6,8 @@ Writes {paths.search}/: trials.csv (best first), Optuna's plots as PNGs, best.tx
 Run    python -m stages.search search.yaml   (again here in another clone, or on other machines: all join)
        python -m stages.search search.yaml --report   (the complete study's report, from its storage, anywhere)
 
-Each trial is `dvc exp run --name <study>-<trial> -S key=value ...` in this worker's clone; its MLflow run is
+Each trial is `dvc exp run --temp --name <study>-<trial> -S key=value ...`: DVC runs it in a copy of this worker's
+clone under .dvc/tmp/exps, so the workspace (params.yaml, dvc.lock, outputs) is never touched; its MLflow run is
 tagged with the study and trial number, and with `push: <remote>` the worker pushes it (`dvc exp push`). The study
 ends with exactly n_trials COMPLETE trials over all workers: Optuna numbers trials under a lock on the study row,
 so a trial runs only if fewer than n_trials trials before it are COMPLETE, RUNNING or WAITING (a retry); the others
@@ -15,9 +16,10 @@ are PRUNED with user attr not_needed and left out of the report. The study recor
 after the grace period the next worker to start a trial fails the stale one and runs it again
 (Optuna's RetryHeartbeatStaleTrialCallback).
 
-A trial runs as `setpriv --pdeathsig TERM timeout ... dvc exp run ...`: `timeout` makes the trial its own process
-group and passes a TERM on to all of it; setpriv sends it that TERM when the worker dies, even by SIGKILL, so no
-training outlives its worker.
+A trial runs as `setpriv --pdeathsig INT timeout --signal=INT ... dvc exp run --temp ...`: `timeout` makes the trial
+its own process group and passes an INT on to all of it; setpriv sends it that INT when the worker dies, even by
+SIGKILL, so no training outlives its worker. INT, not TERM: on SIGINT DVC removes its temporary copy, on SIGTERM it
+leaves it behind. A copy left anyway (the whole machine lost) is removed by the next worker that starts here.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import logging
 import os
 import re
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -252,8 +256,8 @@ def set_arguments(values: dict[str, Any]) -> list[str]:
 
 
 def trial_command(name: str, values: dict[str, Any], timeout_seconds: int) -> list[str]:
-    return ["setpriv", "--pdeathsig", "TERM", "timeout", f"--kill-after={KILL_AFTER_SECONDS}", str(timeout_seconds),
-            "dvc", "exp", "run", "--name", name, *set_arguments(values)]
+    return ["setpriv", "--pdeathsig", "INT", "timeout", "--signal=INT", f"--kill-after={KILL_AFTER_SECONDS}",
+            str(timeout_seconds), "dvc", "exp", "run", "--temp", "--name", name, *set_arguments(values)]
 
 
 def run_trial(command: list[str], env: dict[str, str]) -> tuple[int, str]:
@@ -261,6 +265,8 @@ def run_trial(command: list[str], env: dict[str, str]) -> tuple[int, str]:
     before passing the interrupt on."""
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                bufsize=1)
+    # `timeout` catches SIGINT itself (even where the worker's is ignored, as in a background job) and DVC gets
+    # the default one after exec: a SIGINT sent here always reaches DVC.
     lines = []
     try:
         for line in process.stdout:
@@ -268,9 +274,33 @@ def run_trial(command: list[str], env: dict[str, str]) -> tuple[int, str]:
             lines.append(line)
         return process.wait(), "".join(lines)
     except BaseException:
-        process.terminate()  # `timeout` passes it to every process of the trial
+        process.send_signal(signal.SIGINT)  # `timeout` passes it to every process of the trial
         process.wait()
         raise
+
+
+def remove_orphaned_trials(project: Path) -> list[str]:
+    """Remove the temporary copies of `dvc exp run --temp` runs whose DVC died without cleaning up (the machine
+    lost, SIGKILL of every process): neither `dvc exp clean` nor `dvc exp remove` does, and `dvc exp show` would
+    list them as running forever. A copy some live process works in is left alone. Returns their names."""
+    import psutil
+
+    exps = project / ".dvc" / "tmp" / "exps"
+    live = {Path(process.info["cwd"]) for process in psutil.process_iter(["cwd"]) if process.info["cwd"]}
+    removed = []
+    for info in exps.glob("standalone/run/*/*.run"):  # DVC 3's executor records (requirements.lock pins DVC)
+        try:
+            record = json.loads(info.read_text())
+        except (OSError, ValueError):
+            continue
+        root = Path(record.get("root_dir") or "")
+        if record.get("result_ref") is not None or not root.is_relative_to(exps) or any(
+                cwd.is_relative_to(root) for cwd in live):
+            continue
+        for folder in (root, info.parent, exps / "run" / info.parent.name):
+            shutil.rmtree(folder, ignore_errors=True)
+        removed.append(record.get("name") or root.name)
+    return removed
 
 
 def push_experiment(name: str, cwd: Path, remote: str | bool) -> bool:
@@ -287,14 +317,32 @@ def push_experiment(name: str, cwd: Path, remote: str | bool) -> bool:
     return pushed.returncode == 0
 
 
-def trial_result(params: Params, metric: str) -> tuple[float, dict[str, Any]]:
-    """The objective (best epoch's metric from the history) and what else the trial produced."""
+def experiment_rev(project: Path, name: str) -> str:
+    """The commit of this clone's experiment `name` (DVC keeps it under refs/exps/<base commit>/<name>)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=project, check=True, capture_output=True, text=True).stdout.strip()
+
+    base = git("rev-parse", "HEAD")
+    return git("rev-parse", f"refs/exps/{base[:2]}/{base[2:]}/{name}")
+
+
+def trial_result(project: Path, name: str, params: Params, metric: str) -> tuple[float, dict[str, Any]]:
+    """The objective (best epoch's metric from the history) and what else the trial produced, read from its
+    experiment's commit: a --temp run leaves nothing in the workspace."""
+    import io
+
+    import dvc.api
     import pandas as pd
 
-    history = pd.read_csv(params.paths.history)
+    rev = experiment_rev(project, name)
+
+    def read(path: str) -> str:
+        return dvc.api.read(path, repo=str(project), rev=rev)
+
+    history = pd.read_csv(io.StringIO(read(params.paths.history)))
     value = float(history[metric].min() if minimised(metric) else history[metric].max())
-    test = json.loads(Path(params.paths.metrics).read_text())
-    run = json.loads(Path(params.paths.run).read_text())
+    test = json.loads(read(params.paths.metrics))
+    run = json.loads(read(params.paths.run))
     return value, {"test_accuracy": test.get("test_accuracy"), "mlflow_run_id": run.get("run_id")}
 
 
@@ -308,7 +356,7 @@ def make_objective(spec: SearchSpec, raw_params: dict, project: Path):
         code, output = run_trial(trial_command(name, values, spec.trial_timeout), {**os.environ, **variables})
         if code != 0:
             raise TrialFailed(f"trial {trial.number}: `dvc exp run` exited with {code}")
-        value, produced = trial_result(load_params(project / PARAMS_FILE), spec.metric)
+        value, produced = trial_result(project, name, load_params(project / PARAMS_FILE), spec.metric)
         for key, attribute in {**produced, "restored": RESTORED_MARK in output}.items():
             trial.set_user_attr(key, attribute)
         trial.set_user_attr("pushed", push_experiment(name, project, spec.push))
@@ -521,6 +569,8 @@ def run(params: Params, spec_path: str | Path = "search.yaml", report_only: bool
     study = open_study(spec)
     failures = StopAfterFailures()
     if not report_only and len(complete_trials(study)) < spec.n_trials:
+        for name in remove_orphaned_trials(project):
+            print(f"removed the temporary copy of trial {name}, left by a worker that died here")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         for handler in logging.getLogger("optuna").handlers:  # a handler's filter sees the child loggers' records
             handler.addFilter(quiet_interrupts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -126,6 +127,23 @@ def processes_in(folder: Path) -> list[int]:
     return found
 
 
+def temp_copies(clone: Path) -> list[Path]:
+    """The temporary copies `dvc exp run --temp` makes for the trials of this clone."""
+    return sorted((clone / ".dvc" / "tmp" / "exps" / "standalone").glob("tmp*"))
+
+
+def stage_running(clone: Path) -> bool:
+    """A pipeline stage of a trial runs in one of the clone's temporary copies (its params are set there by then)."""
+    for copy in temp_copies(clone):
+        for pid in processes_in(copy):
+            try:
+                if b"stages." in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return True
+            except OSError:
+                continue
+    return False
+
+
 def git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=cwd, env=project_env([cwd]), check=True, capture_output=True,
                           text=True).stdout
@@ -159,13 +177,17 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(postgre
                 env=project_env([clone], STAGES_JOBS="2", MLFLOW_DISABLE_TELEMETRY="true"))
     try:
         # Kill worker a (its whole process group, like a lost machine) once its trial's training has started.
-        # The train stage makes its resume folder right before model.fit.
-        wait_for(lambda: any((tmp_path / "a" / ".resume").glob("*")), 600, "worker a's first training")
+        # The train stage makes its resume folder right before model.fit, in the trial's temporary copy.
+        params_before = (tmp_path / "a" / "params.yaml").read_bytes()
+        wait_for(lambda: any(copy.glob(".resume/*") for copy in temp_copies(tmp_path / "a")), 600,
+                 "worker a's first training")
         os.killpg(workers["a"].pid, signal.SIGKILL)
         workers["a"].wait()
         killed = int(re.findall(r"^trial (\d+) ", logs["a"].read_text(), re.M)[-1])
-        # Its training goes with it: nothing keeps running in its clone.
+        # Its training goes with it: nothing keeps running in its clone, and its workspace is as it was.
         wait_for(lambda: not processes_in(tmp_path / "a"), 60, "worker a's trial to stop")
+        assert git(tmp_path / "a", "status", "--porcelain") == "" and not temp_copies(tmp_path / "a")
+        assert (tmp_path / "a" / "params.yaml").read_bytes() == params_before
         assert workers["b"].wait(timeout=1200) == 0, logs["b"].read_text()[-5000:]
     finally:
         for process in workers.values():
@@ -351,3 +373,87 @@ def test_a_password_in_a_tracked_search_yaml_gets_a_warning(tmp_path, capsys):
     search.warn_of_a_password(tmp_path / "search.yaml", "postgresql://me:secret@db/optuna")
     warning = capsys.readouterr().err
     assert "tracked by git" in warning and "PGPASSWORD" in warning and "secret" not in warning
+
+
+@pytest.fixture(scope="module")
+def search_clone(tmp_path_factory, mnist_10k):
+    """A project copy for one worker at a time on SQLite (the kill tests); each test names its own study."""
+    folder = tmp_path_factory.mktemp("search-clone")
+    clone = copy_project(folder / "clone", {**QUICK, "data.source": str(mnist_10k), "tracking.enabled": False})
+    return clone
+
+
+def start_worker(clone: Path, study: str) -> tuple[subprocess.Popen, Path]:
+    """A worker of a one-trial study whose spec lives outside the clone (the clone's files stay committed)."""
+    spec = yaml.safe_load((clone / "search.yaml").read_text())
+    spec.update(SEARCH, study=study, storage="sqlite:///optuna.db", push=False, n_trials=1)
+    path = clone.parent / f"{study}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    log = clone.parent / f"{study}.log"
+    worker = subprocess.Popen([sys.executable, "-m", "stages.search", str(path)], cwd=clone, stdout=log.open("w"),
+                              stderr=subprocess.STDOUT, start_new_session=True,
+                              env=project_env([clone], PYTHONUNBUFFERED="1"))
+    return worker, log
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("how, code, last_line", [
+    ("SIGKILL", -signal.SIGKILL, None),
+    ("SIGTERM", 143, "terminated (SIGTERM); nothing half-written was left"),
+    ("Ctrl-C", 130, "interrupted (SIGINT); nothing half-written was left"),
+])
+def test_a_stopped_worker_leaves_the_workspace_as_it_was(search_clone, how, code, last_line):
+    """Once a trial's stage runs (its params set in DVC's temporary copy), the worker is stopped: afterwards
+    `git status` is empty, params.yaml is byte-identical, and no temporary copy or process is left."""
+    clone = search_clone
+    before = (clone / "params.yaml").read_bytes()
+    worker, log = start_worker(clone, f"stop-{how.lower()}")
+    try:
+        wait_for(lambda: stage_running(clone) or worker.poll() is not None, 240, "the trial's first stage")
+        assert worker.poll() is None, log.read_text()[-3000:]
+        if how == "SIGKILL":  # the worker's process group: the trial runs in its own, told by setpriv
+            os.killpg(worker.pid, signal.SIGKILL)
+        elif how == "SIGTERM":
+            worker.terminate()
+        else:  # the terminal's Ctrl-C: SIGINT to the foreground process group
+            os.killpg(worker.pid, signal.SIGINT)
+        assert worker.wait(timeout=120) == code, log.read_text()[-3000:]
+        wait_for(lambda: not processes_in(clone), 90, "the trial to stop")
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+    output = log.read_text()
+    assert "Traceback" not in output, output[-3000:]
+    if last_line:
+        assert output.splitlines()[-1] == last_line, output[-3000:]
+    assert git(clone, "status", "--porcelain") == "", output[-3000:]
+    assert (clone / "params.yaml").read_bytes() == before
+    assert not temp_copies(clone), "DVC removes its temporary copy on SIGINT"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_lost_machines_temporary_copy_is_removed_by_the_next_worker(search_clone):
+    """Every process of the trial SIGKILLed at once (nothing can clean up): the copy stays, `dvc exp show` would
+    list it as running forever; the next worker in the clone removes it before its first trial."""
+    clone = search_clone
+    worker, log = start_worker(clone, "lost")
+    try:
+        wait_for(lambda: stage_running(clone) or worker.poll() is not None, 240, "the trial's first stage")
+        assert worker.poll() is None, log.read_text()[-3000:]
+        for pid in [worker.pid, *processes_in(clone)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        worker.wait(timeout=60)
+        wait_for(lambda: not processes_in(clone), 60, "the trial's processes to die")
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+    [left] = temp_copies(clone)
+    assert search.remove_orphaned_trials(clone) == ["lost-0"]
+    assert not left.exists() and not temp_copies(clone)
+    shown = subprocess.run(["dvc", "exp", "show", "--json"], cwd=clone, env=project_env([clone]), check=True,
+                           capture_output=True, text=True).stdout
+    assert '"running"' not in shown and "lost-0" not in shown
+    assert git(clone, "status", "--porcelain") == ""
