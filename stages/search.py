@@ -520,6 +520,30 @@ def trials_table(study):
     return frame.rename(columns={"duration": "seconds"}).reset_index(drop=True)
 
 
+def legible_slices(figure) -> None:
+    """Optuna's slice plot as it can be read: trial 0 is drawn white on white in its colour map, a log axis labels
+    its minor ticks on top of each other, and the panels' axis titles run into one line at the default size."""
+    import matplotlib
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+    from matplotlib.ticker import FuncFormatter
+
+    visible = ListedColormap(matplotlib.colormaps["Blues"](np.linspace(0.35, 1.0, 256)))
+    panels = [axes for axes in figure.axes if axes.get_label() != "<colorbar>"]
+    for axes in panels:
+        for points in axes.collections:
+            points.set_cmap(visible)  # the colour bar follows its scatter
+            points.set_edgecolor("dimgrey")
+        if axes.get_xscale() == "log":  # written out (0.002, not 2×10⁻³); 2 and 5 too over at most two decades
+            low, high = sorted(axes.get_xlim())
+            minor = (2, 5) if np.log10(high / low) <= 2 else ()
+            axes.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+            axes.xaxis.set_minor_formatter(FuncFormatter(
+                lambda x, _, minor=minor: f"{x:g}" if round(x / 10 ** np.floor(np.log10(x))) in minor else ""))
+        axes.tick_params(axis="x", which="both", labelrotation=30)
+    figure.set_size_inches(1.5 + 4 * len(panels), 4.5)
+
+
 def write_report(study, spec: SearchSpec, folder: Path) -> list[Path]:
     """trials.csv, Optuna's plots and best.txt in `folder`; returns the files written."""
     import matplotlib
@@ -536,11 +560,15 @@ def write_report(study, spec: SearchSpec, folder: Path) -> list[Path]:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     for file_name, function in PLOTS.items():
         try:
-            axes = getattr(optuna_plots, function)(study)
+            with warnings.catch_warnings():  # one trial: "identical low and high xlims", widened by matplotlib
+                warnings.simplefilter("ignore", UserWarning)
+                axes = getattr(optuna_plots, function)(study)
         except (ValueError, RuntimeError) as error:  # e.g. importances need two COMPLETE trials
             print(f"search report: {file_name} skipped ({error})")
             continue
         figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        if function == "plot_slice":
+            legible_slices(figure)
         figure.savefig(folder / file_name, dpi=100, bbox_inches="tight")
         plt.close(figure)
         written.append(folder / file_name)

@@ -284,6 +284,40 @@ def test_report_lists_complete_trials_best_first_with_plots_and_a_ready_command(
     assert all(path.stat().st_size > 0 for path in written)
 
 
+def test_the_slice_plot_shows_every_trial_and_labels_that_do_not_overlap():
+    """Optuna's slice plot as the report draws it: no trial in a colour close to the white paper, and a log axis
+    spanning three decades with tick labels that do not overprint each other."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import optuna
+    from optuna.visualization.matplotlib import plot_slice
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda trial: trial.suggest_float("train.optimizer.learning_rate", 1e-4, 0.5, log=True) + len(
+        trial.suggest_categorical("train.optimizer.name", ["adam", "sgd"])), n_trials=12)
+    figure = plot_slice(study).flat[0].figure
+    search.legible_slices(figure)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    panels = [axes for axes in figure.axes if axes.get_label() != "<colorbar>"]
+    for axes in panels:
+        for points in axes.collections:
+            colours = points.get_facecolors()
+            assert len(colours) and np.all(colours[:, :3].mean(axis=1) < 0.85), "a trial drawn (nearly) white"
+        low, high = sorted(axes.get_xlim())
+        labels = [label for label in axes.get_xticklabels(which="both")
+                  if label.get_visible() and label.get_text() and low <= label.get_position()[0] <= high]
+        boxes = sorted((label.get_window_extent(renderer) for label in labels), key=lambda box: box.x0)
+        assert len(boxes) >= 2
+        assert all(left.x1 <= right.x0 for left, right in zip(boxes, boxes[1:], strict=False)), [
+            label.get_text() for label in labels]
+    plt.close(figure)
+
+
 def spec_for(storage: str, **changes) -> search.SearchSpec:
     from stages.core.schema import read_yaml
 
