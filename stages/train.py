@@ -263,7 +263,7 @@ def run(params: Params, extra_callbacks=()) -> dict:
         from stages.reading.image_model import ImageClassifier  # its image code only when logged (PIL, skimage)
 
         logged = run_handle.log_training(params, model, result, example=val[0][:5], image_model=ImageClassifier,
-                                         data_info=data_info)
+                                         data_info=data_info, calibration=calibration)
         write_json(paths.run, {**result, **split_sizes(data_info), **calibration, **logged})
         shutil.rmtree(resume_dir, ignore_errors=True)
     kept = f"kept epoch {result['kept_epoch']}" if result["kept_epoch"] else "kept the last epoch"

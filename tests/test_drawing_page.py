@@ -233,7 +233,9 @@ def test_drawing_in_the_browser(page_server, browser, drawings, tmp_path):
     labels = "".join(str(label) for label, _ in small)
     for index, (_, strokes) in enumerate(small):
         draw(page, strokes, scale=4.5, offset=(index * 140, 70))
-    page.wait_for_function("() => document.querySelectorAll('.digit').length === 2", timeout=20_000)
+    # Settled: the answer to the finished drawing, not one asked for while the second digit was half drawn.
+    page.wait_for_function("() => !pending && !again && document.querySelectorAll('.digit').length === 2",
+                           timeout=20_000)
     number = page.locator("#number").text_content()
     screenshot = tmp_path / "drawing-page.png"
     page.screenshot(path=str(screenshot))

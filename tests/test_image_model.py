@@ -22,6 +22,7 @@ import pytest
 from helpers.net import answers, free_port, wait_until
 from PIL import Image
 
+from stages.core.calibration import scaled
 from stages.core.tracking import registry, store
 from stages.predict import predict_arrays
 from stages.preprocess import normalize
@@ -38,14 +39,14 @@ def png_base64(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def log_image_model(params, dataset: str):
+def log_image_model(params, dataset: str, temperature: float = 1.0):
     """The session's model logged as train logs it, in a run of its own, as an image model of `dataset`."""
     import mlflow
 
     client, experiment_id = store.connect(params)
     run = client.create_run(experiment_id)
     with mlflow.start_run(run_id=run.info.run_id):
-        return registry.log_image_model(params, store.tracking_uri(params), ImageClassifier, dataset)
+        return registry.log_image_model(params, store.tracking_uri(params), ImageClassifier, dataset, temperature)
 
 
 def test_the_served_image_model_answers_pngs(make_params, model_path, model, test_digits, tmp_path, monkeypatch):
@@ -109,7 +110,8 @@ def test_the_served_image_model_answers_pngs(make_params, model_path, model, tes
 def test_a_fashion_mnist_image_model_frames_items_as_fashion_mnist_and_names_them(make_params, model_path, model,
                                                                                  tmp_path, monkeypatch):
     """The dataset travels with the image model: a Fashion item is framed whole in 28x28 (not as a digit in 20x20
-    by centre of mass) and the answer names the class."""
+    by centre of mass) and the answer names the class; so does train's temperature, which scales the answer's
+    probabilities as predict scales them."""
     import mlflow
 
     from stages.core.datasets import class_names
@@ -120,7 +122,7 @@ def test_a_fashion_mnist_image_model_frames_items_as_fashion_mnist_and_names_the
     params = make_params(tracking__enabled=True, tracking__uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     Path(params.paths.model).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(model_path, params.paths.model)
-    info = log_image_model(params, "fashion_mnist")
+    info = log_image_model(params, "fashion_mnist", temperature=0.5)
 
     item = np.full((90, 60), 255, dtype=np.uint8)  # a dark boot-like shape, off-centre, on white
     item[20:80, 10:30], item[60:80, 10:55] = 40, 40
@@ -130,6 +132,6 @@ def test_a_fashion_mnist_image_model_frames_items_as_fashion_mnist_and_names_the
 
     framed = {dataset: model_input(load_image(path), dataset) for dataset in ("fashion_mnist", "mnist")}
     assert not np.allclose(framed["fashion_mnist"], framed["mnist"])
-    expected = predict_arrays(model, [framed["fashion_mnist"]])[0]
+    expected = scaled(predict_arrays(model, [framed["fashion_mnist"]]), 0.5)[0]
     np.testing.assert_allclose(answer["probabilities"][0], expected, rtol=1e-5, atol=1e-6)
     assert answer["label"][0] == class_names("fashion_mnist")[int(expected.argmax())]

@@ -216,6 +216,11 @@ def make_callbacks(params: Params, model, resume_dir: Path, run, extra: list[Any
     resume_dir.mkdir(parents=True, exist_ok=True)
     history_path = resume_dir / HISTORY_FILE
     initial = pd.read_csv(history_path) if settings.resume and history_path.exists() else pd.DataFrame()
+    finished = restore_state(model, resume_dir) if settings.resume else 0
+    if len(initial):
+        # Rows of an epoch whose state never landed (a kill, a full disk) are replayed: keep the restored epochs.
+        # Their best alone counts: a replayed epoch that was best but whose weights were not saved must save them.
+        initial = initial[initial["epoch"] <= finished]
     monitor = settings.checkpoint_monitor
     best = None
     if monitor in initial and len(initial):
@@ -233,11 +238,7 @@ def make_callbacks(params: Params, model, resume_dir: Path, run, extra: list[Any
     if settings.tensorboard:
         ordered.append(keras.callbacks.TensorBoard(log_dir=params.paths.tensorboard))
     ordered.append(LiveMetrics(run))
-    finished = 0
     if settings.resume:
-        finished = restore_state(model, resume_dir)
-        # Rows of an epoch whose state never landed would be replayed: keep only the restored epochs.
-        epoch_log.rows = [row for row in epoch_log.rows if row["epoch"] <= finished]
         ordered.append(ResumeState(resume_dir))
     ordered.extend(extra)
     return Callbacks(epoch_log, finished, ordered)

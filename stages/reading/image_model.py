@@ -84,10 +84,13 @@ class ImageClassifier:
 
     def load_context(self, context) -> None:
         from stages.core.architectures import load_model
+        from stages.core.calibration import CalibratedModel
 
         self.dataset = context.model_config["dataset"]
-        self.model = load_model(context.artifacts[self.ARTIFACT], len(class_names(self.dataset)),
-                                advice="log it again: `dvc repro train`")
+        model = load_model(context.artifacts[self.ARTIFACT], len(class_names(self.dataset)),
+                           advice="log it again: `dvc repro train`")
+        # Models logged before calibration existed carry no temperature: their probabilities as they are.
+        self.model = CalibratedModel(model, float(context.model_config.get("temperature", 1.0)))
 
     def predict(self, context, model_input, params=None):
         import pandas as pd

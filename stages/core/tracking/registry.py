@@ -40,14 +40,15 @@ def registered_name(params: Params, dataset: str, kind: str = "") -> str:
     return f"{params.tracking.model_prefix}{dataset}-cnn" + (f"-{kind}" if kind else "")
 
 
-def log_image_model(params: Params, uri: str, behaviour: type, dataset: str):
+def log_image_model(params: Params, uri: str, behaviour: type, dataset: str, temperature: float = 1.0):
     """Log the trained model as a pyfunc that takes base64 PNG/JPEG images, in the active run, and register it as
     a version of `registered_name(params, dataset, "images")` (so `mnist-cnn@champion` stays the tensor model).
 
     `behaviour` is stages.reading.image_model.ImageClassifier (passed in: core imports nothing above it); the
     PythonModel class is made here, where mlflow may be imported, and cloudpickle stores it by value and its base
     class by reference to the code shipped with the model: the packages `behaviour.SHIPPED` names, nothing else.
-    `dataset` travels in the model's config, so the model frames images and names classes as that dataset does.
+    `dataset` travels in the model's config, so the model frames images and names classes as that dataset does,
+    and `temperature` (train's calibration, run.json) too, so its confidences are predict's.
     """
     import keras
     import mlflow
@@ -64,7 +65,7 @@ def log_image_model(params: Params, uri: str, behaviour: type, dataset: str):
         return mlflow.pyfunc.log_model(
             name="image_model", python_model=python_model,
             artifacts={behaviour.ARTIFACT: str(params.paths.model)},
-            model_config={"dataset": dataset},
+            model_config={"dataset": dataset, "temperature": float(temperature)},
             code_paths=[str(shipped_package(Path(staging), behaviour.SHIPPED))],
             signature=infer_signature(example, output), input_example=example,
             registered_model_name=registered_name(params, dataset, "images"),

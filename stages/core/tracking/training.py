@@ -256,7 +256,7 @@ class NullRun:
     def raise_if_lost(self) -> None:
         pass
 
-    def log_training(self, params, model, result, example, image_model=None, data_info=None) -> dict:
+    def log_training(self, params, model, result, example, image_model=None, data_info=None, calibration=None) -> dict:
         return {"run_id": None}
 
 
@@ -302,10 +302,12 @@ class TrainingRun:
         for start in range(0, len(missed), 1000):  # MLflow's limit per batch
             self.client.log_batch(self.run_id, metrics=missed[start:start + 1000], synchronous=True)
 
-    def log_training(self, params: Params, model, result: dict, example, image_model, data_info: dict) -> dict:
+    def log_training(self, params: Params, model, result: dict, example, image_model, data_info: dict,
+                     calibration: dict) -> dict:
         """Log the trained model and its results, and the same model behind `image_model` (the pyfunc class of
-        stages/reading/image_model.py) framing images as data_info's dataset does; returns what run.json records of
-        the run (with the LoggedModel's id, which evaluate links the test metrics to)."""
+        stages/reading/image_model.py) framing images as data_info's dataset does and scaling its probabilities by
+        calibration's temperature, as predict does; returns what run.json records of the run (with the LoggedModel's
+        id, which evaluate links the test metrics to)."""
         import keras
         import mlflow
         import pandas as pd
@@ -339,7 +341,7 @@ class TrainingRun:
                     pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
                                       f"mlflow=={mlflow.__version__}"],
                 )
-            log_image_model(params, self.uri, image_model, dataset)
+            log_image_model(params, self.uri, image_model, dataset, calibration["temperature"])
         self.link_kept_epoch(info.model_id, history, result["kept_epoch"], data_info)
         # After the model: MLflow copies the run's metrics logged so far onto the LoggedModel, whose page should
         # list the model's scores, not how long it trained.
