@@ -25,6 +25,7 @@ leaves it behind. A copy left anyway (the whole machine lost) is removed by the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import json
@@ -279,27 +280,38 @@ def run_trial(command: list[str], env: dict[str, str]) -> tuple[int, str]:
         raise
 
 
-def remove_orphaned_trials(project: Path) -> list[str]:
+def remove_orphaned_trials(project: Path, settle: float = 120) -> list[str]:
     """Remove the temporary copies of `dvc exp run --temp` runs whose DVC died without cleaning up (the machine
-    lost, SIGKILL of every process): neither `dvc exp clean` nor `dvc exp remove` does, and `dvc exp show` would
-    list them as running forever. A copy some live process works in is left alone. Returns their names."""
+    lost, SIGKILL of every process) or was stopped halfway through its clean-up (a copy without its run record):
+    neither `dvc exp clean` nor `dvc exp remove` does, and `dvc exp show` would list them as running forever. A copy
+    some live process works in is left alone, and so is one without a record changed in the last `settle` seconds
+    (DVC writes the record only once the copy is made). Returns their names."""
     import psutil
 
-    exps = project / ".dvc" / "tmp" / "exps"
+    exps = (project / ".dvc" / "tmp" / "exps").resolve()
     live = {Path(process.info["cwd"]) for process in psutil.process_iter(["cwd"]) if process.info["cwd"]}
-    removed = []
+
+    def in_use(root: Path) -> bool:
+        return any(cwd.is_relative_to(root) for cwd in live)
+
+    removed, recorded = [], set()
     for info in exps.glob("standalone/run/*/*.run"):  # DVC 3's executor records (requirements.lock pins DVC)
         try:
             record = json.loads(info.read_text())
         except (OSError, ValueError):
             continue
-        root = Path(record.get("root_dir") or "")
-        if record.get("result_ref") is not None or not root.is_relative_to(exps) or any(
-                cwd.is_relative_to(root) for cwd in live):
+        root = Path(record.get("root_dir") or "").resolve()
+        recorded.add(root)
+        if record.get("result_ref") is not None or not root.is_relative_to(exps) or in_use(root):
             continue
         for folder in (root, info.parent, exps / "run" / info.parent.name):
             shutil.rmtree(folder, ignore_errors=True)
         removed.append(record.get("name") or root.name)
+    for root in exps.glob("standalone/tmp*"):
+        with contextlib.suppress(OSError):
+            if root not in recorded and not in_use(root) and time.time() - root.stat().st_mtime >= settle:
+                shutil.rmtree(root)
+                removed.append(root.name)
     return removed
 
 

@@ -110,7 +110,7 @@ def test_collect_creates_the_folder_and_counts(make_params, capsys):
 # Augmentation off: with it on (the default since train.augment), 3 epochs learn the long-flag 1 but not the slashed
 # 0, whatever train.own_weight (3 or 10): measured, see the README.
 PERSON = {"model.architecture": "lenet", "train.epochs": 3, "preprocess.limit": None, "data.own": True,
-          "tracking.enabled": False, "train.augment.enabled": False, "export.formats": ["onnx"]}  # one format: time
+          "tracking.enabled": False, "train.augment.enabled": False}
 SHEETS = 20  # calibration sheets, each 0-9 in a row: 20 digits per class
 MNIST_TOLERANCE = 0.01
 
