@@ -176,11 +176,20 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(postgre
                 stderr=subprocess.STDOUT, start_new_session=True,
                 env=project_env([clone], STAGES_JOBS="2", MLFLOW_DISABLE_TELEMETRY="true"))
     try:
-        # Kill worker a (its whole process group) once its trial's training has started.
-        # The train stage makes its resume folder right before model.fit, in the trial's temporary copy.
+        # Kill worker a (its whole process group) once its trial's training has started: its MLflow run is open.
         params_before = (tmp_path / "a" / "params.yaml").read_bytes()
-        wait_for(lambda: any(copy.glob(".resume/*") for copy in temp_copies(tmp_path / "a")), 600,
-                 "worker a's first training")
+        client = mlflow_server.client()
+
+        def training_in_a() -> bool:
+            started = re.findall(r"^trial (\d+) ", logs["a"].read_text(), re.M)
+            experiment_of = client.get_experiment_by_name(experiment)
+            found = bool(started and experiment_of and client.search_runs(
+                [experiment_of.experiment_id], filter_string=f"tags.`search.trial` = '{started[-1]}' and "
+                                                               "attributes.status = 'RUNNING'"))
+            time.sleep(0 if found else 0.5)  # gentle on the server the trials use
+            return found
+
+        wait_for(training_in_a, 600, "worker a's first training")
         os.killpg(workers["a"].pid, signal.SIGKILL)
         workers["a"].wait()
         killed = int(re.findall(r"^trial (\d+) ", logs["a"].read_text(), re.M)[-1])
@@ -214,7 +223,6 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(postgre
     refs = git(tmp_path / "origin.git", "for-each-ref", "--format=%(refname)", "refs/exps").split()
     assert sorted(ref.rsplit("/", 1)[1] for ref in refs) == sorted(names)
     # ... and one MLflow run tagged with the study and its number; the killed trial's run ended KILLED.
-    client = mlflow_server.client()
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
                               filter_string=f"tags.`search.study` = '{STUDY}'")
     by_trial: dict[int, list] = {}
@@ -228,7 +236,9 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(postgre
             assert "test_accuracy" in by_trial[trial.number][0].data.metrics
     # Stopped, not finished nor left running: the lost worker takes the trial's output pipe with it, so the stage
     # ends either on the signal (KILLED) or on the broken pipe first (FAILED).
-    assert [r.info.status for r in by_trial[killed]] in (["KILLED"], ["FAILED"]), "the killed worker's training stopped"
+    every_run = [(r.info.run_name, r.info.status, r.data.tags.get("search.trial"))
+                 for r in client.search_runs([client.get_experiment_by_name(experiment).experiment_id])]
+    assert [r.info.status for r in by_trial.get(killed, [])] in (["KILLED"], ["FAILED"]), every_run
 
     # The report: best first, Optuna's plots, the best params as a command; also on the study's MLflow run.
     report = project_paths(tmp_path / "b").search
