@@ -6,6 +6,7 @@ imports; and the stages that need no TensorFlow run without it."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 
@@ -67,6 +68,19 @@ def test_packages_hold_nothing_but_their_docstring():
     for path in PACKAGE.rglob("__init__.py"):
         body = ast.parse(path.read_text()).body
         assert len(body) == 1 and isinstance(body[0], ast.Expr), f"{path} holds code"
+
+
+def test_each_package_docstring_names_every_module_in_it():
+    """The maps in the docstrings stay the tree's: a module added under core/ or reading/ is named there."""
+    for package in (PACKAGE / "core", PACKAGE / "reading", PACKAGE / "core" / "tracking"):
+        text = (package / "__init__.py").read_text()
+        named = {path.stem for path in package.glob("*.py")} - {"__init__"}
+        named |= {path.name + "/" for path in package.iterdir() if (path / "__init__.py").exists()}
+        missing = sorted(name for name in named if not re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", text))
+        assert not missing, f"{package.relative_to(ROOT)}/__init__.py does not name {missing}"
+    core = {path.stem for path in (PACKAGE / "core").glob("*.py")} - {"__init__"}
+    missing = sorted(name for name in core if not re.search(rf"\b{name}\b", (PACKAGE / "__init__.py").read_text()))
+    assert not missing, f"stages/__init__.py's map of core/ does not name {missing}"
 
 
 def test_imports_point_down_only_and_never_within_the_top_level():

@@ -9,5 +9,8 @@
   architectures the model presets (architectures.yaml) and the one builder and loader
   devices       thread pools, precision, seeds, the replicas' strategy
   callbacks     the training's Keras callbacks and its resume state
+  augment       train.augment: the training images' augmentation, applied in train's input pipeline
+  calibration   temperature scaling, the calibration error, and "not sure"
+  shipping      the inference model, its ONNX and LiteRT files and runtimes, and the loader of any model file
   tracking/     MLflow, and the only code that imports it
 """
