@@ -331,6 +331,15 @@ if os.environ.get("BENCHMARK_TF_PROBE"):
 '''
 
 
+def probed_env(work: Path, project: Path) -> tuple[dict[str, str], Path]:
+    """The project's environment with the TensorFlow probe on, and the file where the probe lists its processes."""
+    probe_dir = work / "probe"
+    probe_dir.mkdir(exist_ok=True)
+    (probe_dir / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    probe = work / "tensorflow-probe.tsv"
+    return project_env([project, probe_dir], BENCHMARK_TF_PROBE=str(probe)), probe
+
+
 def stage_seconds(measured: Measured) -> dict[str, float]:
     """Seconds from each `Running stage` line to the next one (or the end): the stage and DVC's bookkeeping of it."""
     starts = [(stamp, match.group(1)) for stamp, line in measured.lines
@@ -363,11 +372,7 @@ def measure_pipeline(config: argparse.Namespace, overrides: dict[str, Any], work
     quick = {"train.epochs": 1} if config.quick else {}
     project = copy_project(work / "project", {"data.source": str(source), "data.dataset": dataset,
                                               **overrides, **quick})
-    probe_dir = work / "probe"
-    probe_dir.mkdir(exist_ok=True)
-    (probe_dir / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    probe = work / "tensorflow-probe.tsv"
-    env = project_env([project, probe_dir], BENCHMARK_TF_PROBE=str(probe))
+    env, probe = probed_env(work, project)
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
 
@@ -519,11 +524,7 @@ def measure_predict(work: Path) -> dict:
 
     project = copy_project(work / "predict", {"data.source": str(MNIST_10K_SOURCE), "data.dataset": "mnist",
                                               "preprocess.limit": 600, "train.epochs": 1, "tracking.enabled": False})
-    probe_dir = work / "probe"
-    probe_dir.mkdir(exist_ok=True)
-    (probe_dir / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    probe = work / "tensorflow-probe.tsv"
-    env = project_env([project, probe_dir], BENCHMARK_TF_PROBE=str(probe))
+    env, probe = probed_env(work, project)
     logs = work / "predict-logs"
     logs.mkdir(exist_ok=True)
     print("predict: dvc repro export (default architecture, 1 epoch on 600 digits)", flush=True)
