@@ -197,3 +197,21 @@ def test_held_back_stderr_keeps_everything_but_the_noise_even_from_c_code(tmp_pa
                             env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0
     assert result.stderr.splitlines() == [REAL_ERROR, "a Python warning", "after"]
+
+
+def test_tensorflows_retracing_advice_is_dropped_and_its_other_warnings_kept(tmp_path):
+    script = textwrap.dedent("""
+        from stages.core.entry import start_tensorflow_quietly
+        start_tensorflow_quietly()
+        import tensorflow as tf
+        for size in range(1, 9):  # a new shape each call: retracing, as a few one-off predicts do
+            tf.function(lambda x: x * 2)(tf.zeros([size]))
+            step = tf.function(lambda x: x + 1)
+            step(tf.zeros([size]))
+        tf.get_logger().warning("another tensorflow warning")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "another tensorflow warning" in result.stderr
+    assert "retracing" not in result.stderr, result.stderr[-2000:]

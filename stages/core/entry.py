@@ -186,6 +186,9 @@ def start_tensorflow_quietly() -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices("GPU")
+    # Keras traces predict once per new batch shape (calibration, the logged models' examples); TensorFlow then
+    # warns about "retracing" in a paragraph of advice meant for loops, not for a handful of one-off calls.
+    tf.get_logger().addFilter(lambda record: "triggered tf.function retracing" not in record.getMessage())
 
 
 class SignalPolicy:
