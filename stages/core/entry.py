@@ -186,9 +186,22 @@ def start_tensorflow_quietly() -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices("GPU")
-    # Keras traces predict once per new batch shape (calibration, the logged models' examples); TensorFlow then
-    # warns about "retracing" in a paragraph of advice meant for loops, not for a handful of one-off calls.
-    tf.get_logger().addFilter(lambda record: "triggered tf.function retracing" not in record.getMessage())
+    drop_retracing_advice()
+
+
+def drop_retracing_advice() -> None:
+    """Keras traces a model once per new batch shape or exporter (calibration, the logged models' examples, each
+    export format); TensorFlow then warns about "retracing" in a paragraph of advice meant for loops, not for a
+    handful of one-off calls. Its other warnings still show. Installed once, however often it is called."""
+    import logging
+
+    logger = logging.getLogger("tensorflow")  # tf.get_logger()'s, without importing TensorFlow here
+    if _not_retracing_advice not in logger.filters:
+        logger.addFilter(_not_retracing_advice)
+
+
+def _not_retracing_advice(record) -> bool:
+    return "triggered tf.function retracing" not in record.getMessage()
 
 
 class SignalPolicy:

@@ -70,12 +70,9 @@ def export_model(inference, format: str, path: str | os.PathLike, metadata: dict
     ONNX: input `image`, output renamed from tf2onnx's `Identity:0` to `probabilities`, `metadata` in the file's
     metadata_props. LiteRT: Keras' own converter (the path must end in .tflite).
     """
-    import logging
+    from stages.core.entry import drop_retracing_advice, stderr_without
 
-    from stages.core.entry import stderr_without
-
-    # Tracing the model for each exporter is expected; TensorFlow's retracing warning says otherwise.
-    logging.getLogger("tensorflow").addFilter(lambda record: "retracing" not in record.getMessage())
+    drop_retracing_advice()
     # The converters log every step of their work at INFO and WARNING level; their errors still show.
     with stderr_without(CONVERTER_CHATTER.match), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # tf2onnx's numpy-2 shims warn about np.object on import
