@@ -1,12 +1,16 @@
-"""Compare every MLflow run of the experiment: which architecture and optimizer did best?
+"""Compare every MLflow run of the experiment: which architecture and optimizer did best, on which data, in how
+many epochs?
 
 Reads the MLflow experiment `tracking.experiment` (with mlflow.search_runs, through stages.tracking).
 Writes {paths.compare} (one row per finished run, best test accuracy first) and {paths.compare_plot}
-(test accuracy by architecture, one bar per optimizer).
+(test accuracy by architecture and dataset, one bar per optimizer and epoch count), and says where.
 Run: python -m stages.compare  (not a DVC stage: it reads the tracking store, which DVC does not version)
 """
 
 from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -63,24 +67,46 @@ def markdown(table: pd.DataFrame, experiment: str) -> str:
     return header + "\n".join(lines) + "\n"
 
 
+def best_bars(table: pd.DataFrame) -> pd.DataFrame:
+    """The best test accuracy per (dataset, architecture, optimizer, epochs): one bar each. A 20-epoch run is a bar
+    of its own beside 5-epoch ones, and a run on the shipped sample never stands for a full-data one."""
+    keyed = table.assign(dataset=table["dataset"].fillna("?"), epochs=table["epochs"].astype("Float64"))
+    best = keyed.groupby(["dataset", "architecture", "optimizer", "epochs"], dropna=False)["test accuracy"].max()
+    return best.rename("accuracy").reset_index()
+
+
 def accuracy_figure(table: pd.DataFrame):
+    """Bars grouped by architecture and dataset, centred on their tick whatever number each group has; each bar's
+    colour is its optimizer, its label the accuracy and the epochs it trained."""
     from matplotlib.figure import Figure
 
-    best = table.groupby(["architecture", "optimizer"])["test accuracy"].max().unstack("optimizer")
-    figure = Figure(figsize=(max(6.0, 1.6 * len(best) + 2), 4.5), dpi=100, layout="constrained")
+    bars = best_bars(table)
+    groups = list(bars.groupby(["dataset", "architecture"], sort=True))
+    optimizers = sorted(bars["optimizer"].dropna().unique())
+    colours = {name: f"C{index % 10}" for index, name in enumerate(optimizers)}
+    widest = max(len(group) for _, group in groups)
+    width = 0.8 / widest
+    figure = Figure(figsize=(max(6.0, 0.7 * len(bars) + 1.2 * len(groups) + 2), 5), dpi=100, layout="constrained")
     axes = figure.add_subplot()
-    width = 0.8 / max(1, len(best.columns))
-    positions = np.arange(len(best))
-    for offset, optimizer in enumerate(best.columns):
-        values = best[optimizer].to_numpy()
-        bars = axes.bar(positions + offset * width, values, width, label=optimizer)
-        axes.bar_label(bars, labels=[f"{v:.3f}" if np.isfinite(v) else "" for v in values], fontsize=8)
-    axes.set_xticks(positions + width * (len(best.columns) - 1) / 2, best.index)
-    finite = best.to_numpy()[np.isfinite(best.to_numpy())]
-    axes.set_ylim(max(0.0, finite.min() - 0.05), 1.0)
+    labelled: set[str] = set()
+    for position, (_, group) in enumerate(groups):
+        group = group.sort_values(["optimizer", "epochs"])
+        offsets = (np.arange(len(group)) - (len(group) - 1) / 2) * width
+        for offset, row in zip(offsets, group.itertuples(index=False), strict=True):
+            optimizer = row.optimizer if isinstance(row.optimizer, str) else "?"
+            label = None if optimizer in labelled else optimizer
+            labelled.add(optimizer)
+            bar = axes.bar(position + offset, row.accuracy, width, color=colours.get(optimizer, "grey"), label=label)
+            epochs = "" if pd.isna(row.epochs) else f"\n{int(row.epochs)} ep"
+            axes.bar_label(bar, labels=[f"{row.accuracy:.3f}{epochs}"], fontsize=8)
+    axes.set_xticks(np.arange(len(groups)), [f"{architecture}\n{dataset}" for (dataset, architecture), _ in groups])
+    lower = max(0.0, bars["accuracy"].min() - 0.05)
+    axes.set_ylim(lower, 1.04)  # room above a bar for its two-line label, and no tick above 1
+    axes.set_yticks([tick for tick in axes.get_yticks() if lower <= tick <= 1.0])
     axes.set_ylabel("test accuracy")
-    axes.set_title("Best test accuracy by architecture and optimizer")
-    axes.legend(title="optimizer")
+    axes.set_title("Best test accuracy by architecture and dataset (label: accuracy, epochs)")
+    handles = sorted(zip(*axes.get_legend_handles_labels(), strict=True), key=lambda pair: pair[1])
+    axes.legend(*zip(*handles, strict=True), title="optimizer", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return figure
 
 
@@ -88,15 +114,27 @@ def run(params: Params) -> pd.DataFrame:
     if not params.tracking.enabled:
         raise PipelineError("tracking.enabled is false: there are no MLflow runs to compare")
     table = comparison_table(store.search_runs(params))
-    write_text(params.paths.compare, markdown(table, params.tracking.experiment))
+    text = markdown(table, params.tracking.experiment)
+    write_text(params.paths.compare, text)
+    written = [params.paths.compare]
     if not table.empty:
         with atomic_path(params.paths.compare_plot) as tmp:
             accuracy_figure(table).savefig(tmp, format="png")
-    print(markdown(table, params.tracking.experiment))
+        written.append(params.paths.compare_plot)
+    print(text)
+    print(f"wrote {' and '.join(map(str, written))} ({len(table)} evaluated run{'s' * (len(table) != 1)})")
     return table
 
 
-def main() -> None:
+def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    summary, _, details = __doc__.partition("\n\n")
+    parser = argparse.ArgumentParser(prog="python -m stages.compare", description=" ".join(summary.split()),
+                                     epilog=details, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parse_arguments(argv)
     tool_main(run, fast_exit=True)
 
 

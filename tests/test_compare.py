@@ -5,8 +5,15 @@ The end-to-end check (real queued experiments, real store) is in test_pipeline.p
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import pytest
+from helpers.project import ROOT
 
 from stages import compare
 
@@ -39,3 +46,67 @@ def test_comparison_table_lists_evaluated_runs_best_first():
     assert text.index("| b |") < text.index("| a |")
     assert "| b | exp-b | mnist_10k | conv32 |" in text
     assert "| 0.9700 | 0.1000 | 0.9000 |" in text and "| 0.9500 | 0.2000 |  |" in text  # own test accuracy
+
+
+def runs_frame(**columns) -> pd.DataFrame:
+    """Finished, evaluated runs shaped like mlflow.search_runs' answer; `columns` override the defaults."""
+    count = len(next(iter(columns.values())))
+    defaults = {"status": ["FINISHED"] * count, "tags.mlflow.runName": [f"run{i}" for i in range(count)],
+                "params.train.optimizer.learning_rate": ["0.002"] * count, "params.model.parameters": ["1"] * count,
+                "metrics.test_loss": [0.1] * count, "metrics.system/train_seconds": [1.0] * count}
+    return pd.DataFrame({**defaults, **columns})
+
+
+def test_the_chart_shows_epochs_and_dataset_and_centres_each_group_on_its_tick():
+    """A 20-epoch run is its own bar beside a 5-epoch one, labelled with its epochs; each architecture's tick names
+    its dataset; a group's bars sit centred on its tick whether it holds one bar or three (measured on the bars
+    matplotlib drew)."""
+    table = compare.comparison_table(runs_frame(**{
+        "tags.dataset": ["mnist_10k", "mnist_10k", "mnist_10k", "mnist", "mnist_10k", "mnist_10k"],
+        "params.model.name": ["bn_cnn", "bn_cnn", "lenet", "bn_cnn", "conv32", "lenet"],
+        "params.train.optimizer.name": ["adam", "adam", "adam", "adam", "adadelta", "sgd"],
+        "metrics.system/epochs_run": [20.0, 5.0, 5.0, 20.0, 5.0, 5.0],
+        "metrics.test_accuracy": [0.99, 0.975, 0.96, 0.993, 0.91, 0.95],
+    }))
+    figure = compare.accuracy_figure(table)
+    axes = figure.axes[0]
+    ticks = dict(zip([label.get_text() for label in axes.get_xticklabels()], axes.get_xticks(), strict=True))
+    assert set(ticks) == {"bn_cnn\nmnist", "bn_cnn\nmnist_10k", "conv32\nmnist_10k", "lenet\nmnist_10k"}
+    centres = [patch.get_x() + patch.get_width() / 2 for patch in axes.patches]
+    sizes = {}
+    for name, tick in ticks.items():
+        group = [centre for centre in centres if abs(centre - tick) < 0.5]
+        sizes[name] = len(group)
+        assert np.mean(group) == pytest.approx(tick), name
+    assert sizes == {"bn_cnn\nmnist": 1, "bn_cnn\nmnist_10k": 2, "conv32\nmnist_10k": 1, "lenet\nmnist_10k": 2}
+    labels = {text.get_text() for text in axes.texts}
+    assert {"0.990\n20 ep", "0.975\n5 ep", "0.993\n20 ep"} <= labels
+    assert [text.get_text() for text in axes.get_legend().get_texts()] == ["adadelta", "adam", "sgd"]
+
+
+def test_help_prints_usage_and_touches_nothing(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "stages.compare", "--help"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m stages.compare"), result.stdout
+    assert "| run |" not in result.stdout and list(tmp_path.iterdir()) == []
+
+
+def test_run_writes_the_table_and_the_chart_and_says_where(make_params, tmp_path, capsys):
+    import mlflow
+
+    params = make_params(tracking__enabled=True, tracking__uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient(params.tracking.uri)
+    experiment = client.create_experiment(params.tracking.experiment)
+    for architecture, accuracy in (("lenet", 0.9), ("conv32", 0.95)):
+        run = client.create_run(experiment, run_name=architecture, tags={"dataset": "mnist_10k"})
+        client.log_param(run.info.run_id, "model.name", architecture)
+        client.log_param(run.info.run_id, "train.optimizer.name", "adam")
+        client.log_metric(run.info.run_id, "test_accuracy", accuracy)
+        client.log_metric(run.info.run_id, "system/epochs_run", 2)
+        client.set_terminated(run.info.run_id)
+    table = compare.run(params)
+    assert table["architecture"].tolist() == ["conv32", "lenet"]
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == f"wrote {params.paths.compare} and {params.paths.compare_plot} (2 evaluated runs)"
+    assert Path(params.paths.compare_plot).read_bytes()[:4] == b"\x89PNG"
