@@ -4,12 +4,14 @@ checked in test_imports.py."""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers.project import write_stage_inputs
+from helpers.project import ROOT, write_stage_inputs
 from PIL import Image
 
 from stages.core.datasets import NUM_CLASSES
@@ -122,3 +124,31 @@ def test_edge_case_figures_say_why_they_are_empty(tmp_path):
                                          np.zeros((2, 0, 0, 0)), names, count=8, figsize=(4, 3), dpi=50)
     for name, figure in (("mistakes.png", no_mistakes), ("maps.png", no_convolution)):
         assert_png(save_figure(figure, tmp_path / name), 200, 150)
+
+
+def test_dvc_draws_the_confusion_matrix_the_way_the_png_does(tmp_path):
+    """dvc.yaml's confusion plot as DVC renders it (`dvc plots show --json`, a scratch repository holding the
+    project's dvc.yaml and params.yaml): the same field on each axis, under the same name, as confusion_matrix.png."""
+    import shutil
+    import subprocess
+
+    from stages.core.schema import PARAMS_FILE, read_yaml
+    from stages.evaluate import predictions_table
+    from stages.plots import confusion_figure
+
+    for name in ("dvc.yaml", PARAMS_FILE):
+        shutil.copy(ROOT / name, tmp_path / name)
+    labels = np.array([1, 1, 7, 7])
+    predictions = Path(tmp_path / read_yaml(ROOT / PARAMS_FILE)["paths"]["predictions"])
+    predictions.parent.mkdir(parents=True)
+    predictions.write_text(predictions_table(labels, np.eye(NUM_CLASSES)[[1, 7, 7, 1]]).to_csv(index=False))
+    dvc = Path(sys.executable).parent / "dvc"
+    subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True, timeout=120)
+    shown = subprocess.run([dvc, "plots", "show", "--json", "Confusion matrix"], cwd=tmp_path, capture_output=True,
+                           text=True, check=True, timeout=120).stdout
+    content = json.loads(shown)["data"]["Confusion matrix"][0]["content"]
+    encoding = content.get("spec", content)["encoding"]
+    png = confusion_figure(np.eye(NUM_CLASSES, dtype=int), [str(k) for k in range(NUM_CLASSES)], "Blues",
+                           figsize=(8, 4), dpi=50).axes[0]
+    for axis, label in (("x", png.get_xlabel()), ("y", png.get_ylabel())):
+        assert (encoding[axis]["field"], encoding[axis]["title"]) == (label, label), encoding
