@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from stages.core.errors import PipelineError
-from stages.core.schema import Params
+from stages.core.schema import Params, did_you_mean
 from stages.core.tracking.store import (
     attached_run,
     connect,
@@ -296,6 +296,21 @@ def quiet_download() -> Iterator[None]:
             os.environ[variable] = saved
 
 
+def unknown_name(client, name: str, alias: str) -> str | None:
+    """What is wrong with `name@alias` when the name or the alias does not exist, with a did-you-mean among those
+    that do (after an offline run the model is `mnist_10k-cnn`, not `mnist-cnn`); None when both exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        aliases = sorted(client.get_registered_model(name).aliases)
+    except MlflowException:
+        names = sorted(model.name for model in client.search_registered_models())
+        return f"no registered model {name!r}{did_you_mean(name, names)} (registered: {', '.join(names) or 'none'})"
+    if alias and alias not in aliases:
+        return f"{name} has no alias {alias!r}{did_you_mean(alias, aliases)} (aliases: {', '.join(aliases) or 'none'})"
+    return None
+
+
 @contextlib.contextmanager
 def downloaded_model(params: Params, uri: str) -> Iterator[tuple[Path, dict]]:
     """The model file behind a `models:/NAME@ALIAS` or `models:/NAME/VERSION` URI, downloaded to a temporary folder
@@ -314,8 +329,9 @@ def downloaded_model(params: Params, uri: str) -> Iterator[tuple[Path, dict]]:
             name, _, number = reference.partition("/")
             version = client.get_model_version(name, number)
     except MlflowException as error:
-        raise PipelineError(f"{uri}: {error.message.splitlines()[0]} (store {tracking_uri(params)}); see the "
-                            "registered models and their aliases in `mlflow ui`") from None
+        reason = unknown_name(client, name, alias) or error.message.splitlines()[0]
+        raise PipelineError(f"{uri}: {reason} (store {tracking_uri(params)}); see the registered models and their "
+                            "aliases in `mlflow ui`") from None
     with tempfile.TemporaryDirectory(prefix="mlflow-model-") as folder:
         try:
             with quiet_download():
