@@ -16,6 +16,9 @@ Measures, in one run on the machine it runs on, and writes reports/benchmark.md 
 - the default model on the mnist-10k digits;
 - handwriting: the default against augmentation off on held-out digits redrawn in other writers' styles, and
   the calibration error before and after temperature scaling (benchmarks/handwriting.py);
+- time to accuracy: recipes (today's default, in float32 too) trained by the stage on mnist-10k, 3 seeds each:
+  held-out accuracy, training seconds and CPU-seconds, validation accuracy per epoch, seconds to 99.0% and 99.3%
+  (benchmarks/time_to_accuracy.py);
 - a 6-run `dvc queue` sweep of small models on mnist-10k, three ways: `-j 1`, `-j 2` with TensorFlow's default
   thread pools, and `-j 2` with STAGES_JOBS=2 (each training's pools sized to its share of the cores);
 - `python -m stages.predict --model <file> digit.png` in a fresh process with the .keras, .onnx and .tflite files
@@ -26,9 +29,10 @@ rate, no label smoothing, no early stop) on both sides, with params.yaml's seed 
 everything else it does by default (tf.data feeding, op determinism, checkpoint and resume state every epoch).
 
 Options: --set KEY=VALUE overrides a params.yaml key for the default-params runs (e.g. to measure a proposed
-default before it is committed); --sections picks parts (throughput,e2e,mnist,sweep,handwriting); --presets, --epochs,
---other-epochs size the throughput runs; --keep keeps the work folder. Timings are wall-clock: on a shared machine
-they depend on the load, so the load average is recorded next to every measurement.
+default before it is committed); --sections picks parts (throughput,e2e,mnist,sweep,predict,handwriting,accuracy);
+--presets, --epochs, --other-epochs size the throughput runs; --seeds and --recipes the time-to-accuracy runs; --keep
+keeps the work folder. Timings are wall-clock: on a shared machine they depend on the load, so the load average is
+recorded next to every measurement (and CPU-seconds beside the time-to-accuracy runs' seconds).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import torch_baseline
+from benchmarks import time_to_accuracy, torch_baseline
 from benchmarks.efficiency import sgemm_rate
 from benchmarks.project_copy import ROOT, copy_project, paths_under, project_env, set_params
 from benchmarks.report import MLFLOW_INFERENCE, NOTES, evaluate_targets, markdown
@@ -61,7 +65,7 @@ from stages.core.datasets import DATASETS
 FASHION_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 MNIST_10K_SOURCE = DATASETS["mnist_10k"].folder  # the sample shipped in stages/mnist_10k
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
-SECTIONS = ("throughput", "e2e", "mnist", "sweep", "predict", "handwriting")
+SECTIONS = ("throughput", "e2e", "mnist", "sweep", "predict", "handwriting", "accuracy")
 PREDICT_RUNS = 3  # fresh processes per model file; the median counts
 SWEEP = {"model.architecture": ["single_conv", "conv10", "conv32"], "train.optimizer.name": ["adam", "sgd"]}
 SWEEP_WAYS = [  # (label, dvc queue workers, STAGES_JOBS)
@@ -562,6 +566,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a params.yaml key for the default-params runs (repeatable)")
+    parser.add_argument("--seeds", default=",".join(map(str, time_to_accuracy.SEEDS)),
+                        help="comma-separated seeds of the time-to-accuracy runs")
+    parser.add_argument("--recipes", default=",".join(time_to_accuracy.DEFAULT_RECIPES),
+                        help=f"comma-separated time-to-accuracy recipes of {', '.join(time_to_accuracy.RECIPES)}")
     parser.add_argument("--output", type=Path, default=ROOT / "reports", help="folder of benchmark.md/.json")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, project copy, models)")
     config = parser.parse_args(argv)
@@ -577,6 +585,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     config.sections = [section.strip() for section in config.sections.split(",") if section.strip()]
     if set(config.sections) - set(SECTIONS):
         parser.error(f"--sections: choose from {', '.join(SECTIONS)}")
+    config.seeds = [int(seed) for seed in config.seeds.split(",")] if config.seeds.replace(",", "").isdigit() else []
+    config.recipes = [recipe.strip() for recipe in config.recipes.split(",") if recipe.strip()]
+    if not config.seeds or set(config.recipes) - set(time_to_accuracy.RECIPES):
+        parser.error(f"--seeds: comma-separated integers; --recipes: of {', '.join(time_to_accuracy.RECIPES)}")
     if not config.quick and not (config.fashion / "train-images-idx3-ubyte.gz").exists():
         parser.error(f"--fashion {config.fashion}: no Fashion-MNIST IDX files there "
                      "(apt-get install dataset-fashion-mnist, or point --fashion at them; --quick needs none)")
@@ -587,6 +599,8 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
     overrides = parse_overrides(config.overrides)
     params = default_params(overrides)
+    for recipe in config.recipes:  # a recipe's typo fails now, not after the other sections
+        default_params({**overrides, **time_to_accuracy.RECIPES[recipe]})
     started_at = datetime.datetime.now().astimezone()
     started = time.perf_counter()
     results: dict[str, Any] = {
@@ -609,6 +623,9 @@ def main(argv: list[str] | None = None) -> None:
             results["predict"] = measure_predict(work)
         if "handwriting" in config.sections:
             results["handwriting"] = measure_handwriting(config, params, overrides, work)
+        if "accuracy" in config.sections:
+            results["time_to_accuracy"] = time_to_accuracy.measure(config, params, overrides, work, run_child,
+                                                                   prepare_data)
     finally:
         if config.keep:
             print(f"benchmark: kept {work}")

@@ -260,6 +260,10 @@ def markdown(results: dict) -> str:
         from benchmarks.handwriting import markdown as handwriting_markdown
 
         lines += handwriting_markdown(results["handwriting"])
+    if results.get("time_to_accuracy"):
+        from benchmarks.time_to_accuracy import markdown as time_to_accuracy_markdown
+
+        lines += time_to_accuracy_markdown(results["time_to_accuracy"])
     if results.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {note}" for note in results["notes"]]
     return "\n".join(lines) + "\n"
