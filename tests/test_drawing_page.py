@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -38,16 +39,28 @@ RESPONSE_LIMIT_MS = 100
 
 
 class PageServer:
-    def __init__(self, url: str, process: subprocess.Popen, own: Path):
-        self.url, self.process, self.own = url, process, own
+    def __init__(self, url: str, process: subprocess.Popen, own: Path, log: Path):
+        self.url, self.process, self.own, self.log = url, process, own, log
+        self.origin = url.rstrip("/")  # what a browser sends as Origin from the page itself
+        self.port = int(self.origin.rsplit(":", 1)[1])
 
-    def post(self, data: bytes, content_type: str = "image/png", path: str = "predict") -> tuple[int, dict]:
-        request = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": content_type})
+    def post(self, data: bytes | None, content_type: str = "image/png", path: str = "predict",
+             **headers: str) -> tuple[int, dict]:
+        """POST (GET when `data` is None); headers as keyword arguments, `_` for `-` (Sec_Fetch_Site)."""
+        headers = {"Content-Type": content_type, **{name.replace("_", "-"): value for name, value in headers.items()}}
+        request = urllib.request.Request(self.url + path, data=data, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read())
+
+    def confirm(self, data: bytes, query: str) -> tuple[int, dict]:
+        """What the page's own fetch sends: its PNG, its Origin."""
+        return self.post(data, path="confirm?" + query, Origin=self.origin)
+
+    def log_lines(self) -> list[str]:
+        return self.log.read_text().splitlines()
 
 
 OWN_TEST = {"own_test_accuracy": 0.9}  # what the latest run measured on your digits
@@ -73,7 +86,7 @@ def page_server(model_path, tmp_path_factory, raw_params):
 
     try:
         wait_until(lambda: answers(url), 180, "the drawing page", process, log)
-        yield PageServer(url, process, folder / "own")
+        yield PageServer(url, process, folder / "own", log)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -163,7 +176,7 @@ def test_a_confirmed_digit_is_stored_as_the_model_saw_it(page_server, drawings):
     assert status == 200
     before = own_files(page_server.own)
     # A correction: the person says it is a 3, whatever the model read.
-    status, stored = page_server.post(drawing, path="confirm?digit=0&label=3")
+    status, stored = page_server.confirm(drawing, "digit=0&label=3")
     assert status == 200 and stored["label"] == "3" and stored["new"]
     assert stored["own_test_accuracy"] == OWN_TEST["own_test_accuracy"]
     added = sorted(set(own_files(page_server.own)) - set(before))
@@ -172,18 +185,75 @@ def test_a_confirmed_digit_is_stored_as_the_model_saw_it(page_server, drawings):
     seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["digits"][0]["image"].split(",")[1]))))
     np.testing.assert_array_equal(np.asarray(Image.open(page_server.own / image)), seen)  # what the model saw
     assert stored["counts"][3] == own.counts(page_server.own)[3] >= 1
-    status, again = page_server.post(drawing, path="confirm?digit=0&label=3")
+    status, again = page_server.confirm(drawing, "digit=0&label=3")
     assert status == 200 and not again["new"] and own_files(page_server.own) == sorted(before + added)
 
 
-@pytest.mark.parametrize(("path", "message"), [
-    ("confirm?digit=0&label=12", "label '12' is not a class of mnist"),
-    ("confirm?digit=1&label=3", "digit 2 is not in this drawing (1 digit(s)); nothing was stored"),
+@pytest.mark.parametrize(("query", "message"), [
+    ("digit=0&label=12", "label '12' is not a class of mnist"),
+    ("digit=1&label=3", "digit 2 is not in this drawing (1 digit(s)); nothing was stored"),
 ], ids=["not-a-class", "no-such-digit"])
-def test_a_bad_confirmation_stores_nothing(page_server, drawings, path, message):
+def test_a_bad_confirmation_stores_nothing(page_server, drawings, query, message):
     before = own_files(page_server.own)
-    status, answer = page_server.post(png(drawn(drawings[0][1], SCALE, PEN)), path=path)
+    status, answer = page_server.confirm(png(drawn(drawings[0][1], SCALE, PEN)), query)
     assert status == 422 and set(answer) == {"error"} and message in answer["error"]
+    assert own_files(page_server.own) == before
+
+
+EVIL = "http://evil.example"
+
+
+@pytest.mark.parametrize(("content_type", "headers", "reason"), [
+    # The "simple" request any page can send to any address, no preflight: text/plain from another site.
+    ("text/plain", {"Origin": EVIL}, "Content-Type 'text/plain' is not the page's image/png"),
+    ("image/png", {"Origin": EVIL}, f"Origin '{EVIL}' is not the page's"),
+    ("image/png", {"Sec_Fetch_Site": "cross-site"}, "Sec-Fetch-Site 'cross-site'"),
+    ("image/png", {}, "neither Origin nor Sec-Fetch-Site"),
+    ("image/png", {"Host": "evil.example"}, "Host 'evil.example' is not 127.0.0.1:"),  # DNS rebinding
+    ("image/png", {"Host": "evil.example", "Origin": "http://evil.example"}, "Host 'evil.example'"),
+], ids=["simple-cross-site-post", "foreign-origin", "cross-site-fetch", "no-origin", "foreign-host",
+        "rebound-name"])
+def test_a_write_not_from_the_page_is_refused(page_server, drawings, content_type, headers, reason):
+    before, lines = own_files(page_server.own), len(page_server.log_lines())
+    # A drawn 1 stored as a 9: the attack of the issue, which stored it and answered 200.
+    status, answer = page_server.post(png(drawn(drawings[0][1], SCALE, PEN)), content_type, "confirm?digit=0&label=9",
+                                      **headers)
+    assert status == 403 and reason in answer["error"], answer
+    assert own_files(page_server.own) == before
+    added = page_server.log_lines()[lines:]
+    assert len(added) == 1 and "refused POST /confirm" in added[0] and reason in added[0], added
+
+
+def test_the_page_itself_may_write_without_origin_by_fetch_metadata(page_server, drawings):
+    status, answer = page_server.post(png(drawn(drawings[2][1], SCALE, PEN)), "image/png", "confirm?digit=0&label=2",
+                                      Sec_Fetch_Site="same-origin", Host=f"localhost:{page_server.port}")
+    assert status == 200 and answer["label"] == "2"
+
+
+@pytest.mark.parametrize("path", ["", "own", "predict"])
+def test_every_route_refuses_a_foreign_host(page_server, drawings, path):
+    """DNS rebinding: evil.example first answered with its own page, then with 127.0.0.1; its page reads ours."""
+    lines = len(page_server.log_lines())
+    data = png(drawn(drawings[0][1], SCALE, PEN)) if path == "predict" else None
+    status, answer = page_server.post(data, path=path, Host=f"evil.example:{page_server.port}")
+    assert status == 403 and "is not 127.0.0.1:" in answer["error"]
+    added = page_server.log_lines()[lines:]
+    assert len(added) == 1 and f"refused {'POST' if data else 'GET'} /{path}: " in added[0], added
+
+
+def test_a_dropped_upload_is_one_line(page_server, drawings):
+    """The browser tab closed while posting: the log says so in a line, no traceback; nothing is stored."""
+    before, lines = own_files(page_server.own), len(page_server.log_lines())
+    drawing = png(drawn(drawings[0][1], SCALE, PEN))
+    host = f"127.0.0.1:{page_server.port}"
+    with socket.create_connection(("127.0.0.1", page_server.port)) as connection:
+        connection.sendall(f"POST /confirm?digit=0&label=4 HTTP/1.1\r\nHost: {host}\r\nOrigin: {page_server.origin}"
+                           f"\r\nContent-Type: image/png\r\nContent-Length: {2 * len(drawing)}\r\n\r\n".encode()
+                           + drawing)
+    wait_until(lambda: len(page_server.log_lines()) > lines, 60, "the log line of a dropped upload")
+    assert page_server.post(None, path="own")[0] == 200  # the server goes on
+    added = page_server.log_lines()[lines:]
+    assert len(added) == 1 and "went away" in added[0], added
     assert own_files(page_server.own) == before
 
 

@@ -12,7 +12,11 @@ gives the same 28x28 image) and stores that digit as one of your own (stages/rea
 
 FastAPI and uvicorn come with MLflow (this module is imported only to serve the page). The server listens on
 127.0.0.1 only: it is a tool for the person at this machine, not a service (MLflow's `mlflow models serve` is the
-service; see the README).
+service; see the README). Another site open in the same browser can still send it requests, so every route answers
+only the Host 127.0.0.1:PORT or localhost:PORT (a name of theirs rebound to 127.0.0.1 is refused), and /confirm,
+the one write, takes only the page's own request: Content-Type image/png (a cross-site form or script cannot send it
+without a preflight, which this server never allows) from the page's Origin, or Sec-Fetch-Site same-origin.
+Refusals are 403 and one line in the log.
 """
 
 from __future__ import annotations
@@ -20,15 +24,17 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import threading
 import time
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from stages.core.calibration import unsure
 from stages.core.errors import PipelineError
@@ -43,6 +49,39 @@ MAX_DRAWING_PIXELS = 4_000_000
 MAX_DIGITS = 20
 TOP = 3
 HOST = "127.0.0.1"
+PAGE_NAMES = (HOST, "localhost")  # the names a browser reaches the page by; any other Host is refused
+UPLOAD_TYPE = "image/png"  # what the page posts; not CORS-safelisted, so another site's page cannot send it
+# uvicorn's own logger: its lines go where uvicorn's go (the console, or the log the page was started with).
+log = logging.getLogger("uvicorn.error")
+
+
+class Refused(Exception):
+    """A request not from the page itself: answered 403, one line in the log."""
+
+
+def own_host(request: Request) -> None:
+    """Every route: the Host is the page's (127.0.0.1:PORT or localhost:PORT), never a name rebound to it."""
+    # Not Starlette's TrustedHostMiddleware: it ignores the port, answers 400 and logs nothing.
+    port = request.scope["server"][1]
+    host = request.headers.get("host", "")
+    if host.lower() not in {f"{name}:{port}" for name in PAGE_NAMES}:
+        raise Refused(f"Host {host!r} is not {HOST}:{port} or localhost:{port} (a site's name rebound to this "
+                      "machine?)")
+
+
+def from_the_page(request: Request) -> None:
+    """Writes: the page's own PNG, sent by the page itself (its Origin, or Sec-Fetch-Site same-origin)."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != UPLOAD_TYPE:
+        raise Refused(f"Content-Type {content_type!r} is not the page's {UPLOAD_TYPE}")
+    origin, site = request.headers.get("origin"), request.headers.get("sec-fetch-site")
+    page = f"http://{request.headers.get('host', '')}"
+    if origin is None and site is None:
+        raise Refused("neither Origin nor Sec-Fetch-Site: not sent by the page")
+    if origin is not None and origin.lower() != page.lower():
+        raise Refused(f"Origin {origin!r} is not the page's {page}")
+    if site is not None and site != "same-origin":
+        raise Refused(f"Sec-Fetch-Site {site!r}: not the page's own request (same-origin)")
 
 
 def data_url(array: np.ndarray) -> str:
@@ -133,9 +172,21 @@ class OwnDigits:
 
 
 def create_app(reader: Reader, own_digits: OwnDigits | None = None) -> FastAPI:
-    app = FastAPI(title="Draw a number", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="Draw a number", docs_url=None, redoc_url=None, openapi_url=None,
+                  dependencies=[Depends(own_host)])
     page = resources.files("stages.reading").joinpath("drawing_page.html").read_text(encoding="utf-8")
     own_digits = own_digits or OwnDigits(None, None, reader.class_names, reader.dataset)
+
+    @app.exception_handler(Refused)
+    async def refuse(request: Request, error: Refused) -> JSONResponse:
+        log.warning("refused %s %s: %s", request.method, request.url.path, error)
+        return JSONResponse({"error": f"refused: {error}"}, status_code=403)
+
+    @app.exception_handler(ClientDisconnect)
+    async def dropped(request: Request, error: ClientDisconnect) -> Response:
+        log.warning("%s %s: the client went away before its upload ended; nothing was stored", request.method,
+                    request.url.path)
+        return Response(status_code=400)  # to no one: the connection is gone
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
@@ -172,7 +223,7 @@ def create_app(reader: Reader, own_digits: OwnDigits | None = None) -> FastAPI:
     def own_summary() -> dict:
         return own_digits.summary()
 
-    @app.post("/confirm")
+    @app.post("/confirm", dependencies=[Depends(from_the_page)])
     async def confirm(request: Request, digit: int, label: str):
         """Store digit number `digit` (0 = leftmost) of the posted drawing as class `label`."""
         data = await body(request)
