@@ -9,7 +9,6 @@ fitted on the validation digits, and how many held-out digits "not sure" flags.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ def measure(model_path: Path, run_json: Path, test_npz: Path, mnist_10k: Path, c
     sys.path.insert(0, str(ROOT / "tests"))
     from helpers.styles import style_table
 
-    from stages.core import calibration
+    from stages.core import calibration, records
     from stages.core.datasets import TEST_IMAGES, TEST_LABELS
     from stages.core.idx import read_idx
 
@@ -36,7 +35,8 @@ def measure(model_path: Path, run_json: Path, test_npz: Path, mnist_10k: Path, c
     table = style_table(model, digits, labels)
     with np.load(test_npz) as test:
         probabilities, truth = model.predict(test["x"], batch_size=512, verbose=0), test["y"].argmax(axis=1)
-    temperature = calibration.read_temperature(run_json)
+    run = records.parse_run(run_json.read_text(), run_json)
+    temperature = run.temperature
     calibrated = calibration.scaled(probabilities, temperature)
     flagged = calibrated.max(axis=1) < calibration.UNSURE_BELOW
     wrong = calibrated.argmax(axis=1) != truth
@@ -45,7 +45,7 @@ def measure(model_path: Path, run_json: Path, test_npz: Path, mnist_10k: Path, c
             "ece_calibrated": calibration.expected_calibration_error(calibrated, truth),
             "not_sure_share": float(flagged.mean()), "not_sure_wrong": float(wrong[flagged].mean()) if flagged.any()
             else None, "wrong_and_sure": float((wrong & ~flagged).mean()),
-            "train_seconds": json.loads(run_json.read_text())["train_seconds"]}
+            "train_seconds": run.fields["train_seconds"]}
 
 
 def markdown(section: dict[str, Any]) -> list[str]:

@@ -3,7 +3,7 @@
 - the top level is what you run, `python -m stages.<name>`: the 9 DVC stages (params source download collect
   preprocess train export evaluate plots) and the 4 tools (predict compare search server), and nothing else; none
   imports another;
-- `core/` is what they share (errors, files, entry, schema, datasets, idx, mirrors, architectures, devices,
+- `core/` is what they share (errors, files, records, entry, schema, datasets, idx, mirrors, architectures, devices,
   callbacks, augment, calibration, shipping, tracking/) and imports nothing above it;
 - `reading/` is handwriting in (images, the image model, the drawing page, your own digits) and imports only core.
 """

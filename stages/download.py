@@ -22,7 +22,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
-import json
 import os
 import sys
 import time
@@ -51,9 +50,9 @@ from stages.core.errors import PipelineError
 from stages.core.files import CODE_ROOT, atomic_path
 from stages.core.idx import IdxError, load_images_labels, parse_idx, unpack
 from stages.core.mirrors import USER_AGENT, describe_network_error
+from stages.core.records import raw_folder, read_manifest, read_source, write_manifest
 from stages.core.schema import Params
 
-MANIFEST_NAME = "manifest.json"
 # Backoff before retry n is RETRY_BASE_DELAY * 2**n seconds, capped so that even data.retries=10 stays short;
 # tests set it to 0.
 RETRY_BASE_DELAY = 0.5
@@ -289,7 +288,7 @@ def reusable_manifest(destination: Path, spec: DatasetSpec, source: str | None, 
     will do (its content is the official one wherever it came from); with data.source, only a copy from that place.
     """
     try:
-        manifest = json.loads((destination / MANIFEST_NAME).read_text())
+        manifest = read_manifest(destination)
         files = manifest["files"]
         if manifest["dataset"] not in (spec.name, identified_name(spec, source)) or set(files) != set(FILE_NAMES):
             return None
@@ -301,7 +300,7 @@ def reusable_manifest(destination: Path, spec: DatasetSpec, source: str | None, 
                 return None
             if hashlib.sha256(unpack((destination / name).read_bytes(), name)).hexdigest() != entry["sha256"]:
                 return None
-    except (OSError, ValueError, KeyError, TypeError, IdxError):
+    except (PipelineError, OSError, ValueError, KeyError, TypeError, IdxError):
         return None
     return manifest
 
@@ -349,7 +348,7 @@ def download(spec: DatasetSpec | str, destination: str | os.PathLike, source: st
         for name, entry in entries.items():
             print(f"download: {name} <- {entry['source']} ({'verified' if entry['verified'] else 'unverified'})")
         manifest = build_manifest(spec, entries)
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        write_manifest(staging, manifest)
 
     unverified = [name for name in FILE_NAMES if not entries[name]["verified"]]
     if unverified:
@@ -359,24 +358,9 @@ def download(spec: DatasetSpec | str, destination: str | os.PathLike, source: st
     return manifest
 
 
-def read_source(path: Path) -> dict[str, str]:
-    """The source stage's decision: {"dataset": registry entry, "source": "mirrors" | "sample" | data.source}."""
-    try:
-        choice = json.loads(path.read_text())
-        dataset_spec(choice["dataset"])
-        if not isinstance(choice["source"], str):
-            raise TypeError
-    except FileNotFoundError:
-        raise PipelineError(f"{path} not found: run the source stage first (`dvc repro source`)") from None
-    except (ValueError, KeyError, TypeError):
-        raise PipelineError(f"{path} is not the source stage's output; rerun it with `dvc repro -f source`") from None
-    return choice
-
-
 def run(params: Params) -> dict:
-    raw = Path(params.paths.raw)
-    choice = read_source(Path(params.paths.source))
-    destination = raw / params.data.dataset
+    choice = read_source(params.paths)
+    destination = raw_folder(params.paths, params.data.dataset)
     source = None if choice["source"] in ("mirrors", "sample") else choice["source"]
     manifest = download(choice["dataset"], destination, source=source, timeout=params.data.timeout,
                         retries=params.data.retries, root=os.environ.get("DVC_ROOT"))

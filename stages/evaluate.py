@@ -26,25 +26,15 @@ import numpy as np
 import pandas as pd
 
 from stages.core.architectures import load_model
-from stages.core.datasets import class_names, read_data_info, split_sizes
+from stages.core.datasets import class_names, split_sizes
 from stages.core.entry import KERAS_UNUSED_IMPORTS, stage_main
-from stages.core.errors import PipelineError
-from stages.core.files import load_npz, require_files, save_npz, write_csv, write_json
+from stages.core.files import require_files, save_npz, write_csv
+from stages.core.records import metrics_file, read_dataset_info, read_split, split_files, write_metrics
 from stages.core.tracking import registry
 
 # Keras clips probabilities to [epsilon, 1 - epsilon] before the log (keras.config.epsilon()); the same clip here
 # keeps a confidently wrong prediction from giving an infinite loss and matches model.evaluate.
 EPSILON = 1e-7
-
-
-def load_test_set(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The test images (N x 28 x 28 x 1 float32) and their integer labels, checked to match."""
-    arrays = load_npz(path, ("x", "labels"), writer="preprocess")
-    images, labels = arrays["x"], arrays["labels"].astype(np.int64)
-    if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels) or len(labels) == 0:
-        raise PipelineError(f"{path}: expected N x H x W x C images and N labels with N > 0, got images "
-                            f"{images.shape} and labels {labels.shape}; rerun `dvc repro preprocess`")
-    return images, labels
 
 
 def predict_timed(model, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
@@ -181,14 +171,11 @@ def conv_activations(model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]
             np.asarray(activations, dtype=np.float32))
 
 
-def own_test_metrics(model, path: Path, batch_size: int, data: dict) -> dict[str, float]:
+def own_test_metrics(model, paths, batch_size: int, info: dict) -> dict[str, float]:
     """{"own_test_accuracy"} on your own held-out digits; empty without any (data.own off, or none held out)."""
-    if "own_test_images" not in data:  # data.own off: own_test.npz is preprocess's empty placeholder
+    if "own_test" not in info["splits"]:  # data.own off: own_test.npz is preprocess's empty placeholder
         return {}
-    arrays = load_npz(path, ("x", "labels"), writer="preprocess")
-    if data["own_test_images"] != len(arrays["labels"]):
-        raise PipelineError(f"{path} holds {len(arrays['labels'])} images but dataset.json beside it says "
-                            f"{data['own_test_images']}; rerun `dvc repro preprocess`")
+    arrays = read_split(paths, "own_test", empty_ok=True, info=info)
     if not len(arrays["labels"]):
         return {}
     predicted = model.predict(arrays["x"], batch_size=batch_size, verbose=0).argmax(axis=1)
@@ -198,25 +185,23 @@ def own_test_metrics(model, path: Path, batch_size: int, data: dict) -> dict[str
 def run(params) -> dict[str, float | int]:
     """Evaluate the trained model on the test set, write the reports, and return the metrics."""
     paths = params.paths
-    test_path, model_path = Path(paths.processed) / "test.npz", Path(paths.model)
+    [test_path], model_path = split_files(paths, "test"), Path(paths.model)
     require_files({test_path: "preprocess", model_path: "train"})
     names = class_names(params.data.dataset)
-    info = read_data_info(paths.processed)
+    info = read_dataset_info(paths)
     data = split_sizes(info)
 
-    images, labels = load_test_set(test_path)
+    test = read_split(paths, "test", info=info)
+    images, labels = test["x"], test["labels"].astype(np.int64)
     model = load_model(model_path, len(names), advice="rerun `dvc repro train`")
     probabilities, images_per_second = predict_timed(model, images, params.evaluate.batch_size)
 
     scores = compute_metrics(labels, probabilities)
     test_images = scores.pop("test_images")
-    if data["test_images"] != test_images:
-        raise PipelineError(f"{test_path} holds {test_images} images but dataset.json beside it says "
-                            f"{data['test_images']}; rerun `dvc repro preprocess`")
     # The data's name, for `dvc exp show` and `dvc metrics show`; its split sizes stay in dataset.json and run.json
     # (as metrics they would widen `dvc metrics show` past a terminal).
     metrics = {**scores, "images_per_s": round(images_per_second, 1), "dataset": data["dataset"]}
-    metrics.update(own_test_metrics(model, Path(paths.processed) / "own_test.npz", params.evaluate.batch_size, data))
+    metrics.update(own_test_metrics(model, paths, params.evaluate.batch_size, info))
     confusion = confusion_matrix(labels, probabilities.argmax(axis=1), len(names))
 
     count = min(params.evaluate.activation_images, len(images))
@@ -228,9 +213,9 @@ def run(params) -> dict[str, float | int]:
     save_npz(paths.activations, filters=filters, images=images[:count, :, :, 0],
              labels=labels[:count], activations=activations)
     # metrics.json last: its presence means every other report of this run is complete.
-    write_json(paths.metrics, metrics)
-    registry.log_evaluation(params, metrics, [Path(path) for path in (paths.metrics, paths.predictions,
-                                                                       paths.confusion, paths.per_class)],
+    write_metrics(paths, metrics)
+    registry.log_evaluation(params, metrics, [metrics_file(paths), *(Path(path) for path in (
+                                paths.predictions, paths.confusion, paths.per_class))],
                             dataset=data["dataset"], test_sha256=info["splits"]["test"]["sha256"], data_info=info)
     # Training's loss may include label smoothing, which lifts it well above this one for the same model.
     print(f"test accuracy {metrics['test_accuracy']:.4f}, cross-entropy {metrics['test_loss']:.4f} (no label "

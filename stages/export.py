@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from stages.core.architectures import load_model
-from stages.core.datasets import class_names, read_data_info
+from stages.core.datasets import class_names
 from stages.core.entry import KERAS_UNUSED_IMPORTS, stage_main
-from stages.core.errors import PipelineError
-from stages.core.files import load_npz, require_files, write_json
+from stages.core.files import require_files
+from stages.core.records import read_dataset_info, read_split, split_files, write_export
 from stages.core.shipping import compare, export_checked, file_sha256, inference_model
 from stages.core.tracking import registry
 
@@ -43,15 +43,12 @@ def file_entry(path: Path, architecture: str, format: str, probabilities: np.nda
 def run(params) -> dict:
     """Export and check every format of export.formats; write and return the report."""
     paths = params.paths
-    test_path, model_path = Path(paths.processed) / "test.npz", Path(paths.model)
+    [test_path], model_path = split_files(paths, "test"), Path(paths.model)
     require_files({test_path: "preprocess", model_path: "train"})
-    arrays = load_npz(test_path, ("x", "labels"), writer="preprocess")
+    arrays = read_split(paths, "test")
     images, labels = arrays["x"].astype(np.float32), arrays["labels"].astype(np.int64)
-    if images.ndim != 4 or len(images) != len(labels) or len(labels) == 0:
-        raise PipelineError(f"{test_path}: expected N x 28 x 28 x 1 images and N labels with N > 0, got images "
-                            f"{images.shape} and labels {labels.shape}; rerun `dvc repro preprocess`")
 
-    info = read_data_info(paths.processed)  # the data's registry name: the registered models carry it
+    info = read_dataset_info(paths)  # the data's registry name: the registered models carry it
     model = load_model(model_path, len(class_names(params.data.dataset)), advice="rerun `dvc repro train`")
     inference = inference_model(model)
     trained = np.asarray(model.predict(images, batch_size=BATCH_SIZE, verbose=0), dtype=np.float64)
@@ -71,7 +68,7 @@ def run(params) -> dict:
         written[format] = path
         print(f"{format}: {path} ({check['bytes'] / 1e6:.2f} MB), same class as Keras on all {len(labels):,} "
               f"held-out digits, max |Δp| {check['max_abs_diff']:.1e}")
-    write_json(paths.export, report)
+    write_export(paths, report)
 
     metrics = {f"export.{name}_bytes": entry["bytes"] for name, entry in report["files"].items()}
     metrics |= {f"export.{format}_max_abs_diff": report[format]["max_abs_diff"] for format in written}

@@ -19,7 +19,6 @@ Run alone with `python -m stages.plots` (after `dvc repro evaluate`).
 from __future__ import annotations
 
 import difflib
-import json
 import math
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from stages.core.datasets import class_names
 from stages.core.entry import stage_main
 from stages.core.errors import PipelineError
 from stages.core.files import atomic_path, load_npz, require_files
+from stages.core.records import Run, read_history, read_run, read_split, split_files
 from stages.core.tracking import store
 
 HISTORY_CURVES = {"loss": ("loss", "val_loss"), "accuracy": ("accuracy", "val_accuracy")}
@@ -61,14 +61,6 @@ def read_table(path: Path, columns, stage: str) -> pd.DataFrame:
     return table
 
 
-def read_record(path: Path, stage: str) -> dict:
-    """A JSON record another stage wrote, or a PipelineError telling the user to rerun it."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise PipelineError(f"{path} is unreadable ({error}); rerun `dvc repro {stage}`") from None
-
-
 def fitting_font_size(width_inches: float, characters: int, largest: float = 10.0, smallest: float = 4.0) -> float:
     """The font size at which `characters` characters fill at most nine tenths of `width_inches`."""
     size = 0.9 * width_inches * POINTS_PER_INCH / (CHARACTER_WIDTH * max(characters, 1))
@@ -82,12 +74,12 @@ def message_figure(text: str, figsize: tuple[float, float], dpi: int) -> Figure:
     return figure
 
 
-def curves_figure(history: pd.DataFrame, model: dict, width: float, max_height: float, dpi: int) -> Figure:
+def curves_figure(history: pd.DataFrame, model: Run, width: float, max_height: float, dpi: int) -> Figure:
     """Loss, accuracy and learning rate against epoch (training and validation), the kept epoch marked."""
     figure = Figure(figsize=(width, min(max_height, 0.4 * width)), dpi=dpi, layout="constrained")
     axes = figure.subplots(1, 3)
     panels = {**HISTORY_CURVES, "learning rate": ("learning_rate",)}
-    kept = model.get("kept_epoch")
+    kept = model.kept_epoch
     for ax, (title, columns) in zip(axes, panels.items(), strict=True):
         for column, style in zip(columns, ("-o", "--s"), strict=False):
             if column in history and history[column].notna().any():
@@ -108,9 +100,9 @@ def curves_figure(history: pd.DataFrame, model: dict, width: float, max_height: 
     return figure
 
 
-def model_title(model: dict) -> str:
+def model_title(model: Run) -> str:
     """`bn_cnn on mnist_10k`: what every figure's title names (run.json's architecture and dataset)."""
-    return f"{model.get('architecture', 'model')} on {model.get('dataset', 'the test set')}"
+    return f"{model.architecture or 'model'} on {model.dataset or 'the test set'}"
 
 
 def row_normalised(confusion: np.ndarray) -> np.ndarray:
@@ -268,23 +260,22 @@ def save_figure(figure: Figure, path: Path) -> Path:
 def run(params) -> list[Path]:
     """Draw every figure from the files evaluate and train wrote, and return the paths of the PNGs."""
     paths = params.paths
-    history_path, test_path = Path(paths.history), Path(paths.processed) / "test.npz"
+    [test_path] = split_files(paths, "test")
     predictions_path, confusion_path = Path(paths.predictions), Path(paths.confusion)
     activations_path = Path(paths.activations)
-    run_path = Path(paths.run)
-    require_files({history_path: "train", run_path: "train", test_path: "preprocess",
-                   predictions_path: "evaluate", confusion_path: "evaluate", activations_path: "evaluate"})
+    require_files({test_path: "preprocess", predictions_path: "evaluate", confusion_path: "evaluate",
+                   activations_path: "evaluate"})
     settings = params.plots
     figsize, dpi, cmap = (settings.width, settings.height), settings.dpi, settings.cmap
     check_colormap(cmap)
     names = class_names(params.data.dataset)
 
-    history = read_table(history_path, ["epoch"], "train")
-    model = read_record(run_path, "train")
+    history = read_history(paths)
+    model = read_run(paths)
     title = model_title(model)
     predictions = read_table(predictions_path, PREDICTION_COLUMNS, "evaluate")
     confusion = read_table(confusion_path, ["actual", *names], "evaluate")[names].to_numpy()
-    images = load_npz(test_path, ("x",), writer="preprocess")["x"]
+    images = read_split(paths, "test", ("x",))["x"]
     if predictions["index"].max() >= len(images) or len(confusion) != len(names):
         raise PipelineError(f"{predictions_path} and {confusion_path} do not match {test_path} and the "
                             f"{params.data.dataset} classes; rerun `dvc repro evaluate`")

@@ -41,9 +41,10 @@ from pathlib import Path
 import numpy as np
 
 from stages.core.architectures import ModelFileError
-from stages.core.calibration import CalibratedModel, read_temperature, unsure
+from stages.core.calibration import CalibratedModel, unsure
 from stages.core.errors import PipelineError
 from stages.core.files import atomic_path
+from stages.core.records import metrics_file, trained_temperature
 from stages.core.shipping import load_any
 from stages.reading.images import (
     MAX_IMAGE_PIXELS,
@@ -246,7 +247,7 @@ def own_paths_from_params(params_path: str | os.PathLike = "params.yaml") -> tup
     except ParamsError as error:
         raise PipelineError(f"{str(error).splitlines()[0]}; your digits are stored in the folder params.yaml names "
                             "(paths.own): run from the project root") from None
-    return Path(paths.own), Path(paths.metrics)
+    return Path(paths.own), metrics_file(paths)
 
 
 def label_files(paths: Sequence[str | os.PathLike], label: str, number: bool, dataset: str, folder: Path,
@@ -359,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"model: {description}", file=sys.stderr)
         if params is not None and Path(arguments.model) == Path(params.paths.model):
             # The temperature train fitted for this model (run.json); another model is read as it is.
-            model = CalibratedModel(model, read_temperature(params.paths.run))
+            model = CalibratedModel(model, trained_temperature(params.paths))
         if arguments.serve:
             from stages.reading import drawing_page
 

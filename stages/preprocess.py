@@ -22,14 +22,12 @@ so that evaluate can depend on it; dataset.json lists the split only when `data.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from stages.core.datasets import (
-    DATA_INFO_NAME,
     IMAGE_SIZE,
     NUM_CLASSES,
     TEST_IMAGES,
@@ -42,8 +40,9 @@ from stages.core.datasets import (
 )
 from stages.core.entry import stage_main
 from stages.core.errors import PipelineError
-from stages.core.files import save_npz, write_csv, write_json
+from stages.core.files import write_csv
 from stages.core.idx import IdxError, load_images_labels
+from stages.core.records import processed_folder, raw_folder, read_manifest, write_dataset_info, write_split
 from stages.core.schema import Params
 from stages.reading import own
 
@@ -116,21 +115,6 @@ def load_pair(raw_dir: Path, images_name: str, labels_name: str) -> tuple[np.nda
     return images, labels.astype(np.uint8)
 
 
-def read_manifest(raw_dir: Path) -> dict:
-    """Download's record of what the raw files are; the data is named after it, not after data.dataset."""
-    path = raw_dir / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-        dataset_spec(manifest["dataset"])
-        manifest["files"][TRAIN_IMAGES]["source"], manifest["files"][TEST_IMAGES]["source"]
-    except FileNotFoundError:
-        raise PipelineError(f"{path} not found: run the download stage first "
-                            "(`dvc repro download` or `python -m stages.download`)") from None
-    except (OSError, ValueError, KeyError, TypeError):
-        raise PipelineError(f"{path} is unreadable: rerun the download stage (`dvc repro -f download`)") from None
-    return manifest
-
-
 def split_own(images: np.ndarray, labels: np.ndarray, names: list[str], fraction: float) -> dict[str, tuple]:
     """Own digits into "train" and "own_test" (images, labels) by each digit's hash."""
     test = np.array([own.held_out(name, fraction) for name in names], dtype=bool)
@@ -164,8 +148,7 @@ def run(params: Params) -> dict[str, int]:
     val_fraction = params.preprocess.val_fraction
     limit = params.preprocess.limit
     own_test_fraction = params.preprocess.own_test_fraction
-    raw_dir = Path(params.paths.raw) / dataset
-    processed_dir = Path(params.paths.processed)
+    raw_dir = raw_folder(params.paths, dataset)
 
     manifest = read_manifest(raw_dir)
     train_images, train_labels = load_pair(raw_dir, TRAIN_IMAGES, TRAIN_LABELS)
@@ -194,11 +177,11 @@ def run(params: Params) -> dict[str, int]:
     written = {}
     for split, (images, labels) in splits.items():
         x = normalize(images)
-        save_npz(processed_dir / f"{split}.npz", x=x, y=one_hot(labels), labels=labels, **extra.get(split, {}))
+        write_split(params.paths, split, x=x, y=one_hot(labels), labels=labels, **extra.get(split, {}))
         written[split] = (x, labels)
     if not params.data.own:
         del written["own_test"], splits["own_test"]  # written empty for evaluate's dep, not a split of this data
-    write_json(processed_dir / DATA_INFO_NAME, data_info(manifest, written, str(params.paths.own), own_train))
+    write_dataset_info(params.paths, data_info(manifest, written, str(params.paths.own), own_train))
     table = class_counts({split: labels for split, (_, labels) in splits.items()}, class_names(dataset))
     write_csv(params.paths.class_counts, table)
 
@@ -209,7 +192,7 @@ def run(params: Params) -> dict[str, int]:
     test_name = dataset_spec(manifest["dataset"]).test_split
     print(f"preprocess: {manifest['dataset']} train {sizes['train']}, val {sizes['val']}, {test_name} "
           f"{sizes['test']}{note}; "
-          f"seed {seed} -> {processed_dir}")
+          f"seed {seed} -> {processed_folder(params.paths)}")
     return sizes
 
 

@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from stages.core.errors import PipelineError
 from stages.core.files import write_csv, write_text
+from stages.core.records import finished_experiment
 from stages.core.schema import (
     PARAMS_FILE,
     Params,
@@ -341,21 +342,13 @@ def experiment_rev(project: Path, name: str) -> str:
 def trial_result(project: Path, name: str, params: Params, metric: str) -> tuple[float, dict[str, Any]]:
     """The objective (best epoch's metric from the history) and what else the trial produced, read from its
     experiment's commit: a --temp run leaves nothing in the workspace."""
-    import io
-
     import dvc.api
-    import pandas as pd
 
     rev = experiment_rev(project, name)
-
-    def read(path: str) -> str:
-        return dvc.api.read(path, repo=str(project), rev=rev)
-
-    history = pd.read_csv(io.StringIO(read(params.paths.history)))
+    history, test, run = finished_experiment(params.paths, lambda path: dvc.api.read(path, repo=str(project),
+                                                                                     rev=rev))
     value = float(history[metric].min() if minimised(metric) else history[metric].max())
-    test = json.loads(read(params.paths.metrics))
-    run = json.loads(read(params.paths.run))
-    return value, {"test_accuracy": test.get("test_accuracy"), "mlflow_run_id": run.get("run_id")}
+    return value, {"test_accuracy": test.get("test_accuracy"), "mlflow_run_id": run.run_id}
 
 
 def make_objective(spec: SearchSpec, raw_params: dict, project: Path):

@@ -24,8 +24,8 @@ import sys
 from stages.core.datasets import dataset_spec, local_copy_advice, sample_of
 from stages.core.entry import stage_main
 from stages.core.errors import PipelineError
-from stages.core.files import write_json
 from stages.core.mirrors import probe_mirrors
+from stages.core.records import write_source
 from stages.core.schema import Params
 
 SWITCH_COMMAND = "dvc exp run -S data.source=mirrors"
@@ -69,7 +69,7 @@ def decide(dataset: str, source: str, probe_timeout: float) -> dict[str, str]:
 
 def run(params: Params) -> dict[str, str]:
     choice = decide(params.data.dataset, params.data.source, params.data.probe_timeout)
-    write_json(params.paths.source, choice)
+    write_source(params.paths, choice)
     print(f"source: {choice['dataset']} from {choice['source']}")
     return choice
 

@@ -37,26 +37,21 @@ import numpy as np
 
 from stages.core import devices
 from stages.core.architectures import Architecture, SpecError, build_model, resolve_spec
-from stages.core.datasets import read_data_info, split_sizes
+from stages.core.datasets import split_sizes
 from stages.core.entry import KERAS_UNUSED_IMPORTS, stage_main, tensorflow_quietly
 from stages.core.errors import PipelineError
-from stages.core.files import atomic_path, load_npz, sha256_of_files, write_csv, write_json, write_text
+from stages.core.files import atomic_path, sha256_of_files, write_text
+from stages.core.records import read_dataset_info, read_split, split_files, write_history, write_run
 from stages.core.schema import Augment, Params, minimised
 from stages.core.tracking import training as tracking
 
 
-def load_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    arrays = load_npz(directory / f"{split}.npz", ("x", "y"), writer="preprocess")
-    return arrays["x"], arrays["y"]
-
-
-def own_weights(directory: Path, own_weight: float) -> np.ndarray | None:
-    """Per-image loss weights of train.npz: `own_weight` for your own digits, 1 for the dataset's; None without
-    own digits (preprocess writes the `own` mask only when data.own added some)."""
-    with np.load(directory / "train.npz", allow_pickle=False) as archive:
-        if "own" not in archive.files or not archive["own"].any():
-            return None
-        return np.where(archive["own"], np.float32(own_weight), np.float32(1.0)).astype(np.float32)
+def own_weights(own: np.ndarray | None, own_weight: float) -> np.ndarray | None:
+    """Per-image loss weights of train.npz from its `own` mask: `own_weight` for your own digits, 1 for the
+    dataset's; None without own digits (preprocess writes the mask only when data.own added some)."""
+    if own is None or not own.any():
+        return None
+    return np.where(own, np.float32(own_weight), np.float32(1.0)).astype(np.float32)
 
 
 def steps_per_epoch(images: int, batch_size: int) -> int:
@@ -216,11 +211,11 @@ def run(params: Params, extra_callbacks=()) -> dict:
     """Load → build → fit → save. `extra_callbacks` run after every other callback (the benchmark's clock)."""
     devices.configure_devices()
     paths = params.paths
-    processed = Path(paths.processed)
-    train, val = load_split(processed, "train"), load_split(processed, "val")
-    weights = own_weights(processed, params.train.own_weight)
-    data_hash = sha256_of_files([processed / "train.npz", processed / "val.npz"])
-    data_info = read_data_info(processed)
+    train_arrays = read_split(paths, "train", ("x", "y"), optional=("own",))
+    train, val = (train_arrays["x"], train_arrays["y"]), tuple(read_split(paths, "val", ("x", "y")).values())
+    weights = own_weights(train_arrays.get("own"), params.train.own_weight)
+    data_hash = sha256_of_files(split_files(paths, "train", "val"))
+    data_info = read_dataset_info(paths)
     tracking.check_tracking(params, data_info["dataset"])  # seconds, before TensorFlow starts
 
     precision = devices.seed_and_set_precision(params.seed, params.train.deterministic, params.train.precision)
@@ -247,7 +242,7 @@ def run(params: Params, extra_callbacks=()) -> dict:
 
         with atomic_path(paths.model) as tmp:
             model.save(tmp)
-        write_csv(paths.history, history)
+        write_history(paths, history)
         write_text(paths.summary, summary_text(model))
         result = {
             "architecture": architecture.name,
@@ -264,7 +259,7 @@ def run(params: Params, extra_callbacks=()) -> dict:
 
         logged = run_handle.log_training(params, model, result, example=val[0][:5], image_model=ImageClassifier,
                                          data_info=data_info, calibration=calibration)
-        write_json(paths.run, {**result, **split_sizes(data_info), **calibration, **logged})
+        write_run(paths, {**result, **split_sizes(data_info), **calibration, **logged})
         shutil.rmtree(resume_dir, ignore_errors=True)
     kept = f"kept epoch {result['kept_epoch']}" if result["kept_epoch"] else "kept the last epoch"
     print(f"trained {result['architecture']} for {result['epochs_run']} epochs in {seconds:.1f} s; {kept}, "

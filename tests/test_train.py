@@ -15,9 +15,14 @@ from helpers.params import shrunk_params, write_params
 from helpers.project import ROOT, project_env, run_data_stages
 
 from stages import train
-from stages.core import devices
+from stages.core import devices, records
 from stages.core.architectures import build_model, presets, resolve_spec
 from stages.core.errors import PipelineError
+
+
+def xy(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    arrays = records.load_split(folder, split, ("x", "y"))
+    return arrays["x"], arrays["y"]
 
 
 def test_bad_optimizer_argument_is_a_clear_error(make_params):
@@ -37,7 +42,7 @@ def test_one_epoch_lowers_the_loss_and_writes_outputs(make_params, processed_dir
     import keras
 
     params = make_params(paths__processed=str(processed_dir), model__architecture="conv32")
-    x_val, y_val = train.load_split(processed_dir, "val")
+    x_val, y_val = xy(processed_dir, "val")
     keras.utils.set_random_seed(params.seed)  # before building: the weights the training starts from
     untrained = build_model(presets()["conv32"])
     untrained.compile(loss="categorical_crossentropy")
@@ -154,7 +159,7 @@ def test_resumed_fit_is_bit_identical_to_an_uninterrupted_one(make_params, proce
 
     params = make_params(model__layers=RANDOM_LAYERS, train__epochs=4, train__batch_size=32,
                          train__precision="float32")
-    data = train.load_split(processed_dir, "train"), train.load_split(processed_dir, "val")
+    data = xy(processed_dir, "train"), xy(processed_dir, "val")
     steps = train.steps_per_epoch(len(data[0][0]), params.train.batch_size)
     architecture = resolve_spec(params.model.architecture, params.model.layers)
 
@@ -188,7 +193,7 @@ def test_a_damaged_split_is_one_line_naming_the_file(tmp_path, damage, reason):
     np.savez(path, x=np.zeros((2, 28, 28, 1), np.float32), y=np.zeros((2, 10), np.float32))
     damage(path)
     with pytest.raises(PipelineError) as caught:
-        train.load_split(tmp_path, "train")
+        xy(tmp_path, "train")
     message = str(caught.value)
     assert "\n" not in message and str(path) in message and reason in message
     assert message.endswith("rerun `dvc repro preprocess`")
@@ -224,7 +229,7 @@ def test_two_replicas_on_two_logical_cpus_match_one_and_write_one_set_of_outputs
         history = pd.read_csv(params.paths.history)
         assert history["epoch"].tolist() == [1, 2, 3], "one history row per epoch, not per replica"
         model = keras.saving.load_model(params.paths.model)
-        x_test, y_test = train.load_split(Path(data.paths.processed), "test")
+        x_test, y_test = xy(Path(data.paths.processed), "test")
         accuracies[replicas] = float(np.mean(model.predict(x_test, verbose=0).argmax(1) == y_test.argmax(1)))
         assert not list(Path(params.paths.resume).glob("*")), "resume state cleared once training completed"
 
@@ -281,9 +286,10 @@ def test_own_digits_carry_their_weight_in_the_batches(tmp_path):
     x = np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1) * np.ones((10, 28, 28, 1), np.float32)
     y = np.eye(10, dtype=np.float32)
     np.savez(tmp_path / "train.npz", x=x, y=y, labels=np.arange(10, dtype=np.uint8))
-    assert train.own_weights(tmp_path, 5.0) is None  # no own digits: no weights, the batches are (x, y) as before
+    own = records.load_split(tmp_path, "train", optional=("own",)).get("own")
+    assert train.own_weights(own, 5.0) is None  # no own digits: no weights, the batches are (x, y) as before
     np.savez(tmp_path / "train.npz", x=x, y=y, labels=np.arange(10, dtype=np.uint8), own=np.arange(10) >= 7)
-    weights = train.own_weights(tmp_path, 5.0)
+    weights = train.own_weights(records.load_split(tmp_path, "train", optional=("own",))["own"], 5.0)
     np.testing.assert_array_equal(weights, [1] * 7 + [5] * 3)
     batches = list(train.make_training_dataset(x, y, 4, seed=0, epochs=range(0, 1), weights=weights))
     images = np.concatenate([batch[0].numpy()[:, 0, 0, 0] for batch in batches])

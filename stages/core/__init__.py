@@ -2,6 +2,7 @@
 
   errors        the errors a user can act on (the bottom layer)
   files         atomic writes, checked reads, where the code and the project are
+  records       every file one stage hands to another (run.json, the splits, ...): its one reader and writer
   entry         how a stage or tool runs as a program: one line per way of ending, signals, quiet TensorFlow
   schema        params.yaml's typed model and its one loader
   datasets      the one registry: names, class names, image shape and framing, files, mirrors, the shipped sample

@@ -8,10 +8,6 @@ NumPy and SciPy only: no TensorFlow.
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import numpy as np
 
 # Below this calibrated top probability a reading is "not sure". Measured on mnist_10k's 2,000 held-out digits with
@@ -59,14 +55,6 @@ def calibrate(probabilities: np.ndarray, labels: np.ndarray) -> dict:
     return {"temperature": round(temperature, 4),
             "val_ece": round(expected_calibration_error(probabilities, labels), 4),
             "val_ece_calibrated": round(expected_calibration_error(scaled(probabilities, temperature), labels), 4)}
-
-
-def read_temperature(run_json: str | os.PathLike) -> float:
-    """The temperature train recorded in run.json; 1 (the model's own probabilities) when it recorded none."""
-    try:
-        return float(json.loads(Path(run_json).read_text()).get("temperature", 1.0))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return 1.0
 
 
 def unsure(probabilities: np.ndarray, class_names: list[str], unlike_a_digit: bool = False) -> str | None:

@@ -23,8 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.core.errors import PipelineError
-
 CLASS_NAMES: dict[str, list[str]] = {
     "mnist": [str(digit) for digit in range(10)],
     "fashion_mnist": [
@@ -206,30 +204,10 @@ def dataset_spec(dataset: str) -> DatasetSpec:
     return spec
 
 
-# What preprocess read and wrote, for train and evaluate to name the data they use: {"dataset", "sample_of",
-# "content_hash" (of the raw files, from download's manifest), "splits": {split: {"name", "images", "sha256",
-# "origin"}}}. A split's sha256 is that of its `x` bytes then its `labels` bytes, as stored in {split}.npz. The
-# splits are train, val and test; with data.own also own_test (your held-out digits, origin paths.own), and then
-# train's entry has "own_images" too (how many of its images are yours).
-DATA_INFO_NAME = "dataset.json"
-
-
 def split_sha256(images: np.ndarray, labels: np.ndarray) -> str:
     digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
     digest.update(np.ascontiguousarray(labels).tobytes())
     return digest.hexdigest()
-
-
-def read_data_info(processed_dir: str | os.PathLike) -> dict:
-    """{paths.processed}/dataset.json; a PipelineError says to rerun preprocess when it is missing or unreadable."""
-    path = Path(processed_dir) / DATA_INFO_NAME
-    try:
-        info = json.loads(path.read_text())
-        if not {"dataset", "splits"} <= set(info):
-            raise ValueError
-    except (OSError, ValueError):
-        raise PipelineError(f"{path} is missing or unreadable: run `dvc repro preprocess`") from None
-    return info
 
 
 def split_sizes(info: dict) -> dict:

@@ -10,7 +10,6 @@ predict and the drawing page use any of them as they use a Keras model.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import warnings
@@ -23,6 +22,7 @@ from stages.core.architectures import ModelFileError, load_model
 from stages.core.datasets import INPUT_SHAPE
 from stages.core.errors import PipelineError
 from stages.core.files import atomic_path
+from stages.core.records import read_export
 
 FORMATS = {"onnx": ".onnx", "litert": ".tflite"}  # export.formats -> the file suffix its runtime expects
 KERAS_SUFFIX = ".keras"
@@ -225,12 +225,9 @@ def file_sha256(path: str | os.PathLike) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def shipped_facts(path: Path, report: Path | None) -> dict:
-    """What the export stage recorded of this very file (same sha256) in its report, or nothing."""
-    try:
-        entries = json.loads(report.read_text()).get("files", {}) if report else {}
-    except (OSError, ValueError, AttributeError):
-        return {}
+def shipped_facts(path: Path, report: dict) -> dict:
+    """What the export stage recorded of this very file (same sha256) in its `report`, or nothing."""
+    entries = report.get("files", {})
     digest = file_sha256(path)
     return next((entry for entry in entries.values() if isinstance(entry, dict) and entry.get("sha256") == digest),
                 {})
@@ -295,7 +292,7 @@ def load_any(source: str | os.PathLike, num_classes: int, advice: str, params=No
         where = f"{text} = {known.pop('version')}"
     else:
         model = load_file(source, num_classes, advice)
-        report = Path(params.paths.export) if params is not None else None
+        report = read_export(params.paths, missing_ok=True) if params is not None else {}
         known, where = shipped_facts(Path(source), report), text
     format = getattr(model, "format", "keras")
     facts = {"architecture": model.metadata.get("architecture") if format != "keras" else model.name,

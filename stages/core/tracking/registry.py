@@ -4,7 +4,6 @@ test accuracy on each version, the champion (the ONNX model's follows the tensor
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -12,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from stages.core.errors import PipelineError
+from stages.core.records import read_run
 from stages.core.schema import Params, did_you_mean
 from stages.core.tracking.store import (
     attached_run,
@@ -102,7 +102,7 @@ def _log_evaluation(params: Params, metrics: dict[str, float], files: list[Path]
     if attached is None:
         return
     client, run_id = attached
-    model_id = json.loads(Path(params.paths.run).read_text()).get("model_id")
+    model_id = read_run(params.paths).model_id
     def link(split: str) -> dict:
         """The LoggedModel and the split's dataset a metric was measured with (own_test_*: your own digits)."""
         found = {"model_id": model_id} if model_id else {}

@@ -11,7 +11,6 @@ import base64
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
 import urllib.error
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from stages.core.errors import DISK_FULL, PipelineError
 from stages.core.files import disk_full_message, project_root
+from stages.core.records import read_run
 from stages.core.schema import Params
 
 SQLITE_TIMEOUT_SECONDS = 60
@@ -219,10 +219,8 @@ def attached_run(params: Params):
     """(client, run id) of the training's run from run.json, or None when there is nothing to attach to."""
     if not params.tracking.enabled:
         return None
-    path = Path(params.paths.run)
-    if not path.exists():
-        return None
-    run_id = json.loads(path.read_text()).get("run_id")
+    record = read_run(params.paths, missing_ok=True)
+    run_id = record.run_id if record else None
     if not run_id:
         return None
     client, _ = connect(params)

@@ -24,6 +24,7 @@ from stages.core.datasets import class_names
 from stages.core.entry import tensorflow_quietly
 from stages.core.errors import PipelineError, Terminated
 from stages.core.files import write_json
+from stages.core.records import history_file, read_history
 from stages.core.schema import PARAMS_FILE, Params, flatten
 from stages.core.tracking.registry import log_image_model, mark_dead_versions, registered_name
 from stages.core.tracking.store import (
@@ -310,18 +311,17 @@ class TrainingRun:
         id, which evaluate links the test metrics to)."""
         import keras
         import mlflow
-        import pandas as pd
         import tensorflow as tf
         from mlflow.models import infer_signature
 
-        history = pd.read_csv(params.paths.history)
+        history = read_history(params.paths)
         self.log_missed_epochs(history)
         self.client.log_batch(self.run_id, params=[
             mlflow.entities.Param("model.parameters", str(result["parameters"])),
         ])
         self.client.set_tag(self.run_id, "precision", result["precision"])
         self.client.set_tag(self.run_id, "replicas", str(result["replicas"]))
-        for path in (params.paths.summary, params.paths.history):
+        for path in (params.paths.summary, history_file(params.paths)):
             self.client.log_artifact(self.run_id, path, "model_outputs")
         if Path(PARAMS_FILE).exists():
             self.client.log_artifact(self.run_id, PARAMS_FILE)
