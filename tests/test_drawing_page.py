@@ -192,12 +192,30 @@ def test_a_confirmed_digit_is_stored_as_the_model_saw_it(page_server, drawings):
 @pytest.mark.parametrize(("query", "message"), [
     ("digit=0&label=12", "label '12' is not a class of mnist"),
     ("digit=1&label=3", "digit 2 is not in this drawing (1 digit(s)); nothing was stored"),
-], ids=["not-a-class", "no-such-digit"])
+    ("digit=0&label=%C2%B2", "label '²' is not a class of mnist: give one of 0, 1, 2"),  # '²'.isdigit() is True
+    ("digit=0&label=" + "9" * 5000, "label '99999999999999999999...' (5,000 characters) is not a class of mnist"),
+], ids=["not-a-class", "no-such-digit", "superscript-two", "5000-digits"])
 def test_a_bad_confirmation_stores_nothing(page_server, drawings, query, message):
     before = own_files(page_server.own)
     status, answer = page_server.confirm(png(drawn(drawings[0][1], SCALE, PEN)), query)
     assert status == 422 and set(answer) == {"error"} and message in answer["error"]
     assert own_files(page_server.own) == before
+
+
+def test_own_folder_not_a_folder_is_one_line(page_server, drawings):
+    kept = page_server.own.with_name("own-kept")
+    if page_server.own.exists():
+        page_server.own.rename(kept)
+    page_server.own.write_text("not a folder")
+    try:
+        status, answer = page_server.confirm(png(drawn(drawings[0][1], SCALE, PEN)), "digit=0&label=4")
+        assert page_server.own.read_text() == "not a folder"
+    finally:
+        page_server.own.unlink()
+        if kept.exists():
+            kept.rename(page_server.own)
+    assert status == 422 and answer == {"error": "own is not a folder: your own digits are kept in the folder "
+                                        "paths.own names (params.yaml); move what is there away, then try again"}
 
 
 EVIL = "http://evil.example"

@@ -36,6 +36,30 @@ def test_labels_are_the_dataset_classes():
         own.parse_number_label("12", "fashion_mnist")
 
 
+# '²' is a digit to str.isdigit() and not to int(); thousands of nines are digits int() refuses to read.
+ODD_LABELS = {"superscript-two": "²", "arabic-indic-four": "٤", "full-width-seven": "７", "5000-nines": "9" * 5000}
+
+
+@pytest.mark.parametrize("text", ODD_LABELS.values(), ids=ODD_LABELS.keys())
+def test_a_label_is_ascii_digits_or_a_class_name_else_one_line(text):
+    for parse, message in ((own.parse_label, "is not a class of mnist: give one of 0, 1, 2, 3, 4, 5, 6, 7, 8, 9; "),
+                           (own.parse_number_label, "is not a number of at most 100 digits")):
+        with pytest.raises(own.LabelError, match=message) as refused:
+            parse(text, "mnist")
+        assert "\n" not in str(refused.value) and len(str(refused.value)) < 200
+
+
+def test_own_not_a_folder_is_one_line(tmp_path):
+    (tmp_path / "own").write_text("not a folder")
+    for action in (lambda: own.store(tmp_path / "own", a_digit(0), 4, Image.new("L", (28, 28))),
+                   lambda: own.ensure_folder(tmp_path / "own"),
+                   lambda: own.store(tmp_path / "own" / "deeper", a_digit(0), 4, Image.new("L", (28, 28)))):
+        with pytest.raises(PipelineError, match="own.* is not a folder|cannot keep your digits in") as refused:
+            action()
+        assert "\n" not in str(refused.value)
+    assert (tmp_path / "own").read_text() == "not a folder"
+
+
 def test_store_writes_the_28x28_image_and_the_crop_named_by_image_and_label(tmp_path):
     folder = tmp_path / "own"
     original = Image.new("RGB", (800, 600), "white")

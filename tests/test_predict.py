@@ -531,7 +531,13 @@ def test_number_label_stores_each_digit(own_project, number_file, model_path, ca
                         "nothing was stored"),
     (["--label", "seven"], "error: label 'seven' is not a class of mnist"),
     (["--number", "--label", "4-0"], "error: label '4-0' is not a number"),
-], ids=["not-a-class", "a-word", "not-a-number"])
+    # str.isdigit() takes both; int() refuses both (a traceback once).
+    (["--label", "²"], "error: label '²' is not a class of mnist: give one of 0, 1, 2, 3, 4, 5, 6, 7, 8, 9"),
+    (["--label", "9" * 5000], "error: label '99999999999999999999...' (5,000 characters) is not a class of mnist"),
+    (["--number", "--label", "²"], "error: label '²' is not a number of at most 100 digits"),
+    (["--number", "--label", "9" * 5000], "error: label '99999999999999999999...' (5,000 characters) is not a number"),
+], ids=["not-a-class", "a-word", "not-a-number", "superscript-two", "5000-digits", "number-superscript-two",
+        "number-5000-digits"])
 def test_a_label_that_is_no_class_is_refused_before_anything(own_project, digit_file, tmp_path, arguments, message,
                                                              capsys):
     # No model at all: the label is checked before TensorFlow starts and before any model is read.
@@ -539,6 +545,15 @@ def test_a_label_that_is_no_class_is_refused_before_anything(own_project, digit_
     error = capsys.readouterr().err.strip()
     assert error.startswith(message) and len(error.splitlines()) == 1
     assert stored_files(own_project) == []
+
+
+def test_own_folder_not_a_folder_is_one_line(own_project, digit_file, model_path, capsys):
+    own_project.write_text("not a folder")
+    assert predict.main([str(digit_file), "--label", "4", "--model", str(model_path)]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == ("error: own is not a folder: your own digits are kept in the folder paths.own names "
+                     "(params.yaml); move what is there away, then try again")
+    assert own_project.read_text() == "not a folder"
 
 
 def test_label_stores_nothing_when_an_image_fails(own_project, digit_file, model_path, tmp_path, capsys):

@@ -32,6 +32,8 @@ HASH_LENGTH = 16  # hex digits of sha256 in a file name: 64 bits, no collision a
 CROP_SIZE = 256  # longest side of a stored crop: enough to see what was written, small beside a phone photo
 CROP_SUFFIX = "-crop.png"
 README = "README.md"
+MAX_NUMBER_DIGITS = 100  # a written number's label: longer is no number anyone wrote on one page
+SHOWN_LABEL = 20  # characters of a bad label quoted in its message
 README_TEXT = """# Your own digits
 
 Digits you confirmed or corrected (`python -m stages.predict --label 4 photo.jpg`, or the box under each digit on
@@ -45,17 +47,25 @@ class LabelError(PipelineError):
     """A label that is not a class of the dataset, or a number whose digits do not match what was read."""
 
 
+def shown(text: str) -> str:
+    """A label as a message quotes it: cut short, so that a label of thousands of characters stays one line."""
+    return repr(text if len(text) <= SHOWN_LABEL else text[:SHOWN_LABEL] + "...") + (
+        f" ({len(text):,} characters)" if len(text) > SHOWN_LABEL else "")
+
+
 def parse_label(text: str, dataset: str) -> int:
-    """The class index of `text`: the index itself (0-9) or a class name of the dataset (e.g. Sneaker)."""
+    """The class index of `text`: the index itself (ASCII digits, 0-9) or a class name exactly as the dataset
+    spells it (e.g. Sneaker)."""
     names = class_names(dataset)
     text = str(text).strip()
-    if text.isdigit() and int(text) < NUM_CLASSES:
-        return int(text)
     if text in names:
         return names.index(text)
-    shown = ", ".join(names) if names == [str(index) for index in range(NUM_CLASSES)] else (
+    # str.isdigit() alone takes '²' (which int() refuses) and thousands of digits (which int() refuses too).
+    if text.isascii() and text.isdigit() and len(text) <= len(str(NUM_CLASSES)) and int(text) < NUM_CLASSES:
+        return int(text)
+    listed = ", ".join(names) if names == [str(index) for index in range(NUM_CLASSES)] else (
         ", ".join(f"{index} ({name})" for index, name in enumerate(names)))
-    raise LabelError(f"label {text!r} is not a class of {dataset}: give one of {shown}; nothing was stored")
+    raise LabelError(f"label {shown(text)} is not a class of {dataset}: give one of {listed}; nothing was stored")
 
 
 def parse_number_label(text: str, dataset: str) -> list[int]:
@@ -63,9 +73,9 @@ def parse_number_label(text: str, dataset: str) -> list[int]:
     if class_names(dataset) != [str(index) for index in range(NUM_CLASSES)]:
         raise LabelError(f"--number --label needs a dataset of digits; {dataset}'s classes are names: label one "
                          "image at a time with --label CLASS; nothing was stored")
-    if not text or not text.isdigit():
-        raise LabelError(f"label {text!r} is not a number: give its digits as written, e.g. --label 407; "
-                         "nothing was stored")
+    if not (text.isascii() and text.isdigit() and len(text) <= MAX_NUMBER_DIGITS):
+        raise LabelError(f"label {shown(text)} is not a number of at most {MAX_NUMBER_DIGITS} digits (0-9): give "
+                         "its digits as written, e.g. --label 407; nothing was stored")
     return [int(character) for character in text]
 
 
@@ -91,8 +101,15 @@ def as_bytes(array: np.ndarray) -> np.ndarray:
 def ensure_folder(folder: str | os.PathLike) -> Path:
     """The own-digits folder with its README (so it is never empty: DVC versions it from the start)."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PipelineError(f"{folder} is not a folder: your own digits are kept in the folder paths.own names "
+                            "(params.yaml); move what is there away, then try again")
     if not (folder / README).is_file():
-        write_text(folder / README, README_TEXT)
+        try:
+            write_text(folder / README, README_TEXT)
+        except OSError as error:
+            raise PipelineError(f"cannot keep your digits in {folder}: {error.strerror or error}; make it a "
+                                "folder you can write to (paths.own in params.yaml), then try again") from None
     return folder
 
 
