@@ -27,7 +27,16 @@ from stages.core.architectures import load_model
 from stages.core.datasets import class_names
 from stages.core.entry import KERAS_UNUSED_IMPORTS, stage_main
 from stages.core.files import require_files
-from stages.core.records import read_dataset_info, read_split, split_files, write_export
+from stages.core.formats import FORMATS, check_formats
+from stages.core.records import (
+    export_file,
+    read_dataset_info,
+    read_split,
+    remove_exports,
+    split_files,
+    write_export,
+)
+from stages.core.schema import refuse
 from stages.core.shipping import compare, export_checked, file_sha256, inference_model
 from stages.core.tracking import registry
 
@@ -42,6 +51,7 @@ def file_entry(path: Path, architecture: str, format: str, probabilities: np.nda
 
 def run(params) -> dict:
     """Export and check every format of export.formats; write and return the report."""
+    refuse(check_formats(params.export.formats))
     paths = params.paths
     [test_path], model_path = split_files(paths, "test"), Path(paths.model)
     require_files({test_path: "preprocess", model_path: "train"})
@@ -61,13 +71,14 @@ def run(params) -> dict:
     metadata = {"architecture": model.name, "dataset": params.data.dataset, "test_accuracy": f"{accuracy:.6f}"}
     written = {}
     for format in params.export.formats:
-        path = Path(getattr(paths, format))
+        path = export_file(paths, FORMATS[format].file)
         check = export_checked(inference, format, path, images, reference, params.export.tolerance, metadata)
         report[format] = {"agreement": check["agreement"], "max_abs_diff": check["max_abs_diff"]}
         report["files"][format] = file_entry(path, model.name, format, reference, labels)  # same classes: same accuracy
         written[format] = path
         print(f"{format}: {path} ({check['bytes'] / 1e6:.2f} MB), same class as Keras on all {len(labels):,} "
               f"held-out digits, max |Δp| {check['max_abs_diff']:.1e}")
+    remove_exports(paths, [spec.file for name, spec in FORMATS.items() if name not in params.export.formats])
     write_export(paths, report)
 
     metrics = {f"export.{name}_bytes": entry["bytes"] for name, entry in report["files"].items()}

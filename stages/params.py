@@ -1,6 +1,7 @@
 """params stage: validation alone.
 
-Reads  params.yaml (every key, through the schema in stages/core/schema.py)
+Reads  params.yaml (every key, through the schema in stages/core/schema.py; the architecture and the export
+       formats against their registries, stages/core/architectures.yaml and stages/core/formats.py)
 Writes {paths.params_check} once params.yaml validates
 Run alone: python -m stages.params
 
@@ -10,12 +11,16 @@ DVC reruns this stage on any edit of params.yaml, so a typo in a key that no sta
 
 from __future__ import annotations
 
+from stages.core.architectures import check_model
 from stages.core.entry import stage_main
 from stages.core.files import write_text
-from stages.core.schema import Params
+from stages.core.formats import check_formats
+from stages.core.schema import Params, refuse
 
 
 def run(params: Params) -> None:
+    # What the schema leaves to the registries it does not import (every stage imports the schema).
+    refuse(check_model(params.model) + check_formats(params.export.formats))
     # Constant content: download depends on this file and must not rerun because it was rewritten; a cached
     # output (not `cache: false`), so it reaches a DVC remote and a teammate's `dvc pull` leaves the stage clean.
     write_text(params.paths.params_check, "params.yaml is valid\n")

@@ -36,13 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from stages.core import devices
-from stages.core.architectures import Architecture, SpecError, build_model, resolve_spec
+from stages.core.architectures import Architecture, SpecError, build_model, check_model, resolve_spec
 from stages.core.datasets import split_sizes
 from stages.core.entry import KERAS_UNUSED_IMPORTS, stage_main, tensorflow_quietly
 from stages.core.errors import PipelineError
 from stages.core.files import atomic_path, sha256_of_files, write_text
 from stages.core.records import read_dataset_info, read_split, split_files, write_history, write_run
-from stages.core.schema import Augment, Params, minimised
+from stages.core.schema import Augment, Params, minimised, refuse
 from stages.core.tracking import training as tracking
 
 
@@ -209,6 +209,7 @@ def summary_text(model) -> str:
 
 def run(params: Params, extra_callbacks=()) -> dict:
     """Load → build → fit → save. `extra_callbacks` run after every other callback (the benchmark's clock)."""
+    refuse(check_model(params.model))
     devices.configure_devices()
     paths = params.paths
     train_arrays = read_split(paths, "train", ("x", "y"), optional=("own",))

@@ -10,6 +10,7 @@ from stages.core.architectures import (
     SpecError,
     build_model,
     check_layer_list,
+    check_model,
     load_model,
     presets,
     resolve_spec,
@@ -36,9 +37,13 @@ def test_custom_inline_spec_builds(make_params):
     assert build_model(architecture.layers).count_params() == (9 * 4 + 4) + (4 * 10 + 10)
 
 
-def test_unknown_layer_type_fails_at_params_load(make_params):
+def test_unknown_layer_type_fails_before_any_training(make_params):
+    """The params stage (tests/test_params.py) and train check the layer list before TensorFlow starts."""
+    from stages import train
+
+    params = make_params(model__layers=[{"type": "Flatten"}, {"type": "Dens", "units": 10}])
     with pytest.raises(ParamsError, match=r"model\.layers\[1\]\.type: unknown layer type 'Dens'; did you mean 'Dense'"):
-        make_params(model__layers=[{"type": "Flatten"}, {"type": "Dens", "units": 10}])
+        train.run(params)
 
 
 @pytest.mark.parametrize(("layers", "message"), [
@@ -68,8 +73,9 @@ def test_bn_cnn_is_deterministic_at_inference():
 
 def test_augmentation_layers_are_refused_with_where_augmentation_lives(make_params):
     layers = [{"type": "RandomRotation", "factor": 0.1}, {"type": "Flatten"}, {"type": "Dense", "units": 10}]
-    with pytest.raises(ParamsError, match=r"model\.layers.*RandomRotation is augmentation.*train\.augment"):
-        make_params(model__layers=layers)
+    assert check_model(make_params(model__layers=layers).model) == [
+        "model.layers[0].type: RandomRotation is augmentation, which is no layer of the model: set it in params.yaml "
+        "under train.augment (applied to the training images only)"]
     with pytest.raises(SpecError, match=r"preset x\[0\]\.type: RandomTranslation is augmentation.*train\.augment"):
         check_layer_list([{"type": "RandomTranslation", "height_factor": 0.1}], "preset x")
 

@@ -19,9 +19,19 @@ from helpers.project import REFUSE_TENSORFLOW, ROOT
 from stages import predict
 from stages.core import shipping
 from stages.core.architectures import build_model
+from stages.core.formats import FORMATS
+from stages.core.records import export_file
 
 LAYERS = [{"type": "Conv2D", "filters": 4, "kernel_size": 3}, {"type": "BatchNormalization"},
           {"type": "ReLU"}, {"type": "Flatten"}, {"type": "Dense", "units": 10}]
+
+
+def exported_file(paths, format: str) -> Path:
+    return export_file(paths, FORMATS[format].file)
+
+
+def test_every_format_has_an_exporter_and_a_runtime():
+    assert set(shipping.EXPORTERS) == set(shipping.RUNTIMES) == set(FORMATS)
 
 
 def augmented_model():
@@ -64,12 +74,11 @@ def test_export_checks_each_file_against_keras_and_reports_it(exported, mnist_10
     for format in ("onnx", "litert"):
         assert report[format]["agreement"] == 1.0 and report[format]["max_abs_diff"] <= params.export.tolerance
         entry = report["files"][format]
-        path = Path(getattr(paths, format))
+        path = exported_file(paths, format)
         assert entry["bytes"] == path.stat().st_size > 100_000 and entry["sha256"] == shipping.file_sha256(path)
         assert entry["architecture"] == "lenet" and entry["test_accuracy"] == report["files"]["keras"]["test_accuracy"]
-    assert sorted(path.name for path in Path(paths.onnx).parent.iterdir()) == ["model.keras", "model.onnx",
-                                                                              "model.tflite", "run.json"]
-    onnx_model = shipping.OnnxModel(paths.onnx)
+    assert sorted(path.name for path in Path(paths.export_dir).iterdir()) == ["model.onnx", "model.tflite"]
+    onnx_model = shipping.OnnxModel(exported_file(paths, "onnx"))
     assert [i.name for i in onnx_model.session.get_inputs()] == ["image"]
     assert [o.name for o in onnx_model.session.get_outputs()] == ["probabilities"]
     assert onnx_model.metadata["architecture"] == "lenet"
@@ -78,7 +87,7 @@ def test_export_checks_each_file_against_keras_and_reports_it(exported, mnist_10
 
     images, _ = mnist_digits(mnist_10k, "train", 100)
     keras_probabilities = load_model(paths.model, 10, advice="").predict(images, verbose=0)
-    for runtime in (onnx_model, shipping.LiteRTModel(paths.litert)):
+    for runtime in (onnx_model, shipping.LiteRTModel(exported_file(paths, "litert"))):
         np.testing.assert_allclose(runtime.predict(images), keras_probabilities, atol=1e-4, rtol=0)
 
 
@@ -121,10 +130,10 @@ def test_the_onnx_champion_follows_the_tensor_models_and_predict_takes_its_uri(e
     for run in (other, run_id):
         client.create_model_version(tensor_name, source=client.get_run(run).info.artifact_uri, run_id=run)
     client.set_registered_model_alias(tensor_name, "champion", "1")
-    registry.follow_champion(client, params, "mnist_10k")
+    registry.follow_champion(client, params, "mnist_10k", "onnx")
     assert client.get_registered_model(onnx_name).aliases == {}  # run `other` has no ONNX version
     client.set_registered_model_alias(tensor_name, "champion", "2")
-    registry.follow_champion(client, params, "mnist_10k")
+    registry.follow_champion(client, params, "mnist_10k", "onnx")
     assert client.get_model_version_by_alias(onnx_name, "champion").run_id == run_id
 
     Image.fromarray(255 - test_digits[0]).save("digit.png")
@@ -146,12 +155,13 @@ def test_predict_with_the_onnx_file_runs_without_tensorflow(exported, test_digit
     params, report = exported
     Image.fromarray(255 - test_digits[0]).save("digit.png")
     for format in ("onnx", "litert"):
+        path = exported_file(params.paths, format)
         result = subprocess.run([sys.executable, "-c", REFUSE_TENSORFLOW, "stages.predict", "--model",
-                                 getattr(params.paths, format), "digit.png"], capture_output=True, text=True,
+                                 str(path), "digit.png"], capture_output=True, text=True,
                                 timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
         assert "imported " not in result.stderr and result.returncode == 0, result.stderr[-3000:]
         accuracy = report["files"][format]["test_accuracy"]
-        assert result.stderr == (f"model: {getattr(params.paths, format)} (lenet, {format}, "
+        assert result.stderr == (f"model: {path} (lenet, {format}, "
                                  f"test accuracy {accuracy:.4f})\n")
         assert result.stdout.startswith("digit.png: ") and len(result.stdout.splitlines()) == 1
 

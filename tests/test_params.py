@@ -82,13 +82,28 @@ def test_exponent_without_dot_is_a_float_like_dvc_reads_it(tmp_path):
     ("train.batch_size", 0, r"train\.batch_size: input should be greater than or equal to 1 \(got 0\)"),
     ("preprocess.val_fraction", 1.5, r"preprocess\.val_fraction: input should be less than 1"),
     ("data.dataset", "mnsit", r"data\.dataset: 'mnsit' is not allowed; did you mean 'mnist'\? \(allowed: 'mnist' or"),
-    ("model.architecture", "lenett", r"model\.architecture: unknown architecture 'lenett'; did you mean 'lenet'\?"),
     ("train.optimizer.name", "adamm", r"train\.optimizer\.name: 'adamm' is not allowed; did you mean 'adam'\?"),
     ("train.deterministic", "yes", r"train\.deterministic: input should be a valid boolean"),
 ])
 def test_each_mistake_names_the_dotted_key_and_what_is_allowed(raw_params, key, value, message):
     with pytest.raises(ParamsError, match=message):
         parse_params(broken(raw_params, key, value))
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("model.architecture", "lenett", r"model\.architecture: unknown architecture 'lenett'; did you mean 'lenet'\?"),
+    ("model.layers", [{"type": "Dense2"}], r"model\.layers\[0\]\.type: unknown layer type 'Dense2'"),
+    ("export.formats", ["onnx", "litrt"], r"export\.formats: unknown format 'litrt'; did you mean 'litert'\?"),
+])
+def test_the_params_stage_checks_what_the_registries_know(raw_params, tmp_path, monkeypatch, key, value, message):
+    """Presets and formats are checked by the params stage (and where used), not by the schema every stage loads."""
+    from stages import params as params_stage
+
+    loaded = parse_params(broken(raw_params, key, value))  # the schema alone lets it through
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ParamsError, match=message):
+        params_stage.run(loaded)
+    assert not (tmp_path / loaded.paths.params_check).exists()
 
 
 def test_several_mistakes_are_reported_together_one_line_each(raw_params):

@@ -12,6 +12,7 @@
   callbacks     the training's Keras callbacks and its resume state
   augment       train.augment: the training images' augmentation, applied in train's input pipeline
   calibration   temperature scaling, the calibration error, and "not sure"
+  formats       the export formats by name (data only): file, MLflow flavour, registered kind, packages
   shipping      the inference model, its ONNX and LiteRT files and runtimes, and the loader of any model file
   tracking/     MLflow, and the only code that imports it
 """

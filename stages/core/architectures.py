@@ -81,6 +81,22 @@ def check_layer_list(layers: Any, where: str) -> None:
             raise SpecError(f"{where}[{index}].type: unknown layer type {kind!r}{hint}")
 
 
+def check_model(model) -> list[str]:
+    """The problems of params.yaml's model section (schema.Model): an unknown preset, a bad layer list."""
+    from stages.core.schema import did_you_mean
+
+    names, problems = preset_names(), []
+    if model.architecture not in names:
+        problems.append(f"model.architecture: unknown architecture {model.architecture!r}"
+                        f"{did_you_mean(model.architecture, names)} (presets: {', '.join(names)})")
+    if model.layers is not None:
+        try:
+            check_layer_list(model.layers, "model.layers")
+        except SpecError as error:
+            problems.append(str(error))
+    return problems
+
+
 def resolve_spec(architecture: str, layers: list[dict[str, Any]] | None) -> Architecture:
     """The architecture a model section describes: the inline list wins over the preset."""
     if layers is not None:

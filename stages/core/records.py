@@ -13,6 +13,7 @@ stage's output by hand). A missing or malformed file is one PipelineError naming
   {paths.run}                   train       the training: architecture, kept epoch, temperature, MLflow run and model
   {paths.history}               train       one row per epoch
   {paths.metrics}               evaluate    the test metrics
+  {paths.export_dir}/<file>     export      the exported model files, one per export.formats (core/formats.py)
   {paths.export}                export      per shipped file its format, size, sha256 and test accuracy
 """
 
@@ -281,6 +282,17 @@ def metrics_file(paths) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------- export
+
+
+def export_file(paths, name: str) -> Path:
+    """Where export writes the file `name` (a format's file, stages/core/formats.py): one folder holds them all."""
+    return Path(paths.export_dir) / name
+
+
+def remove_exports(paths, names: list[str]) -> None:
+    """Remove the files `names` from the export folder: formats dropped since (DVC empties it, a run by hand not)."""
+    for name in names:
+        export_file(paths, name).unlink(missing_ok=True)
 
 
 def write_export(paths, report: dict[str, Any]) -> None:

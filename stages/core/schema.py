@@ -63,8 +63,7 @@ class Paths(Section):
     history: str
     summary: str
     run: str
-    onnx: str
-    litert: str
+    export_dir: str
     export: str
     tensorboard: str
     resume: str
@@ -95,27 +94,12 @@ class Preprocess(Section):
 
 
 class Model(Section):
+    """Checked against the presets and layer types where an architecture is built or validated (the params stage,
+    train: architectures.check_model), not here: every stage loads this schema, and a new preset must not rerun
+    them all."""
+
     architecture: str
     layers: list[dict[str, Any]] | None
-
-    @field_validator("architecture")
-    @classmethod
-    def _known_preset(cls, name: str) -> str:
-        from stages.core.architectures import preset_names
-
-        names = preset_names()
-        if name not in names:
-            raise ValueError(f"unknown architecture {name!r}{did_you_mean(name, names)} (presets: {', '.join(names)})")
-        return name
-
-    @field_validator("layers")
-    @classmethod
-    def _known_layer_types(cls, layers: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        from stages.core.architectures import check_layer_list
-
-        if layers is not None:
-            check_layer_list(layers, "model.layers")
-        return layers
 
 
 class Optimizer(Section):
@@ -166,7 +150,10 @@ class Train(Section):
 
 
 class Export(Section):
-    formats: Annotated[list[Literal["onnx", "litert"]], Field(min_length=1)]
+    """formats: names of stages/core/formats.py, checked there (formats.check_formats) by the params and export
+    stages, for the reason Model gives."""
+
+    formats: Annotated[list[str], Field(min_length=1)]
     tolerance: Annotated[float, Field(gt=0, le=1)]
 
     @field_validator("formats")
@@ -296,10 +283,15 @@ def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
     try:
         params = Params.model_validate(raw)
     except ValidationError as error:
-        lines = [describe_error(e) for e in error.errors(include_url=False)]
-        raise ParamsError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
+        refuse([describe_error(e) for e in error.errors(include_url=False)], source)
     _set_prefixes(params, "")
     return params
+
+
+def refuse(problems: list[str], source: str = PARAMS_FILE) -> None:
+    """Raise the one ParamsError of params.yaml's `problems` (one line each), if any."""
+    if problems:
+        raise ParamsError(f"{source} is invalid:\n  " + "\n  ".join(problems)) from None
 
 
 def read_yaml(path: str | os.PathLike) -> Any:

@@ -22,9 +22,9 @@ from stages.core.architectures import ModelFileError, load_model
 from stages.core.datasets import INPUT_SHAPE
 from stages.core.errors import PipelineError
 from stages.core.files import atomic_path
+from stages.core.formats import FORMATS, by_suffix
 from stages.core.records import read_export
 
-FORMATS = {"onnx": ".onnx", "litert": ".tflite"}  # export.formats -> the file suffix its runtime expects
 KERAS_SUFFIX = ".keras"
 INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
 # What the LiteRT interpreter prints on every start on a CPU (its default delegate); anything else still shows.
@@ -64,29 +64,30 @@ def inference_model(model):
     return keras.Model(inputs, outputs, name=model.name)
 
 
-def export_model(inference, format: str, path: str | os.PathLike, metadata: dict[str, str]) -> None:
-    """Write `inference` as `format` to `path` (a temporary file: the caller renames it once checked).
+def export_onnx(inference, path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """Keras' ONNX export (tf2onnx): input `image`, output renamed from `Identity:0` to `probabilities`, `metadata`
+    in the file's metadata_props."""
+    import tensorflow as tf
 
-    ONNX: input `image`, output renamed from tf2onnx's `Identity:0` to `probabilities`, `metadata` in the file's
-    metadata_props. LiteRT: Keras' own converter (the path must end in .tflite).
-    """
+    signature = [tf.TensorSpec((None, *INPUT_SHAPE), tf.float32, name=INPUT_NAME)]
+    inference.export(str(path), format="onnx", verbose=False, input_signature=signature)
+    name_onnx_output(path, metadata)
+
+
+def export_litert(inference, path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """Keras' own LiteRT converter (the path must end in .tflite)."""
+    inference.export(str(path), format="litert", verbose=False)
+
+
+def export_model(inference, format: str, path: str | os.PathLike, metadata: dict[str, str]) -> None:
+    """Write `inference` as `format` to `path` (a temporary file: the caller renames it once checked)."""
     from stages.core.entry import drop_retracing_advice, stderr_without
 
     drop_retracing_advice()
     # The converters log every step of their work at INFO and WARNING level; their errors still show.
     with stderr_without(CONVERTER_CHATTER.match), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # tf2onnx's numpy-2 shims warn about np.object on import
-        if format == "onnx":
-            import tensorflow as tf
-
-            signature = [tf.TensorSpec((None, *INPUT_SHAPE), tf.float32, name=INPUT_NAME)]
-            inference.export(str(path), format="onnx", verbose=False, input_signature=signature)
-        elif format == "litert":
-            inference.export(str(path), format="litert", verbose=False)
-        else:
-            raise ValueError(f"unknown export format {format!r}")
-    if format == "onnx":
-        name_onnx_output(path, metadata)
+        EXPORTERS[format](inference, path, metadata)
 
 
 def name_onnx_output(path: str | os.PathLike, metadata: dict[str, str]) -> None:
@@ -197,6 +198,9 @@ class LiteRTModel:
         return self.predict_on_batch(images)
 
 
+# Each format of stages/core/formats.py: how it is written, and how its file is run (tests/test_export.py checks
+# that every registered format has both).
+EXPORTERS = {"onnx": export_onnx, "litert": export_litert}
 RUNTIMES = {"onnx": OnnxModel, "litert": LiteRTModel}
 
 
@@ -205,8 +209,7 @@ def open_runtime(path: str | os.PathLike, format: str):
     try:
         return RUNTIMES[format](path)
     except ImportError as error:
-        package = {"onnx": "onnxruntime", "litert": "ai-edge-litert"}[format]
-        raise ExportError(f"the {format} runtime ({package}) cannot be imported ({error}): "
+        raise ExportError(f"the {format} runtime ({FORMATS[format].runtime}) cannot be imported ({error}): "
                           "`pip install -r requirements.lock`") from None
 
 
@@ -251,10 +254,13 @@ def load_file(path: str | os.PathLike, num_classes: int, advice: str):
 
             start_tensorflow_quietly()  # its start-up lines would bury predict's answers; real errors still show
         return load_model(path, num_classes, advice)
-    format = next((name for name, ending in FORMATS.items() if ending == suffix), None)
-    if format is None:
-        raise ModelFileError(f"{path}: unknown model format {suffix or '(no suffix)'!r}; expected a .keras, .onnx or "
-                             f".tflite file or an MLflow model URI (models:/NAME@ALIAS): {advice}")
+    found = by_suffix(suffix)
+    if found is None:
+        *endings, last = [KERAS_SUFFIX, *(known.suffix for known in FORMATS.values())]
+        raise ModelFileError(f"{path}: unknown model format {suffix or '(no suffix)'!r}; expected a "
+                             f"{', '.join(endings)} or {last} file "
+                             f"or an MLflow model URI (models:/NAME@ALIAS): {advice}")
+    format = found.name
     if not path.is_file():
         raise ModelFileError(f"model file {path} not found: {advice}")
     try:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from stages.core.errors import PipelineError
+from stages.core.formats import FORMATS, registered_kinds
 from stages.core.records import read_run
 from stages.core.schema import Params, did_you_mean
 from stages.core.tracking.store import (
@@ -24,7 +25,12 @@ from stages.core.tracking.store import (
 )
 
 STAGES = Path(__file__).resolve().parents[2]  # the `stages` package, parts of which ship with the image model
-KINDS = ("", "images", "onnx")  # the tensor model, the pyfunc taking images, the ONNX export
+
+
+def kinds() -> tuple[str, ...]:
+    """The registered models of one dataset: the tensor model, the pyfunc taking images, each export format that
+    MLflow logs as a model (stages/core/formats.py)."""
+    return ("", "images", *registered_kinds())
 
 
 def registered_name(params: Params, dataset: str, kind: str = "") -> str:
@@ -35,8 +41,8 @@ def registered_name(params: Params, dataset: str, kind: str = "") -> str:
     sample's `mnist_10k-cnn` (its test digits are held out of MNIST's training set, not MNIST's test set). The
     prefix (tracking.model_prefix, usually empty) keeps one project's models apart on a shared server.
     """
-    if kind not in KINDS:
-        raise ValueError(f"registered model kind {kind!r} is not one of {KINDS}")
+    if kind not in kinds():
+        raise ValueError(f"registered model kind {kind!r} is not one of {kinds()}")
     return f"{params.tracking.model_prefix}{dataset}-cnn" + (f"-{kind}" if kind else "")
 
 
@@ -128,7 +134,8 @@ def _log_evaluation(params: Params, metrics: dict[str, float], files: list[Path]
             client.set_model_version_tag(name, versions[0].version, "test_accuracy", f"{accuracy:.6f}")
             promote_champion(client, name, test_sha256)
     with store_lock(tracking_uri(params)):
-        follow_champion(client, params, dataset)
+        for kind in registered_kinds():
+            follow_champion(client, params, dataset, kind)
 
 
 TEST_SET_TAG = "test_sha256"  # a version's test set: only versions tested on the same content compete
@@ -205,12 +212,13 @@ def promote_champion(client, name: str, test_sha256: str, alias: str = "champion
     raise PipelineError(f"the {alias!r} alias of registered model {name!r} kept changing under concurrent updates")
 
 
-def follow_champion(client, params: Params, dataset: str, alias: str = "champion") -> None:
-    """Point the ONNX model's `alias` at the version from the run of the tensor model's; remove it where that run
-    has no ONNX version (a model trained before exports existed), so it never names another run's model."""
+def follow_champion(client, params: Params, dataset: str, kind: str, alias: str = "champion") -> None:
+    """Point an exported model's `alias` (registered as `kind`, e.g. onnx) at the version from the run of the tensor
+    model's; remove it where that run has no such version (a model trained before exports existed), so it never
+    names another run's model."""
     from mlflow.exceptions import MlflowException
 
-    name, tensor_name = registered_name(params, dataset, "onnx"), registered_name(params, dataset)
+    name, tensor_name = registered_name(params, dataset, kind), registered_name(params, dataset)
     try:
         run_id = client.get_model_version_by_alias(tensor_name, alias).run_id
     except MlflowException:  # no champion yet
@@ -233,52 +241,62 @@ def follow_champion(client, params: Params, dataset: str, alias: str = "champion
 
 
 def log_exports(params: Params, files: dict[str, Path], metrics: dict[str, float], example, test_accuracy: float,
-                dataset: str, test_sha256: str):
-    """Attach the exported files to the training's run: the ONNX file with MLflow's onnx flavour, registered as a
-    version of `registered_name(params, dataset, "onnx")` (tagged with `test_accuracy` on the test set
-    `test_sha256`; its champion follows the tensor model's), the LiteRT file as an artifact under `litert/`, and
-    `metrics`. Nothing is logged when tracking is off or train recorded no run. `example`: a few input images, for
-    the signature and the input example."""
+                dataset: str, test_sha256: str) -> dict[str, str]:
+    """Attach the exported files (format name -> file) to the training's run: a format with an MLflow flavour
+    (stages/core/formats.py) as a model, registered as `registered_name(params, dataset, kind)` and tagged with
+    `test_accuracy` on the test set `test_sha256` (its champion follows the tensor model's); any other as an
+    artifact under `<format>/`; and `metrics`. Returns the versions registered, by registered name. Nothing is
+    logged when tracking is off or train recorded no run. `example`: a few input images, for the signature."""
     attached = attached_run(params)
     if attached is None:
-        return None
+        return {}
     client, run_id = attached
-    if "onnx" in files:
-        try:  # before anything is logged: mlflow.onnx needs it to save the model
-            import onnx
-        except ImportError as error:
-            raise PipelineError(f"MLflow's onnx flavour needs the onnx package ({error}): "
-                                "`pip install -r requirements.lock`") from None
     import mlflow
-    from mlflow.models import infer_signature
 
     # A model logged by run id alone would land in the default experiment: name the run's.
     mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
     for key, value in metrics.items():
         client.log_metric(run_id, key, float(value))
-    if "litert" in files:
-        client.log_artifact(run_id, str(files["litert"]), "litert")
-    if "onnx" not in files:
-        return None
-    import onnxruntime
+    versions = {}
+    for format, path in files.items():
+        spec = FORMATS[format]
+        if spec.flavour is None:
+            client.log_artifact(run_id, str(path), format)
+            continue
+        name = registered_name(params, dataset, spec.kind)
+        with store_lock(tracking_uri(params)):
+            version = FLAVOURS[spec.flavour](path, run_id, name, example)
+            client.set_model_version_tag(name, version, TEST_SET_TAG, test_sha256)
+            client.set_model_version_tag(name, version, "test_accuracy", f"{test_accuracy:.6f}")
+            follow_champion(client, params, dataset, spec.kind)
+        print(f"logged {path} to MLflow run {run_id} as version {version} of {name}")
+        versions[name] = version
+    return versions
 
-    session = onnxruntime.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
+
+def log_onnx(path: Path, run_id: str, name: str, example) -> str:
+    """The ONNX file with MLflow's onnx flavour, registered as a version of `name`; returns the version."""
+    try:  # before anything is logged: mlflow.onnx needs it to save the model
+        import onnx
+        import onnxruntime
+    except ImportError as error:
+        raise PipelineError(f"MLflow's onnx flavour needs the onnx package ({error}): "
+                            "`pip install -r requirements.lock`") from None
+    import mlflow
+    from mlflow.models import infer_signature
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     output = session.run(None, {session.get_inputs()[0].name: example})[0]
-    name = registered_name(params, dataset, "onnx")
-    with store_lock(tracking_uri(params)):
-        info = mlflow.onnx.log_model(
-            onnx.load(str(files["onnx"])), name="onnx_model", run_id=run_id,
-            signature=infer_signature({"image": example}, output), input_example={"image": example},
-            registered_model_name=name, save_as_external_data=False,
-            onnx_execution_providers=["CPUExecutionProvider"],
-            pip_requirements=[f"onnxruntime=={onnxruntime.__version__}", f"onnx=={onnx.__version__}"],
-        )
-        version = str(info.registered_model_version)
-        client.set_model_version_tag(name, version, TEST_SET_TAG, test_sha256)
-        client.set_model_version_tag(name, version, "test_accuracy", f"{test_accuracy:.6f}")
-        follow_champion(client, params, dataset)
-    print(f"logged {files['onnx']} to MLflow run {run_id} as version {version} of {name}")
-    return version
+    info = mlflow.onnx.log_model(
+        onnx.load(str(path)), name="onnx_model", run_id=run_id,
+        signature=infer_signature({"image": example}, output), input_example={"image": example},
+        registered_model_name=name, save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"],
+        pip_requirements=[f"onnxruntime=={onnxruntime.__version__}", f"onnx=={onnx.__version__}"],
+    )
+    return str(info.registered_model_version)
+
+
+FLAVOURS = {"onnx": log_onnx}  # an MLflow flavour of stages/core/formats.py -> how a file is logged with it
 
 
 @contextlib.contextmanager

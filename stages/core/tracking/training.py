@@ -26,7 +26,7 @@ from stages.core.errors import PipelineError, Terminated
 from stages.core.files import write_json
 from stages.core.records import history_file, read_history
 from stages.core.schema import PARAMS_FILE, Params, flatten
-from stages.core.tracking.registry import log_image_model, mark_dead_versions, registered_name
+from stages.core.tracking.registry import kinds, log_image_model, mark_dead_versions, registered_name
 from stages.core.tracking.store import (
     SPLIT_CONTEXTS,
     check_server,
@@ -53,7 +53,7 @@ def check_tracking(params: Params, dataset: str | None = None) -> None:
     if params.tracking.enabled:
         uri = tracking_uri(params)
         check_server(uri)
-        models = [registered_name(params, dataset, kind) for kind in ("", "images", "onnx")] if dataset else []
+        models = [registered_name(params, dataset, kind) for kind in kinds()] if dataset else []
         check_write_access(uri, params.tracking.experiment, models)
 
 
