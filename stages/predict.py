@@ -1,7 +1,7 @@
 """Classify your own images with the trained model: `python -m stages.predict IMAGE [IMAGE ...]`.
 
 Reads PNG, JPEG, BMP, GIF, WebP and anything else Pillow opens, from clean drawings to photos and scans of paper,
-and brings each one to MNIST form the way MNIST itself was made (see stages/reading/images.py: the paper, its
+and brings each one to MNIST form the way MNIST itself was made (see stages/reading/: the paper, its
 lighting and its rules removed, then cropped to the ink, fitted in 20x20 and centred by mass at (14, 14)).
 
 Prints the predicted class with its confidence and the top-k classes per image (`--json`: one JSON object per
@@ -46,15 +46,9 @@ from stages.core.errors import PipelineError
 from stages.core.files import atomic_path
 from stages.core.records import metrics_file, trained_temperature
 from stages.core.shipping import load_any
-from stages.reading.images import (
-    MAX_IMAGE_PIXELS,
-    ImageError,
-    load_image,
-    model_input,
-    split_number,
-    to_png_image,
-    unlike_a_digit,
-)
+from stages.reading.framing import unlike_a_digit
+from stages.reading.loading import MAX_IMAGE_PIXELS, ImageError, load_image, to_png_image
+from stages.reading.numbers import model_input, split_number
 
 MODEL_ADVICE = "run `dvc repro` first to train it, or pass --model PATH"
 

@@ -65,7 +65,7 @@ def test_the_served_image_model_answers_pngs(make_params, model_path, model, tes
     code = local / mlflow.models.get_model_info(f"models:/{name}/1").flavors["python_function"]["code"]
     shipped = {path.relative_to(code).as_posix() for path in code.rglob("*")
                if path.is_file() and "__pycache__" not in path.parts}
-    assert {"stages/__init__.py", "stages/core/entry.py", "stages/reading/images.py"} <= shipped
+    assert {"stages/__init__.py", "stages/core/entry.py", "stages/reading/numbers.py"} <= shipped
     assert not {path for path in shipped if path.count("/") == 1 and path != "stages/__init__.py"}, shipped
     assert not any(path.startswith("stages/mnist_10k") for path in shipped)
 
@@ -115,7 +115,8 @@ def test_a_fashion_mnist_image_model_frames_items_as_fashion_mnist_and_names_the
     import mlflow
 
     from stages.core.datasets import class_names
-    from stages.reading.images import load_image, model_input
+    from stages.reading.loading import load_image
+    from stages.reading.numbers import model_input
 
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

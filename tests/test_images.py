@@ -1,4 +1,4 @@
-"""Tests of stages.images on photos and scans of paper, and on whole numbers.
+"""Tests of stages/reading (paper, ink, numbers) on photos and scans of paper, and on whole numbers.
 
 The oracle is the model itself on the original digits: each digit of mnist-10k, rendered the way people capture
 handwriting (tests/handwriting.py), must be classified about as well as the original 28x28 array. The model is
@@ -17,7 +17,9 @@ from PIL import Image
 
 from stages.predict import predict_arrays
 from stages.preprocess import normalize
-from stages.reading import images
+from stages.reading.ink import Ink, find_ink
+from stages.reading.loading import ImageError
+from stages.reading.numbers import model_input, split_number
 
 FORM_DIGITS = int(os.environ.get("IMAGES_FORM_DIGITS", "200"))
 MAX_ACCURACY_LOSS = 0.02
@@ -32,7 +34,7 @@ def bar(array: np.ndarray, top: int, left: int, height: int, width: int, lightne
     array[top:top + height, left:left + width] = lightness
 
 
-def assert_just_the_bar(ink: images.Ink, height: int, width: int) -> None:
+def assert_just_the_bar(ink: Ink, height: int, width: int) -> None:
     """The ink is cropped to the bar, its blurred edge and a 2-pixel rim: nothing else on the page was kept."""
     assert height + 2 <= ink.strength.shape[0] <= height + 6 and width + 2 <= ink.strength.shape[1] <= width + 6
 
@@ -42,7 +44,7 @@ def assert_just_the_bar(ink: images.Ink, height: int, width: int) -> None:
 def test_grey_paper_under_a_lighting_gradient_goes_to_zero():
     lightness = page() * np.linspace(1.0, 0.55, 400, dtype=np.float32)  # lamp on the left
     bar(lightness, 100, 300, 100, 12, lightness=0.08)  # a 1 in the dark half
-    ink = images.find_ink(as_photo(lightness, "PNG"))
+    ink = find_ink(as_photo(lightness, "PNG"))
     assert_just_the_bar(ink, 100, 12)
     assert ink.strength.max() == 1 and ink.strength[:, :2].max() < 0.1
 
@@ -51,14 +53,14 @@ def test_a_speck_far_from_the_digit_is_ignored():
     lightness = page()
     bar(lightness, 100, 100, 80, 10)
     bar(lightness, 10, 380, 6, 6)  # dirt in the corner
-    assert_just_the_bar(images.find_ink(as_photo(lightness, "PNG")), 80, 10)
+    assert_just_the_bar(find_ink(as_photo(lightness, "PNG")), 80, 10)
 
 
 def test_rules_of_notebook_paper_are_erased_but_the_digit_crossing_them_is_not():
     lightness = page()
     ruled(lightness, np.random.default_rng(0), spacing=40, vertical=True, lightness=0.6)
     bar(lightness, 95, 200, 110, 10)
-    ink = images.find_ink(as_photo(lightness, "PNG"))
+    ink = find_ink(as_photo(lightness, "PNG"))
     assert_just_the_bar(ink, 110, 10)
     # Where the bar crosses a rule its pixels stay ink: the bar is one mark, top to bottom.
     middle = ink.strength.shape[1] // 2
@@ -68,7 +70,7 @@ def test_rules_of_notebook_paper_are_erased_but_the_digit_crossing_them_is_not()
 def test_one_long_stroke_is_not_a_rule():
     lightness = page()
     bar(lightness, 20, 100, 260, 10)  # a tall 1, as long as the page
-    assert_just_the_bar(images.find_ink(as_photo(lightness, "PNG")), 260, 10)
+    assert_just_the_bar(find_ink(as_photo(lightness, "PNG")), 260, 10)
 
 
 @pytest.mark.parametrize("lightness", [
@@ -77,16 +79,16 @@ def test_one_long_stroke_is_not_a_rule():
     pytest.param(np.pad(page(200, 300), 50, constant_values=0.3), id="dark-margin-round-the-paper"),
 ])
 def test_blank_pages_are_refused(lightness):
-    with pytest.raises(images.ImageError, match="blank image"):
-        print(images.find_ink(as_photo(lightness, "PNG")).strength.shape)
+    with pytest.raises(ImageError, match="blank image"):
+        print(find_ink(as_photo(lightness, "PNG")).strength.shape)
 
 
 @pytest.mark.parametrize("size", [48, 200])
 def test_pages_of_noise_are_refused(size):
     rng = np.random.default_rng(0)
     for noise in (rng.uniform(0, 1, (size, size)), np.clip(rng.normal(0.5, 0.12, (size, size)), 0, 1)):
-        with pytest.raises(images.ImageError, match="blank image"):
-            images.find_ink(as_photo(noise.astype(np.float32), "PNG"))
+        with pytest.raises(ImageError, match="blank image"):
+            find_ink(as_photo(noise.astype(np.float32), "PNG"))
 
 
 # --- digits that fill their picture --------------------------------------------------------------------------
@@ -112,7 +114,7 @@ def test_digits_touching_the_edges_are_read(size, model, test_digits, test_label
     count = 100
     accuracy = {}
     for kind in ("margin", "tight", "cut"):
-        arrays = [images.model_input(cropped(digit, size, kind), "mnist") for digit in test_digits[:count]]
+        arrays = [model_input(cropped(digit, size, kind), "mnist") for digit in test_digits[:count]]
         accuracy[kind] = float(np.mean(predict_arrays(model, arrays).argmax(axis=1) == test_labels[:count]))
     print(f"\n{size} px: {accuracy}")
     assert accuracy["tight"] >= accuracy["margin"] - 0.02
@@ -128,7 +130,7 @@ def test_a_digit_in_two_strokes_stays_one_digit():
     bar(lightness, 150, 100, 8, 45)
     bar(lightness, 150, 140, 50, 8)
     bar(lightness, 100, 220, 100, 10)  # then a 1
-    digits = images.split_number(as_photo(lightness, "PNG"), "mnist")
+    digits = split_number(as_photo(lightness, "PNG"), "mnist")
     # Boxes hold the strokes' blurred edge: a pixel more each side.
     assert len(digits) == 2
     for digit, expected in zip(digits, [(100, 100, 50, 100), (220, 100, 10, 100)], strict=True):
@@ -141,7 +143,7 @@ def test_a_broken_off_piece_joins_the_digit_beside_it():
     bar(lightness, 100, 100, 100, 10)  # a 1 ...
     bar(lightness, 182, 116, 8, 16)  # ... whose foot broke off, beside it
     bar(lightness, 100, 180, 100, 25)  # and another digit further right
-    digits = images.split_number(as_photo(lightness, "PNG"), "mnist")
+    digits = split_number(as_photo(lightness, "PNG"), "mnist")
     assert len(digits) == 2 and digits[0].box[0] + digits[0].box[2] >= 131
 
 
@@ -149,7 +151,7 @@ def test_boxes_are_in_the_original_image_pixels():
     lightness = page(1500, 2000)
     bar(lightness, 600, 400, 300, 40)
     bar(lightness, 600, 800, 300, 40)
-    boxes = [digit.box for digit in images.split_number(as_photo(lightness, "PNG"), "mnist")]
+    boxes = [digit.box for digit in split_number(as_photo(lightness, "PNG"), "mnist")]
     assert len(boxes) == 2
     # Found at half size (the working size is 1024), so the blurred edge is two pixels a side here.
     for box, expected in zip(boxes, [(400, 600, 40, 300), (800, 600, 40, 300)], strict=True):
@@ -177,7 +179,7 @@ def clean_accuracy(model, test_digits, test_labels) -> float:
 @pytest.mark.parametrize("form", list(FORMS))
 def test_forms_of_paper_keep_the_accuracy(form, model, test_digits, test_labels, clean_accuracy):
     rng = np.random.default_rng(0)
-    arrays = [images.model_input(FORMS[form](digit, rng), "mnist") for digit in test_digits[:FORM_DIGITS]]
+    arrays = [model_input(FORMS[form](digit, rng), "mnist") for digit in test_digits[:FORM_DIGITS]]
     accuracy = float(np.mean(predict_arrays(model, arrays).argmax(axis=1) == test_labels[:FORM_DIGITS]))
     print(f"\naccuracy {form:20s} {accuracy:6.1%} (originals {clean_accuracy:.1%}) on {FORM_DIGITS} digits")
     assert accuracy >= clean_accuracy - MAX_ACCURACY_LOSS
@@ -191,7 +193,7 @@ def test_written_numbers_are_read_digit_by_digit(model, test_digits, test_labels
         length = int(rng.integers(2, 7))
         chosen = rng.choice(FORM_DIGITS, size=length, replace=False)
         photo, boxes = written_number(list(test_digits[chosen]), rng)
-        digits = images.split_number(photo, "mnist")
+        digits = split_number(photo, "mnist")
         found += len(digits) == length
         if len(digits) == length:
             read = predict_arrays(model, [digit.array for digit in digits]).argmax(axis=1)
@@ -211,4 +213,4 @@ def test_save_a_rendered_form(tmp_path, test_digits):
     for form, render in FORMS.items():
         image = render(test_digits[0], rng)
         assert isinstance(image, Image.Image) and min(image.size) >= 300, form
-        assert images.model_input(image, "mnist").max() == 1
+        assert model_input(image, "mnist").max() == 1

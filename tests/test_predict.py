@@ -30,7 +30,7 @@ from PIL import Image
 from stages import predict
 from stages.core.datasets import class_names
 from stages.preprocess import normalize
-from stages.reading import images
+from stages.reading import framing, loading, numbers
 
 AGREEMENT_DIGITS = int(os.environ.get("PREDICT_AGREEMENT_DIGITS", "200"))
 MIN_AGREEMENT = 0.95
@@ -118,7 +118,7 @@ def saved(image: Image.Image, format: str = "PNG", **arguments) -> Image.Image:
 def test_an_mnist_digit_comes_back_unchanged(test_digits):
     """MNIST's own procedure made these digits, so applying it again is (nearly) the identity."""
     digits = test_digits[:50]
-    outputs = np.stack([images.model_input(Image.fromarray(digit), "mnist") for digit in digits])
+    outputs = np.stack([numbers.model_input(Image.fromarray(digit), "mnist") for digit in digits])
     assert outputs.shape == (50, 28, 28, 1) and outputs.dtype == np.float32
     assert outputs.min() >= 0 and outputs.max() == 1
     # At most one pixel's worth of ink moves: the faintest rim pixels fall below the bounding-box threshold.
@@ -139,8 +139,8 @@ def test_an_mnist_digit_comes_back_unchanged(test_digits):
 ])
 def test_every_colour_scheme_gives_light_ink_on_black(test_digits, image_of):
     digit = test_digits[0]
-    expected = images.model_input(Image.fromarray(digit), "mnist")
-    output = images.model_input(image_of(digit), "mnist")
+    expected = numbers.model_input(Image.fromarray(digit), "mnist")
+    output = numbers.model_input(image_of(digit), "mnist")
     # Grey paper rounds each pixel once more, which can tip the centre of mass by a pixel; JPEG adds its noise.
     assert min(np.abs(output - np.roll(expected, shift, axis=0)).max() for shift in (-1, 0, 1)) < 0.05
 
@@ -151,8 +151,8 @@ def test_transparent_margin_around_a_white_card_counts_as_paper(test_digits):
     card = np.zeros((60, 50, 4), dtype=np.uint8)
     card[16:44, 11:39, :3] = (255 - digit)[..., np.newaxis]
     card[16:44, 11:39, 3] = 255
-    output = images.model_input(Image.fromarray(card, mode="RGBA"), "mnist")
-    assert np.abs(output - images.model_input(Image.fromarray(digit), "mnist")).max() < 0.03
+    output = numbers.model_input(Image.fromarray(card, mode="RGBA"), "mnist")
+    assert np.abs(output - numbers.model_input(Image.fromarray(digit), "mnist")).max() < 0.03
 
 
 def test_exif_orientation_is_applied(tmp_path, test_digits):
@@ -160,22 +160,22 @@ def test_exif_orientation_is_applied(tmp_path, test_digits):
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     on_paper(test_digits[0]).rotate(90, expand=True).save(path, quality=95, exif=exif)
-    output = images.model_input(images.load_image(path), "mnist")
-    assert np.abs(output - images.model_input(Image.fromarray(test_digits[0]), "mnist")).mean() < 0.01
+    output = numbers.model_input(loading.load_image(path), "mnist")
+    assert np.abs(output - numbers.model_input(Image.fromarray(test_digits[0]), "mnist")).mean() < 0.01
 
 
 def test_bounding_box_ignores_faint_noise():
     ink = np.zeros((50, 50), dtype=np.float32)
     ink[10:40, 20:30] = 1.0
     ink[2, 2] = ink[47, 47] = 0.1
-    rows, columns = images.ink_bounding_box(ink)
+    rows, columns = framing.ink_bounding_box(ink)
     assert (rows, columns) == (slice(10, 40), slice(20, 30))
 
 
 @pytest.mark.parametrize(("shape", "box", "expected"), [((100, 50), 20, (20, 10)), ((30, 300), 20, (2, 20)),
                                                         ((7, 5), 20, (20, 14)), ((100, 50), 28, (28, 14))])
 def test_fit_in_box_keeps_the_aspect_ratio(shape, box, expected):
-    patch = images.fit_in_box(np.ones(shape, dtype=np.float32), box)
+    patch = framing.fit_in_box(np.ones(shape, dtype=np.float32), box)
     assert patch.shape == expected and patch.min() >= 0 and patch.max() <= 1
 
 
@@ -183,8 +183,8 @@ def test_centre_of_mass_lands_on_the_centre():
     patch = np.zeros((20, 12), dtype=np.float32)
     patch[:, :3] = 1.0
     patch[15:, :] = 1.0
-    canvas = images.place_on_canvas(patch, "mass")
-    row, column = images.centre_of_mass(canvas)
+    canvas = framing.place_on_canvas(patch, "mass")
+    row, column = framing.centre_of_mass(canvas)
     assert abs(row - 14) <= 0.5 and abs(column - 14) <= 0.5
     assert canvas.sum() == patch.sum()
 
@@ -192,7 +192,7 @@ def test_centre_of_mass_lands_on_the_centre():
 def test_a_lopsided_patch_is_clamped_rather_than_cut():
     patch = np.zeros((20, 20), dtype=np.float32)
     patch[0, 0], patch[19, 19] = 1.0, 0.01
-    canvas = images.place_on_canvas(patch, "mass")
+    canvas = framing.place_on_canvas(patch, "mass")
     # The centre of mass asks for a 14-pixel shift; 8 is the most that keeps the far corner on the canvas.
     assert canvas[8, 8] == 1.0 and canvas[27, 27] == pytest.approx(0.01)
 
@@ -201,7 +201,7 @@ def test_fashion_items_fill_the_canvas_centred_by_their_box():
     image = Image.new("L", (300, 200), 255)
     image.paste(0, (100, 50, 200, 150))
     image.paste(0, (100, 150, 140, 170))
-    output = images.model_input(image, "fashion_mnist")[..., 0]
+    output = numbers.model_input(image, "fashion_mnist")[..., 0]
     rows, columns = np.flatnonzero(output.any(axis=1)), np.flatnonzero(output.any(axis=0))
     assert rows[-1] - rows[0] + 1 == 28
     assert abs(columns[0] - (27 - columns[-1])) <= 1 and columns[-1] - columns[0] + 1 == 23
@@ -210,8 +210,8 @@ def test_fashion_items_fill_the_canvas_centred_by_their_box():
 def test_large_images_are_shrunk_before_processing():
     image = Image.new("L", (3000, 2000), 255)
     image.paste(0, (1400, 600, 1600, 1400))
-    assert max(images.shrink(image).size) == images.WORKING_SIZE
-    output = images.model_input(image, "mnist")[..., 0]
+    assert max(loading.shrink(image).size) == loading.WORKING_SIZE
+    output = numbers.model_input(image, "mnist")[..., 0]
     assert np.flatnonzero(output.any(axis=1)).size == 20
 
 
@@ -222,8 +222,8 @@ def test_large_images_are_shrunk_before_processing():
     pytest.param(Image.effect_noise((50, 50), 1).point(lambda value: 200 + value // 64), id="paper-grain"),
 ])
 def test_blank_images_are_refused(image):
-    with pytest.raises(images.ImageError, match="blank image"):
-        images.model_input(image, "mnist")
+    with pytest.raises(loading.ImageError, match="blank image"):
+        numbers.model_input(image, "mnist")
 
 
 def test_load_image_messages(tmp_path):
@@ -235,8 +235,8 @@ def test_load_image_messages(tmp_path):
     expectations = {"missing.png": "file not found", "notes.png": "not an image", "cut.png": "corrupt or truncated",
                     "big.png": "over the limit of 9,999 pixels", ".": "is a folder"}
     for name, message in expectations.items():
-        with pytest.raises(images.ImageError, match=message):
-            images.load_image(tmp_path / name, max_pixels=9_999)
+        with pytest.raises(loading.ImageError, match=message):
+            loading.load_image(tmp_path / name, max_pixels=9_999)
 
 
 @pytest.mark.parametrize("pillow_limit", [6_000, 4_000], ids=["warning", "error"])
@@ -244,8 +244,8 @@ def test_pillow_decompression_bomb_checks_become_errors(tmp_path, monkeypatch, p
     """Pillow warns between its limit and twice that, and raises beyond: both refuse the file."""
     Image.new("L", (100, 100)).save(tmp_path / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pillow_limit)
-    with pytest.raises(images.ImageError, match="decompression bomb"):
-        images.load_image(tmp_path / "bomb.png", max_pixels=10**9)
+    with pytest.raises(loading.ImageError, match="decompression bomb"):
+        loading.load_image(tmp_path / "bomb.png", max_pixels=10**9)
 
 
 def test_preprocessed_names_never_collide():
@@ -372,7 +372,7 @@ def test_save_preprocessed_writes_what_the_model_saw(tmp_path, test_digits, mode
     for path in paths:
         written = Image.open(out / f"{path.stem}-28x28.png")
         assert written.size == (28, 28) and written.mode == "L"
-        fed = images.model_input(images.load_image(path), "mnist")
+        fed = numbers.model_input(loading.load_image(path), "mnist")
         assert np.array_equal(np.asarray(written), np.round(fed[..., 0] * 255).astype(np.uint8))
     assert len(capsys.readouterr().out.splitlines()) == 3
 
@@ -502,7 +502,7 @@ def test_label_stores_what_the_model_saw_and_the_crop(own_project, digit_file, m
     assert output[0].startswith(f"{digit_file}: ") and output[1].startswith("stored 1 digit(s) as your own in own")
     [image, crop] = stored_files(own_project)[::-1]
     assert image.startswith("4/") and crop == image.replace(".png", own.CROP_SUFFIX)
-    seen = images.model_input(images.load_image(digit_file), "mnist")
+    seen = numbers.model_input(loading.load_image(digit_file), "mnist")
     with Image.open(own_project / image) as stored:
         np.testing.assert_array_equal(np.asarray(stored), own.as_bytes(seen))
     assert Path(image).stem == own.digit_hash(own.as_bytes(seen), 4)

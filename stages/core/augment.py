@@ -11,7 +11,7 @@ Per image, light ink on black in [0, 1]:
   2. stroke thickness: a share of a 3x3 grey dilation (thicker) or erosion (thinner), a max/min over the pixel's
      neighbours;
   3. blur: a share of a Gaussian blur, as a low-resolution scan;
-  then the strongest ink is scaled back to 1, as the reading pipeline frames every digit (images.frame).
+  then the strongest ink is scaled back to 1, as the reading pipeline frames every digit (reading/framing.py's frame).
 
 Why not Keras' preprocessing layers (RandomRotation, RandomShear, RandomZoom, RandomTranslation,
 RandomElasticTransform, RandomGaussianBlur): they draw from a SeedGenerator's state, not from a (seed, epoch,

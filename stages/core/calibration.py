@@ -59,7 +59,7 @@ def calibrate(probabilities: np.ndarray, labels: np.ndarray) -> dict:
 
 def unsure(probabilities: np.ndarray, class_names: list[str], unlike_a_digit: bool = False) -> str | None:
     """"not sure: 4 or 9" when the top (calibrated) probability is below UNSURE_BELOW or the input is unlike a
-    digit (stages/reading/images.py `unlike_a_digit`: a confident softmax says nothing about a page of specks),
+    digit (stages/reading/framing.py `unlike_a_digit`: a confident softmax says nothing about a page of specks),
     else None."""
     order = np.argsort(-probabilities, kind="stable")
     if probabilities[order[0]] >= UNSURE_BELOW and not unlike_a_digit:

@@ -36,7 +36,7 @@ IMAGE_SIZE = 28
 INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 1)
 NUM_CLASSES = 10
 # How each dataset framed its items in the 28x28 canvas: (box the item is scaled to fit, how it is centred). An
-# image of the user's is framed the same way before the model sees it (stages/reading/images.py).
+# image of the user's is framed the same way before the model sees it (stages/reading/framing.py).
 FRAMING: dict[str, tuple[int, str]] = {"mnist": (20, "mass"), "fashion_mnist": (IMAGE_SIZE, "box")}
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"

@@ -2,7 +2,7 @@
 
 The page (drawing_page.html, plain HTML and JavaScript) posts the canvas as a PNG to /predict while you draw; the
 answer is the number read, and per digit the top-3 classes and the 28x28 image the model saw. It goes through the
-same code as `python -m stages.predict --number` (stages/reading/images.py), with the model loaded once at start-up.
+same code as `python -m stages.predict --number` (stages/reading/numbers.py), with the model loaded once at start-up.
 
 Under each digit a box holds the class read: Enter confirms it (or the class typed over it), and the page posts the
 same drawing to /confirm with the digit's position and class; the server reads the drawing again (the same code
@@ -39,7 +39,9 @@ from starlette.requests import ClientDisconnect
 from stages.core.calibration import unsure
 from stages.core.errors import PipelineError
 from stages.reading import own
-from stages.reading.images import ImageError, load_image, split_number, to_png_image, unlike_a_digit
+from stages.reading.framing import unlike_a_digit
+from stages.reading.loading import ImageError, load_image, to_png_image
+from stages.reading.numbers import split_number
 
 # A 280x280 canvas as PNG is 5-30 kB; a photo from a phone is a few MB.
 MAX_UPLOAD_BYTES = 10_000_000

@@ -4,7 +4,7 @@
 MLflow ships the packages SHIPPED names with the model (code_paths) and stages/core/tracking/registry.py wraps
 ImageClassifier as a pyfunc PythonModel. The model's config names the dataset that trained it, so each image is
 framed as that dataset framed its items (an MNIST digit or a Fashion-MNIST item) through the same code as
-`python -m stages.predict` (stages/reading/images.py), and each answer carries the class name.
+`python -m stages.predict` (stages/reading/numbers.py), and each answer carries the class name.
 This module imports neither mlflow nor, until a model is loaded, TensorFlow.
 """
 
@@ -17,7 +17,8 @@ import io
 import numpy as np
 
 from stages.core.datasets import IMAGE_SIZE, class_names
-from stages.reading.images import ImageError, load_image, model_input
+from stages.reading.loading import ImageError, load_image
+from stages.reading.numbers import model_input
 
 INPUT_COLUMN = "image"
 OUTPUT_COLUMNS = ["predicted", "label", "confidence", "probabilities", "error"]

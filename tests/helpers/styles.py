@@ -80,7 +80,7 @@ STYLES = {
 
 def restyle(digits: np.ndarray, style: str, strength: float, seed: int = 0) -> np.ndarray:
     """uint8 28x28 digits (white on black) redrawn in `style`: float32 N x 28 x 28 x 1 model inputs."""
-    from stages.reading.images import frame
+    from stages.reading.framing import frame
 
     redraw = STYLES[style][0]
     rng = np.random.default_rng(seed)
