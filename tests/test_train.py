@@ -38,6 +38,16 @@ def test_bf16_detection_reads_cpu_flags():
     assert devices.choose_precision("float32") == "float32"
 
 
+def test_auto_precision_can_be_forced_either_way(monkeypatch):
+    for forced in ("mixed_bfloat16", "float32"):
+        monkeypatch.setenv(devices.AUTO_PRECISION_VARIABLE, forced)
+        assert devices.choose_precision("auto") == forced
+        assert devices.choose_precision("float32") == "float32"  # an explicit precision is never overridden
+    monkeypatch.setenv(devices.AUTO_PRECISION_VARIABLE, "bf16")
+    with pytest.raises(PipelineError, match="STAGES_AUTO_PRECISION='bf16': expected one of mixed_bfloat16, float32"):
+        devices.choose_precision("auto")
+
+
 def test_one_epoch_lowers_the_loss_and_writes_outputs(make_params, processed_dir):
     import keras
 
@@ -199,7 +209,6 @@ def test_a_damaged_split_is_one_line_naming_the_file(tmp_path, damage, reason):
     assert message.endswith("rerun `dvc repro preprocess`")
 
 
-@pytest.mark.slow
 def test_two_replicas_on_two_logical_cpus_match_one_and_write_one_set_of_outputs(raw_params, mnist_10k, tmp_path):
     """train.distribute: mirrored on the CPU split in two (the test hook) against one replica, same seed and batch."""
     import keras

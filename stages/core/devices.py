@@ -11,6 +11,8 @@ in the last bits, and a run would depend on the machine and on how many training
 (independent ops run side by side) does not change the numbers.
   STAGES_TEST_CPU_DEVICES=N   test hook: split the CPU into N logical devices, so `train.distribute: mirrored`
                               has N replicas on a machine without GPUs
+  STAGES_AUTO_PRECISION=P     what `train.precision: auto` resolves to whatever the hardware (mixed_bfloat16 or
+                              float32), so one machine runs the tests both ways; emulated bf16 is only slower
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 JOBS_VARIABLE = "STAGES_JOBS"
 INTRA_OP_THREADS = 1  # fixed, so the numbers are the same on every machine and with any STAGES_JOBS
 TEST_CPU_DEVICES_VARIABLE = "STAGES_TEST_CPU_DEVICES"
+AUTO_PRECISION_VARIABLE = "STAGES_AUTO_PRECISION"
+AUTO_PRECISIONS = ("mixed_bfloat16", "float32")
 
 
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
@@ -44,6 +48,12 @@ def choose_precision(requested: str) -> str:
     """Resolve `auto`: bf16 only where the hardware computes it natively (emulated bf16 is slower than float32)."""
     if requested != "auto":
         return requested
+    forced = os.environ.get(AUTO_PRECISION_VARIABLE)
+    if forced:
+        if forced not in AUTO_PRECISIONS:
+            raise PipelineError(f"{AUTO_PRECISION_VARIABLE}={forced!r}: expected one of {', '.join(AUTO_PRECISIONS)}, "
+                                f"or unset it to let the hardware decide")
+        return forced
     import tensorflow as tf
 
     for gpu in tf.config.list_physical_devices("GPU"):

@@ -6,6 +6,9 @@ against frozen pydantic models that forbid unknown keys, and raises one ParamsEr
 
 Set STAGES_TRACE_PARAMS=<file> to append `<module>\t<key>` for every params key a process reads to <file>; the
 tests use it to check that each stage declares in dvc.yaml exactly the keys its code reads.
+
+Set STAGES_AUTO_PRECISION=mixed_bfloat16 or float32 to decide what `train.precision: auto` resolves to instead of
+the hardware (stages/core/devices.py): the tests run both ways on one machine.
 """
 
 from __future__ import annotations
