@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup system run test lint bench lock clean
+.PHONY: setup system run test test-fast lint bench lock clean
 
 # What the team-server, SSH-remote and drawing-page tests start for real. Installed from Debian only when missing
 # and when running as root; otherwise the tests that need them fail under CI=true and say what is missing.
@@ -34,6 +34,10 @@ run: setup
 
 test: setup system
 	$(BIN)/python -m pytest
+
+# Every test that needs no project copy running DVC, no server and no browser (the `slow` rule in tests/conftest.py).
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -10,10 +10,31 @@ import pytest
 from helpers import servers
 from helpers.digits import SPLIT_FILES, train_small_model
 from helpers.params import shrunk_params
-from helpers.project import ROOT, run_data_stages
+from helpers.project import ROOT, copy_project, run_data_stages
 
 from stages.core.datasets import DATASETS, TEST_IMAGES, TEST_LABELS
 from stages.core.schema import PARAMS_FILE, Params, read_yaml
+
+
+def slow_because(fixture_names) -> str | None:
+    """The one rule of the `slow` marker: a test is slow when it needs a copy of the project (it runs DVC), a server
+    process or a browser, i.e. when one of its fixtures, direct or through another fixture, is `project_copy`, a
+    `*_server` or `browser`. Every other test is in the fast layer (`make test-fast`)."""
+    return next((name for name in fixture_names
+                 if name in ("project_copy", "browser") or name.endswith("_server")), None)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if slow_because(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def project_copy():
+    """copy_project (helpers/project.py): a throwaway git copy of this project where DVC runs. A test that uses it,
+    or a fixture built on it, is marked slow."""
+    return copy_project
 
 
 @pytest.fixture(scope="session")

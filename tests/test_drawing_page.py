@@ -29,8 +29,6 @@ from helpers.project import ROOT
 from helpers.servers import require
 from PIL import Image
 
-pytestmark = pytest.mark.slow  # a real server process with TensorFlow: seconds to start
-
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]

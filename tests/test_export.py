@@ -66,7 +66,6 @@ def test_inference_model_drops_augmentation_and_computes_in_float32(precision, m
     np.testing.assert_allclose(inference.predict(images, verbose=0), expected, atol=tolerance, rtol=0)
 
 
-@pytest.mark.slow
 def test_export_checks_each_file_against_keras_and_reports_it(exported, mnist_10k):
     params, report = exported
     paths = params.paths
@@ -91,7 +90,6 @@ def test_export_checks_each_file_against_keras_and_reports_it(exported, mnist_10
         np.testing.assert_allclose(runtime.predict(images), keras_probabilities, atol=1e-4, rtol=0)
 
 
-@pytest.mark.slow
 def test_mlflow_gets_the_onnx_model_registered_and_the_litert_file(exported):
     import mlflow
 
@@ -113,7 +111,6 @@ def test_mlflow_gets_the_onnx_model_registered_and_the_litert_file(exported):
     assert logged.experiment_id == client.get_run(run_id).info.experiment_id  # not in "Default"
 
 
-@pytest.mark.slow
 def test_the_onnx_champion_follows_the_tensor_models_and_predict_takes_its_uri(exported, test_digits, capsys):
     import mlflow
     from PIL import Image
@@ -148,7 +145,6 @@ def test_the_onnx_champion_follows_the_tensor_models_and_predict_takes_its_uri(e
     assert error.startswith(f"error: models:/{onnx_name}@nobody: ") and len(error.splitlines()) == 1
 
 
-@pytest.mark.slow
 def test_predict_with_the_onnx_file_runs_without_tensorflow(exported, test_digits):
     from PIL import Image
 

@@ -24,9 +24,7 @@ import pandas as pd
 import psutil
 import pytest
 from helpers.net import answering
-from helpers.project import copy_project, project_env, set_params, sh
-
-pytestmark = pytest.mark.slow
+from helpers.project import project_env, set_params, sh
 
 HOOK = Path(__file__).with_name("fault_hook")
 EPOCHS = 4
@@ -131,12 +129,12 @@ def paths_of(project: Path):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, mnist_10k) -> Path:
+def project(project_copy, tmp_path_factory, mnist_10k) -> Path:
     """The project after one `dvc repro`; its history and model are kept aside as the uninterrupted reference."""
     base = tmp_path_factory.mktemp("faults")
     path = base / "project"
     path.mkdir()
-    copy_project(path, {**SETTINGS, "data.source": str(mnist_10k)})
+    project_copy(path, {**SETTINGS, "data.source": str(mnist_10k)})
     sh(path, "dvc", "repro")
     paths = paths_of(path)
     reference = base / "reference"

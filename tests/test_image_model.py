@@ -29,7 +29,6 @@ from stages.preprocess import normalize
 from stages.reading import image_model
 from stages.reading.image_model import ImageClassifier
 
-pytestmark = pytest.mark.slow  # MLflow and TensorFlow in a server process: seconds to start
 DIGITS = 20
 
 
@@ -49,7 +48,36 @@ def log_image_model(params, dataset: str, temperature: float = 1.0):
         return registry.log_image_model(params, store.tracking_uri(params), ImageClassifier, dataset, temperature)
 
 
-def test_the_served_image_model_answers_pngs(make_params, model_path, model, test_digits, tmp_path, monkeypatch):
+@pytest.fixture
+def model_server(tmp_path):
+    """Starts `mlflow models serve` for a model URI (`model_server(uri, tracking_uri)` -> its URL); stopped after."""
+    started = []
+
+    def start(model_uri: str, tracking_uri: str) -> str:
+        port = free_port()
+        log = tmp_path / "serve.log"
+        with open(log, "w") as output:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+                 "--host", "127.0.0.1", "--port", str(port)],
+                cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT,
+                # MLflow starts `uvicorn` by name: the environment's bin folder is on PATH, as in an activated venv.
+                env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                     "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true",
+                     "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ""},  # the model brings its own copy of `stages`
+            )
+        started.append(server)
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/ping"), 240, "mlflow models serve", server, log)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server in started:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def test_the_served_image_model_answers_pngs(make_params, model_path, model, test_digits, tmp_path, monkeypatch,
+                                             model_server):
     import mlflow
 
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # the project root, where the store keeps its artifacts
@@ -69,31 +97,15 @@ def test_the_served_image_model_answers_pngs(make_params, model_path, model, tes
     assert not {path for path in shipped if path.count("/") == 1 and path != "stages/__init__.py"}, shipped
     assert not any(path.startswith("stages/mnist_10k") for path in shipped)
 
-    port = free_port()
-    log = tmp_path / "serve.log"
-    with open(log, "w") as output:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}/1", "--env-manager", "local",
-             "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT,
-            # MLflow starts `uvicorn` by name: the environment's bin folder is on PATH, as in an activated venv.
-            env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-                 "MLFLOW_TRACKING_URI": store.tracking_uri(params), "MLFLOW_DISABLE_TELEMETRY": "true",
-                 "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ""},  # the model brings its own copy of `stages`
-        )
-    try:
-        wait_until(lambda: answers(f"http://127.0.0.1:{port}/ping"), 240, "mlflow models serve", server, log)
-        digits = test_digits[:DIGITS]
-        encoded = [png_base64(Image.fromarray(255 - digit)) for digit in digits]
-        encoded += ["this is not base64!", base64.b64encode(b"plain text, no image").decode("ascii")]
-        body = json.dumps({"dataframe_split": {"columns": [image_model.INPUT_COLUMN], "data": [[e] for e in encoded]}})
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=120) as response:
-            predictions = json.loads(response.read())["predictions"]
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+    url = model_server(f"models:/{name}/1", store.tracking_uri(params))
+    digits = test_digits[:DIGITS]
+    encoded = [png_base64(Image.fromarray(255 - digit)) for digit in digits]
+    encoded += ["this is not base64!", base64.b64encode(b"plain text, no image").decode("ascii")]
+    body = json.dumps({"dataframe_split": {"columns": [image_model.INPUT_COLUMN], "data": [[e] for e in encoded]}})
+    request = urllib.request.Request(f"{url}/invocations", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        predictions = json.loads(response.read())["predictions"]
 
     expected = predict_arrays(model, list(normalize(digits))).argmax(axis=1)
     served = [row["predicted"] for row in predictions[:DIGITS]]

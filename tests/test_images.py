@@ -175,7 +175,6 @@ def clean_accuracy(model, test_digits, test_labels) -> float:
     return float(np.mean(predict_arrays(model, arrays).argmax(axis=1) == test_labels[:FORM_DIGITS]))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("form", list(FORMS))
 def test_forms_of_paper_keep_the_accuracy(form, model, test_digits, test_labels, clean_accuracy):
     rng = np.random.default_rng(0)
@@ -185,7 +184,6 @@ def test_forms_of_paper_keep_the_accuracy(form, model, test_digits, test_labels,
     assert accuracy >= clean_accuracy - MAX_ACCURACY_LOSS
 
 
-@pytest.mark.slow
 def test_written_numbers_are_read_digit_by_digit(model, test_digits, test_labels, clean_accuracy):
     rng = np.random.default_rng(1)
     exact, expected, found = 0, [], 0

@@ -156,15 +156,14 @@ def own_test_accuracy_per_class(model_path: Path, own_test: Path) -> np.ndarray:
     return np.array([np.mean(predicted[labels == label] == label) for label in range(10)])
 
 
-@pytest.mark.slow
-def test_a_person_teaches_the_pipeline_their_handwriting(tmp_path, mnist_10k):
+def test_a_person_teaches_the_pipeline_their_handwriting(project_copy, tmp_path, mnist_10k):
     from helpers.handwriting import QUIRKY, person_sheet
-    from helpers.project import copy_project, project_paths, sh
+    from helpers.project import project_paths, sh
 
     origin, storage, a = tmp_path / "origin.git", tmp_path / "storage", tmp_path / "a"
     subprocess.run(["git", "init", "-q", "--bare", str(origin)], check=True)
     a.mkdir()
-    copy_project(a, {**PERSON, "data.source": str(mnist_10k)})
+    project_copy(a, {**PERSON, "data.source": str(mnist_10k)})
     sh(a, "dvc", "remote", "add", "-d", "storage", str(storage))
     sh(a, "git", "remote", "add", "origin", str(origin))
     sh(a, "git", "commit", "-qam", "DVC remote: a shared folder")

@@ -298,7 +298,6 @@ def reference_predictions(model, test_digits) -> np.ndarray:
     return predict.predict_arrays(model, list(as_input(test_digits[:AGREEMENT_DIGITS]))).argmax(axis=1)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("form", list(FORMS))
 def test_agreement_with_the_original_digits(form, model, test_digits, reference_predictions, tmp_path):
     paths = render_files(form, test_digits[:AGREEMENT_DIGITS], tmp_path)
@@ -312,7 +311,6 @@ def test_agreement_with_the_original_digits(form, model, test_digits, reference_
 
 # --- the command line -------------------------------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_bad_inputs_are_reported_and_the_rest_predicted(tmp_path, digit_file, model_path, capsys):
     (tmp_path / "notes.png").write_text("not an image")
     Image.new("RGB", (64, 64), "white").save(tmp_path / "blank.png")
@@ -332,7 +330,6 @@ def test_bad_inputs_are_reported_and_the_rest_predicted(tmp_path, digit_file, mo
         assert error.startswith(f"error: {tmp_path / name}: ") and message in error
 
 
-@pytest.mark.slow
 def test_text_output(digit_file, model_path, test_digits, model, capsys):
     assert predict.main([str(digit_file), "--model", str(model_path), "--top", "2"]) == 0
     expected = predict.predict_arrays(model, list(as_input(test_digits[:1])))[0].argmax()
@@ -340,7 +337,6 @@ def test_text_output(digit_file, model_path, test_digits, model, capsys):
     assert line.startswith(f"{digit_file}: {expected} (") and "top 2: " in line and line.count("%") == 3
 
 
-@pytest.mark.slow
 def test_json_output(digit_file, tmp_path, model_path, capsys):
     other = tmp_path / "other.png"
     Image.open(digit_file).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other)
@@ -357,14 +353,12 @@ def test_json_output(digit_file, tmp_path, model_path, capsys):
         assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
 
 
-@pytest.mark.slow
 def test_fashion_class_names(digit_file, model_path, capsys):
     assert predict.main([str(digit_file), "--model", str(model_path), "--json", "--dataset", "fashion_mnist"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["label"] == class_names("fashion_mnist")[record["predicted"]]
 
 
-@pytest.mark.slow
 def test_save_preprocessed_writes_what_the_model_saw(tmp_path, test_digits, model_path, capsys):
     paths = render_files("off_centre", test_digits[:3], tmp_path / "inputs")
     out = tmp_path / "seen"
@@ -390,7 +384,6 @@ def number_file(tmp_path, test_digits, model) -> tuple[Path, str]:
     return path, "".join(map(str, expected))
 
 
-@pytest.mark.slow
 def test_number_text_output(number_file, model_path, capsys):
     path, number = number_file
     assert predict.main([str(path), "--number", "--model", str(model_path)]) == 0
@@ -398,7 +391,6 @@ def test_number_text_output(number_file, model_path, capsys):
     assert line.startswith(f"{path}: {number}  (") and line.count("%") == len(number)
 
 
-@pytest.mark.slow
 def test_number_json_has_boxes_left_to_right(number_file, model_path, capsys, tmp_path):
     path, number = number_file
     out = tmp_path / "seen"
@@ -414,7 +406,6 @@ def test_number_json_has_boxes_left_to_right(number_file, model_path, capsys, tm
     assert all(Image.open(file).size == (28, 28) for file in written)
 
 
-@pytest.mark.slow
 def test_number_bad_inputs_one_line_each(tmp_path, number_file, model_path, capsys):
     path, number = number_file
     (tmp_path / "notes.jpg").write_text("not an image")
@@ -447,7 +438,6 @@ def test_missing_model_says_run_dvc_repro(digit_file, tmp_path, capsys):
     assert len(output.err.strip().splitlines()) == 1
 
 
-@pytest.mark.slow
 def test_a_file_that_is_not_a_keras_model(digit_file, tmp_path, capsys):
     fake = tmp_path / "model.keras"
     fake.write_text("weights, honest")
@@ -465,7 +455,6 @@ def test_top_out_of_range_is_a_usage_error(digit_file, top, capsys):
     assert exit_info.value.code == 2 and "--top must be between 1" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_command_line_exit_code(digit_file, tmp_path, model_path):
     """The real `python -m stages.predict`, from a folder without params.yaml."""
     result = subprocess.run(
@@ -511,7 +500,6 @@ def test_label_stores_what_the_model_saw_and_the_crop(own_project, digit_file, m
     assert len(stored_files(own_project)) == 2
 
 
-@pytest.mark.slow
 def test_number_label_stores_each_digit(own_project, number_file, model_path, capsys):
     path, number = number_file
     assert predict.main([str(path), "--number", "--label", "1234", "--model", str(model_path)]) == 0

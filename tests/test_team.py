@@ -17,14 +17,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers.project import copy_project, project_env, project_paths, set_params, sh
+from helpers.project import project_env, project_paths, set_params, sh
 from PIL import Image
 
 from stages.core.errors import PipelineError
 from stages.core.tracking import registry, store
-
-pytestmark = pytest.mark.slow  # real servers: seconds to start each
-
 
 DB_PASSWORD = "db-secret-4711"  # the auth server's database password: never on a command line or on disk
 
@@ -191,7 +188,7 @@ def run_sh(project: Path, *command: str, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def clones(tmp_path_factory, mlflow_server, sshd_server, mnist_10k):
+def clones(project_copy, tmp_path_factory, mlflow_server, sshd_server, mnist_10k):
     """A has run `dvc repro` and pushed data, models, run-cache and dvc.lock; B has cloned and pulled."""
     base = tmp_path_factory.mktemp("team")
     origin = base / "origin.git"
@@ -199,7 +196,7 @@ def clones(tmp_path_factory, mlflow_server, sshd_server, mnist_10k):
     (base / "storage").mkdir()
     a = base / "a"
     a.mkdir()
-    copy_project(a, {**TEAM, "data.source": str(mnist_10k), "tracking.uri": mlflow_server.uri})
+    project_copy(a, {**TEAM, "data.source": str(mnist_10k), "tracking.uri": mlflow_server.uri})
     run_sh(a, "dvc", "remote", "add", "-d", "storage", sshd_server.url(base / "storage"))
     run_sh(a, "dvc", "remote", "modify", "--local", "storage", "keyfile", str(sshd_server.key))
     run_sh(a, "git", "remote", "add", "origin", str(origin))

@@ -39,7 +39,6 @@ def only_run(client, experiment: str = "mnist"):
     return runs[0]
 
 
-@pytest.mark.slow
 def test_pipeline_run_is_recorded_completely(make_params, processed_dir, store):
     import keras
     import mlflow
