@@ -4,9 +4,12 @@ collect stage on a project folder."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,15 +52,19 @@ def test_a_label_is_ascii_digits_or_a_class_name_else_one_line(text):
         assert "\n" not in str(refused.value) and len(str(refused.value)) < 200
 
 
-def test_own_not_a_folder_is_one_line(tmp_path):
-    (tmp_path / "own").write_text("not a folder")
-    for action in (lambda: own.store(tmp_path / "own", a_digit(0), 4, Image.new("L", (28, 28))),
-                   lambda: own.ensure_folder(tmp_path / "own"),
-                   lambda: own.store(tmp_path / "own" / "deeper", a_digit(0), 4, Image.new("L", (28, 28)))):
-        with pytest.raises(PipelineError, match="own.* is not a folder|cannot keep your digits in") as refused:
+def test_own_not_a_folder_is_one_line(make_params):
+    params = make_params()
+    folder = Path(params.paths.own)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.write_text("not a folder")
+    for action, message in (
+            (lambda: own.store(folder, a_digit(0), 4, Image.new("L", (28, 28))), "own is not a folder: "),
+            (lambda: collect.run(params), "own is not a folder: "),
+            (lambda: own.ensure_folder(folder / "deeper"), "cannot keep your digits in .*own/deeper: ")):
+        with pytest.raises(PipelineError, match=message) as refused:
             action()
         assert "\n" not in str(refused.value)
-    assert (tmp_path / "own").read_text() == "not a folder"
+    assert folder.read_text() == "not a folder"
 
 
 def test_store_writes_the_28x28_image_and_the_crop_named_by_image_and_label(tmp_path):
@@ -124,6 +131,109 @@ def test_collect_creates_the_folder_and_counts(make_params, capsys):
     own.store(params.paths.own, a_digit(2), 1, Image.new("L", (28, 28)))
     assert collect.run(params)[1] == 1
     assert "collect: 1 own digits" in capsys.readouterr().out
+
+
+def test_collect_skips_hidden_files(make_params, capsys):
+    """macOS's `._x.png` and a temp an older version left among the digits are no digits (they were "unreadable")."""
+    params = make_params()
+    own.store(params.paths.own, a_digit(3), 4, Image.new("L", (28, 28)))
+    (Path(params.paths.own) / "4" / "._x.png").write_bytes(b"\0\5\26\7 AppleDouble")
+    (Path(params.paths.own) / "4" / ".0123456789abcdef.tmp-k2j4.png").write_bytes(b"")
+    (Path(params.paths.own) / "._README.md").write_bytes(b"\0\5\26\7")
+    assert collect.run(params)[4] == 1
+    assert "collect: 1 own digits" in capsys.readouterr().out
+
+
+def aged(path: Path) -> Path:
+    """`path`, last written two minutes ago (STALE_SECONDS is one)."""
+    then = time.time() - 2 * own.STALE_SECONDS
+    os.utime(path, (then, then))
+    return path
+
+
+def test_stale_temps_are_removed_by_the_next_store_or_collect(make_params):
+    params = make_params()
+    folder = own.ensure_folder(params.paths.own)
+    incoming = own.incoming(folder)
+    assert incoming.parent == folder.resolve().parent and incoming.is_dir()  # beside the folder, outside DVC's output
+    (folder / "4").mkdir()
+    # A killed store's temp, and one an older version left among the digits; another store's, in progress.
+    stale = [incoming / "0123456789abcdef.1f2e.png", folder / "4" / ".0123456789abcdef.tmp-k2j4.png"]
+    fresh = incoming / "fedcba9876543210.3c4d.png"
+    for path in [*stale, fresh]:
+        path.write_bytes(b"")
+    for path in stale:
+        aged(path)
+    own.store(folder, a_digit(4), 4, Image.new("L", (28, 28)))
+    assert not any(path.exists() for path in stale) and fresh.exists()
+    aged(fresh)
+    collect.run(params)
+    assert not fresh.exists()
+    assert [path.name for path in folder.rglob(".*")] == []
+
+
+# --- a store killed at any moment (SIGKILL, at points the fault hook pauses it) -------------------------------------
+
+HOOK = Path(__file__).with_name("fault_hook")
+WAIT_S = 300
+
+
+def killed_storing(project: Path, image: Path, model: Path, count: int) -> Path:
+    """`predict --label 4 IMAGE` in the project, SIGKILLed at its count-th open or rename in the incoming folder
+    (1: the crop's temp opened, 2: written, 3: the 28x28 image's temp opened, 4: written); the path it paused at."""
+    from helpers.project import project_env, project_paths
+
+    marker, log = project.parent / "paused-at", project.parent / "store.log"
+    marker.unlink(missing_ok=True)
+    incoming = own.incoming(project_paths(project).own).name
+    env = project_env([project, HOOK], STAGES_TEST_PAUSE=f"stages.predict:{incoming}/:{count}",
+                      STAGES_TEST_PAUSE_MARKER=str(marker), STAGES_TEST_PAUSE_EVENTS="open,os.rename")
+    command = ["python", "-m", "stages.predict", str(image), "--label", "4", "--model", str(model)]
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, cwd=project, env=env, stdout=output, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + WAIT_S
+    try:
+        while not marker.exists():
+            assert process.poll() is None, f"ended ({process.returncode}) before the pause:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"no pause within {WAIT_S} s:\n{log.read_text()}"
+            time.sleep(0.05)
+        pid, path = marker.read_text().splitlines()
+        assert int(pid) == process.pid
+        os.kill(process.pid, signal.SIGKILL)
+        assert process.wait(timeout=WAIT_S) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return Path(path)
+
+
+@pytest.mark.slow
+def test_a_store_killed_at_any_point_never_blocks_the_pipeline(tmp_path, model_path, test_digits):
+    """Each kill leaves what it leaves; `dvc repro` right after succeeds, and the next store stores the digit."""
+    from helpers.project import copy_project, project_paths, sh
+
+    project = copy_project(tmp_path / "project", {})
+    paths = project_paths(project)
+    image = tmp_path / "four.png"
+    Image.fromarray(255 - test_digits[0]).save(image)
+    sh(project, "dvc", "repro", "collect")
+    incoming = own.incoming(paths.own)
+    for count, left in ((2, "the crop's temp, written"), (3, "the crop in place, no 28x28 temp yet"),
+                        (4, "the 28x28 image's temp, written")):
+        paused = killed_storing(project, image, model_path, count)
+        assert paused.parent == incoming and paused.exists() == (count != 3), left
+        crops = list((paths.own / "4").glob(f"*{own.CROP_SUFFIX}"))
+        assert len(crops) == (count > 2), left
+        sh(project, "dvc", "repro", "collect")  # what the person runs next; once it failed on the temp, every time
+        assert "collect: 0 own digits" in sh(project, "python", "-m", "stages.collect").stdout, left
+    for path in incoming.iterdir():  # what kills 2 and 4 left, unless a store or collect since found it stale
+        aged(path)
+    assert "stored 1 digit(s)" in sh(project, "python", "-m", "stages.predict", str(image), "--label", "4", "--model",
+                                     str(model_path)).stdout
+    assert list(incoming.iterdir()) == [] and own.counts(paths.own)[4] == 1
+    assert "collect: 1 own digits" in sh(project, "dvc", "repro", "collect").stdout
+    assert json.loads(sh(project, "dvc", "status", "collect", "--json").stdout) == {}
 
 
 # --- end to end: one person teaches the pipeline their handwriting ---------------------------------------------------

@@ -4,8 +4,10 @@ Layout: `<own>/<class>/<hash>.png` is the 28x28 image the model saw (grey bytes,
 stores its digits) and `<hash>-crop.png` the digit as it was drawn or photographed (its box in the original image,
 shrunk to at most CROP_SIZE pixels). `<class>` is the class index (0-9); `<hash>` is the start of the sha256 of the
 28x28 bytes and the class, so two people or two sessions confirming the same digit write the same file and never
-overwrite a different one. Files are written atomically, the crop first: a 28x28 image without its crop is never
-left behind, and only the 28x28 image counts as a digit.
+overwrite a different one. Files are written whole in a folder beside this one (`.<own>-incoming`, the same
+filesystem, outside what collect versions) and renamed into place, the crop first: a store killed at any moment
+leaves at most a temp there (removed by the next store or collect once a minute old) and a crop without its 28x28
+image, never the reverse; only the 28x28 image counts as a digit, and hidden files (`._x.png`) are not digits.
 
 Which digits the pipeline keeps apart to measure (the `own_test` split) is decided per digit from its hash
 (`held_out`), so a digit never moves between splits when more digits arrive.
@@ -18,15 +20,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from stages.core.datasets import IMAGE_SIZE, NUM_CLASSES, class_names
 from stages.core.errors import PipelineError
-from stages.core.files import atomic_path, write_text
 
 HASH_LENGTH = 16  # hex digits of sha256 in a file name: 64 bits, no collision among any person's digits
 CROP_SIZE = 256  # longest side of a stored crop: enough to see what was written, small beside a phone photo
@@ -34,6 +39,7 @@ CROP_SUFFIX = "-crop.png"
 README = "README.md"
 MAX_NUMBER_DIGITS = 100  # a written number's label: longer is no number anyone wrote on one page
 SHOWN_LABEL = 20  # characters of a bad label quoted in its message
+STALE_SECONDS = 60  # a store takes milliseconds: a temp older than this was left by a store that was killed
 README_TEXT = """# Your own digits
 
 Digits you confirmed or corrected (`python -m stages.predict --label 4 photo.jpg`, or the box under each digit on
@@ -98,18 +104,57 @@ def as_bytes(array: np.ndarray) -> np.ndarray:
     return np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)
 
 
+def hidden(path: Path) -> bool:
+    """Not ours to read: a temp of an older version of this module, macOS's `._x.png`, an editor's swap file."""
+    return path.name.startswith(".")
+
+
+def incoming(folder: Path) -> Path:
+    """Where files are written before they are renamed into `folder`: beside it (its real parent, so the rename is
+    atomic), never inside what collect versions."""
+    folder = folder.resolve()
+    return folder.with_name(f".{folder.name}-incoming")
+
+
+def remove_stale(folder: Path) -> None:
+    """Remove the temps that killed stores left (and older versions' hidden temps among the digits)."""
+    stale = time.time() - STALE_SECONDS
+    for path in [*incoming(folder).glob("*"), *folder.glob(".*.tmp-*"), *folder.glob("*/.*.tmp-*")]:
+        try:
+            if path.lstat().st_mtime < stale:
+                path.unlink()
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            pass  # removed by another store meanwhile, or not a file of ours
+
+
+def write_through(folder: Path, target: Path, write: Callable[[BinaryIO], object]) -> None:
+    """The file `target` in `folder`, whole or not at all: written by `write` in incoming(folder), then renamed."""
+    temporary = incoming(folder) / f"{target.stem}.{uuid.uuid4().hex}{target.suffix}"
+    try:
+        with open(temporary, "xb") as handle:
+            write(handle)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def ensure_folder(folder: str | os.PathLike) -> Path:
-    """The own-digits folder with its README (so it is never empty: DVC versions it from the start)."""
+    """The own-digits folder with its README (so it is never empty: DVC versions it from the start), and the
+    incoming folder beside it, cleared of what killed stores left there."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise PipelineError(f"{folder} is not a folder: your own digits are kept in the folder paths.own names "
                             "(params.yaml); move what is there away, then try again")
-    if not (folder / README).is_file():
-        try:
-            write_text(folder / README, README_TEXT)
-        except OSError as error:
-            raise PipelineError(f"cannot keep your digits in {folder}: {error.strerror or error}; make it a "
-                                "folder you can write to (paths.own in params.yaml), then try again") from None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        incoming(folder).mkdir(exist_ok=True)
+        remove_stale(folder)
+        if not (folder / README).is_file():
+            write_through(folder, folder / README, lambda handle: handle.write(README_TEXT.encode()))
+    except OSError as error:
+        raise PipelineError(f"cannot keep your digits in {folder}: {error.strerror or error}; make it a "
+                            "folder you can write to (paths.own in params.yaml), then try again") from None
     return folder
 
 
@@ -145,10 +190,10 @@ def store(folder: str | os.PathLike, model_input: np.ndarray, label: int, origin
     if target.is_file():
         return Stored(target, label, new=False)
     try:
-        with atomic_path(folder / str(label) / f"{name}{CROP_SUFFIX}") as temporary:
-            crop_of(original, box).save(temporary, format="PNG")
-        with atomic_path(target) as temporary:
-            Image.fromarray(pixels, mode="L").save(temporary, format="PNG")
+        target.parent.mkdir(exist_ok=True)
+        crop = crop_of(original, box)
+        write_through(folder, target.with_name(f"{name}{CROP_SUFFIX}"), lambda handle: crop.save(handle, "PNG"))
+        write_through(folder, target, lambda handle: Image.fromarray(pixels, mode="L").save(handle, "PNG"))
     except OSError as error:
         raise PipelineError(f"cannot store the digit in {folder}: {error.strerror or error}") from None
     return Stored(target, label, new=True)
@@ -160,7 +205,7 @@ def digit_files(folder: str | os.PathLike) -> list[tuple[Path, int]]:
     found = []
     for label in range(NUM_CLASSES):
         found += [(path, label) for path in sorted((folder / str(label)).glob("*.png"))
-                  if not path.name.endswith(CROP_SUFFIX)]
+                  if not (hidden(path) or path.name.endswith(CROP_SUFFIX))]
     return found
 
 
@@ -177,13 +222,13 @@ def check_layout(folder: str | os.PathLike) -> None:
     folder = Path(folder)
     classes = {str(label) for label in range(NUM_CLASSES)}
     for path in sorted(folder.iterdir()):
-        if path.name == README or path.name.startswith("."):
+        if path.name == README or hidden(path):
             continue
         if not (path.is_dir() and path.name in classes):
             raise PipelineError(f"{path}: the own-digits folder holds only {README} and one folder per class "
                                 f"(0-{NUM_CLASSES - 1}); move or remove it, then rerun `dvc repro`")
         for file in sorted(path.iterdir()):
-            if file.name.startswith("."):  # a temp file of a write in progress
+            if hidden(file):
                 continue
             digit = file.name.removesuffix(CROP_SUFFIX).removesuffix(".png")
             if not (file.suffix == ".png" and len(digit) == HASH_LENGTH

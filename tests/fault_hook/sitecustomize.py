@@ -5,6 +5,8 @@ path containing <text> once the file or folder named by that part of the path ex
 a file inside a temp folder): it writes its pid and that path to the file STAGES_TEST_PAUSE_MARKER names, then
 sleeps until a signal ends it.
 The test waits for the marker, so its signal lands at a known moment instead of after a guessed sleep.
+STAGES_TEST_PAUSE_EVENTS (default "open") names the audit events that count, e.g. "open,os.rename": a rename
+counted is a file written whole but not yet in place.
 """
 
 import os
@@ -14,12 +16,12 @@ import time
 _spec = os.environ.get("STAGES_TEST_PAUSE")
 
 
-def _install(module: str, text: str, count: int, marker: str) -> None:
+def _install(module: str, text: str, count: int, marker: str, events: set[str]) -> None:
     seen = 0
 
     def hook(event: str, args: tuple) -> None:
         nonlocal seen
-        if event != "open" or not isinstance(args[0], str | bytes | os.PathLike):
+        if event not in events or not isinstance(args[0], str | bytes | os.PathLike):
             return
         path = os.fsdecode(args[0])
         start = path.find(text)
@@ -44,4 +46,5 @@ def _install(module: str, text: str, count: int, marker: str) -> None:
 
 if _spec:
     _module, _text, _count = _spec.rsplit(":", 2)
-    _install(_module, _text, int(_count), os.environ["STAGES_TEST_PAUSE_MARKER"])
+    _install(_module, _text, int(_count), os.environ["STAGES_TEST_PAUSE_MARKER"],
+             set(os.environ.get("STAGES_TEST_PAUSE_EVENTS", "open").split(",")))
