@@ -1,5 +1,5 @@
 # Sets up the project-local environment, then hands over to DVC and pytest.
-# `make run` = set up + `dvc repro`;  `make test` = set up + pytest. A second call installs nothing.
+# `make run` = set up + `dvc repro` + what to do next;  `make test` = set up + pytest. A second call installs nothing.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -29,8 +29,9 @@ system:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES); \
 	fi
 
+# What to do next, printed by a step of its own: a DVC stage would be skipped when its outputs are cached.
 run: setup
-	$(BIN)/dvc repro
+	@echo $(BIN)/dvc repro; $(BIN)/dvc repro; status=$$?; $(BIN)/python -m stages.core.next_steps $$status; exit $$status
 
 test: setup system
 	$(BIN)/python -m pytest

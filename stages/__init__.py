@@ -4,6 +4,6 @@
   preprocess train export evaluate plots) and the 4 tools (predict compare search server), and nothing else; none
   imports another;
 - `core/` is what they share (errors, files, records, entry, schema, datasets, idx, mirrors, architectures, devices,
-  callbacks, augment, calibration, formats, shipping, tracking/) and imports nothing above it;
+  callbacks, augment, calibration, formats, shipping, tracking/, next_steps) and imports nothing above it;
 - `reading/` is handwriting in (images, the image model, the drawing page, your own digits) and imports only core.
 """

@@ -15,4 +15,5 @@
   formats       the export formats by name (data only): file, MLflow flavour, registered kind, packages
   shipping      the inference model, its ONNX and LiteRT files and runtimes, and the loader of any model file
   tracking/     MLflow, and the only code that imports it
+  next_steps    what `make run` prints after `dvc repro`: the test accuracy and what to do next
 """

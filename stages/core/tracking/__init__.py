@@ -4,4 +4,5 @@
   training  the MLflow run of one training: opened, epochs logged live, model logged, closed with its status
   registry  the image and ONNX models beside the tensor model, test accuracy on each version, the champion
   study     a search's parent run and its trials' runs
+  views     the experiment's saved view "Test accuracy first", and the URL that opens it
 """
