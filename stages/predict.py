@@ -274,12 +274,6 @@ def read_params(params_path: str | os.PathLike = "params.yaml"):
         raise ModelFileError(f"{first_line}; or pass --model PATH and --dataset NAME") from None
 
 
-def defaults_from_params(params_path: str | os.PathLike = "params.yaml") -> tuple[Path, str]:
-    """(model path, dataset) as params.yaml sets them (paths.model, data.dataset)."""
-    params = read_params(params_path)
-    return Path(params.paths.model), params.data.dataset
-
-
 def params_for(arguments: argparse.Namespace):
     """params.yaml where the command line needs it (a default, an MLflow URI's store); else only if it is there
     and valid, for what the export stage recorded of the model file."""

@@ -452,11 +452,19 @@ def test_official_mirrors_are_tried_in_registry_order():
     assert not resolve_origins(DATASETS["mnist"], "https://example.org/mnist")[0].official
 
 
-def test_run_writes_the_dataset_folder(make_params):
+def test_run_writes_the_dataset_folder(make_params, mnist_10k):
+    """The folder holds the source's four files, unchanged, and a manifest whose checksums are those of the files'
+    unpacked bytes, computed here."""
     params = make_params(data__dataset="mnist")
     source_stage.run(params)
-    manifest = download_stage.run(params)
-    assert json.loads((Path(params.paths.raw) / "mnist" / "manifest.json").read_text()) == manifest
+    download_stage.run(params)
+    folder = Path(params.paths.raw) / "mnist"
+    assert sorted(path.name for path in folder.iterdir()) == sorted([*FILE_NAMES, "manifest.json"])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name in FILE_NAMES:
+        unpacked = gzip.decompress((folder / name).read_bytes())
+        assert unpacked == gzip.decompress((mnist_10k / name).read_bytes()), name
+        assert manifest["files"][name]["sha256"] == hashlib.sha256(unpacked).hexdigest(), name
 
 
 def test_run_without_the_source_decision_says_which_stage_writes_it(make_params):

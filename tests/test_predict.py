@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -253,41 +254,26 @@ def test_preprocessed_names_never_collide():
     assert names == ["digit-28x28.png", "digit-2-28x28.png", "digit-3-28x28.png", "seven-28x28.png"]
 
 
-def test_defaults_come_from_params_yaml(tmp_path, monkeypatch, raw_params, digit_file, capsys):
+def test_defaults_come_from_params_yaml(tmp_path, monkeypatch, raw_params, digit_file, model_path, capsys):
+    """Without --model and --dataset, main takes paths.model and data.dataset from params.yaml; none there, or an
+    invalid one, is one line saying what to pass."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(predict.ModelFileError, match="params.yaml not found.*pass --model PATH and --dataset NAME"):
-        predict.defaults_from_params()
+    assert predict.main([str(digit_file)]) == predict.EXIT_BAD_MODEL
+    error = capsys.readouterr().err
+    assert "params.yaml not found" in error and "pass --model PATH and --dataset NAME" in error
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copy(model_path, tmp_path / "elsewhere" / "model.keras")
     raw = {**raw_params, "paths": {**raw_params["paths"], "model": "elsewhere/model.keras"},
            "data": {**raw_params["data"], "dataset": "fashion_mnist"}}
     write_params(tmp_path, raw)
-    assert predict.defaults_from_params() == (Path("elsewhere") / "model.keras", "fashion_mnist")
+    assert predict.main([str(digit_file), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["label"] == class_names("fashion_mnist")[record["predicted"]]  # the dataset params.yaml names
     Path("params.yaml").write_text("train: {epochz: 3}\n")
     assert predict.main([str(digit_file)]) == predict.EXIT_BAD_MODEL
     error = capsys.readouterr().err
     assert error.startswith("error: params.yaml is invalid") and "--model PATH and --dataset NAME" in error
     assert len(error.splitlines()) == 1
-
-
-def test_an_unknown_registered_name_or_alias_gets_a_did_you_mean(tmp_path, monkeypatch, raw_params, digit_file,
-                                                                 capsys):
-    """After an offline run the model is mnist_10k-cnn: the README's `models:/mnist-cnn@champion` names it."""
-    import mlflow
-
-    monkeypatch.chdir(tmp_path)
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    write_params(tmp_path, {**raw_params, "tracking": {**raw_params["tracking"], "uri": store}})
-    client = mlflow.MlflowClient(store, store)
-    for name in ("mnist_10k-cnn", "mnist_10k-cnn-onnx"):
-        client.create_registered_model(name)
-    capsys.readouterr()  # the new store's own INFO lines
-    expected = {"models:/mnist-cnn@champion": "no registered model 'mnist-cnn'; did you mean 'mnist_10k-cnn'? "
-                                              "(registered: mnist_10k-cnn, mnist_10k-cnn-onnx)",
-                "models:/mnist_10k-cnn@champoin": "mnist_10k-cnn has no alias 'champoin' (aliases: none)"}
-    for uri, reason in expected.items():
-        assert predict.main([str(digit_file), "--model", uri]) == predict.EXIT_BAD_MODEL
-        error = capsys.readouterr().err
-        assert error.startswith(f"error: {uri}: {reason} (store {store})"), error
-        assert len(error.splitlines()) == 1
 
 
 # --- agreement with the model on real digits --------------------------------------------------------------------
