@@ -37,7 +37,15 @@ from stages.core.records import (
     write_export,
 )
 from stages.core.schema import refuse
-from stages.core.shipping import compare, export_checked, file_sha256, inference_model
+from stages.core.shipping import (
+    compare,
+    export_checked,
+    file_sha256,
+    float_file_bytes,
+    float_gate,
+    inference_model,
+    int8_gate,
+)
 from stages.core.tracking import registry
 
 BATCH_SIZE = 500
@@ -47,6 +55,24 @@ EXAMPLE_IMAGES = 2  # the MLflow input example of the ONNX model
 def file_entry(path: Path, architecture: str, format: str, probabilities: np.ndarray, labels: np.ndarray) -> dict:
     return {"file": str(path), "format": format, "architecture": architecture, "bytes": path.stat().st_size,
             "sha256": file_sha256(path), "test_accuracy": float(np.mean(probabilities.argmax(axis=1) == labels))}
+
+
+def calibration_images(params) -> np.ndarray:
+    """The first export.int8.calibration_images training digits (the split is shuffled): never held-out ones."""
+    [train_path] = split_files(params.paths, "train")
+    require_files({train_path: "preprocess"})
+    return read_split(params.paths, "train", keys=("x",))["x"][:params.export.int8.calibration_images].astype(
+        np.float32)
+
+
+def gate_for(params, format: str, inference, reference, labels, written: dict[str, Path], metadata):
+    """The check of `format`'s file: float_gate, or int8_gate against its float file (this run's, or one written
+    to a temporary folder to be measured)."""
+    base = FORMATS[format].quantizes
+    if base is None:
+        return float_gate(reference, params.export.tolerance)
+    float_bytes = written[base].stat().st_size if base in written else float_file_bytes(inference, base, metadata)
+    return int8_gate(reference, labels, float_bytes, params.export.int8)
 
 
 def run(params) -> dict:
@@ -70,14 +96,23 @@ def run(params) -> dict:
               "files": {"keras": file_entry(model_path, model.name, "keras", trained, labels)}}
     metadata = {"architecture": model.name, "dataset": params.data.dataset, "test_accuracy": f"{accuracy:.6f}"}
     written = {}
-    for format in params.export.formats:
+    quantized = any(FORMATS[format].quantizes for format in params.export.formats)
+    calibration = calibration_images(params) if quantized else None
+    # Float formats first: an int8 file's size is measured against its float file's
+    for format in sorted(params.export.formats, key=lambda name: FORMATS[name].quantizes is not None):
         path = export_file(paths, FORMATS[format].file)
-        check = export_checked(inference, format, path, images, reference, params.export.tolerance, metadata)
-        report[format] = {"agreement": check["agreement"], "max_abs_diff": check["max_abs_diff"]}
-        report["files"][format] = file_entry(path, model.name, format, reference, labels)  # same classes: same accuracy
+        gate = gate_for(params, format, inference, reference, labels, written, metadata)
+        check = export_checked(inference, format, path, images, gate, metadata, calibration)
+        report["files"][format] = file_entry(path, model.name, format, check.pop("probabilities"), labels)
+        report[format] = {key: value for key, value in check.items() if key != "bytes"}
         written[format] = path
-        print(f"{format}: {path} ({check['bytes'] / 1e6:.2f} MB), same class as Keras on all {len(labels):,} "
-              f"held-out digits, max |Δp| {check['max_abs_diff']:.1e}")
+        if FORMATS[format].quantizes is None:
+            print(f"{format}: {path} ({check['bytes'] / 1e6:.2f} MB), same class as Keras on all {len(labels):,} "
+                  f"held-out digits, max |Δp| {check['max_abs_diff']:.1e}")
+            continue
+        print(f"{format}: {path} ({check['bytes'] / 1e6:.2f} MB, {check['size_ratio']:.0%} of "
+              f"{FORMATS[format].quantizes}'s), same class as Keras on {check['agreement']:.2%} of "
+              f"{len(labels):,} held-out digits, accuracy {-check['accuracy_loss'] * 100:+.2f} points")
     remove_exports(paths, [spec.file for name, spec in FORMATS.items() if name not in params.export.formats])
     write_export(paths, report)
 

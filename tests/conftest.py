@@ -13,6 +13,7 @@ from helpers.params import shrunk_params
 from helpers.project import ROOT, copy_project, run_data_stages
 
 from stages.core.datasets import DATASETS, TEST_IMAGES, TEST_LABELS
+from stages.core.formats import FORMATS
 from stages.core.schema import PARAMS_FILE, Params, read_yaml
 
 
@@ -113,9 +114,9 @@ def model(model_path):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, raw_params, mnist_10k, model_path, processed_dir):
-    """The export stage run once on the session's model and the 2,000 held-out digits of the processed sample,
-    MLflow on (a SQLite store beside it, the training's run made up): (params, report). The folder holds
-    params.yaml and is the project root while the module's tests run."""
+    """The export stage run once, in every format, on the session's model and the 2,000 held-out digits of the
+    processed sample, MLflow on (a SQLite store beside it, the training's run made up): (params, report). The
+    folder holds params.yaml and is the project root while the module's tests run."""
     import shutil
 
     import mlflow
@@ -126,7 +127,7 @@ def exported(tmp_path_factory, raw_params, mnist_10k, model_path, processed_dir)
 
     base = tmp_path_factory.mktemp("export")
     params = shrunk_params(raw_params, base, mnist_10k, tracking__enabled=True, paths__processed=str(processed_dir),
-                           tracking__uri=f"sqlite:///{base / 'mlflow.db'}")
+                           tracking__uri=f"sqlite:///{base / 'mlflow.db'}", export__formats=list(FORMATS))
     write_params(base, params)
     Path(params.paths.model).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(model_path, params.paths.model)

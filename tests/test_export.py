@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -69,14 +70,14 @@ def test_inference_model_drops_augmentation_and_computes_in_float32(precision, m
 def test_export_checks_each_file_against_keras_and_reports_it(exported, mnist_10k):
     params, report = exported
     paths = params.paths
-    assert set(report["files"]) == {"keras", "onnx", "litert"} and report["test_images"] == 2000
+    assert set(report["files"]) == {"keras", *FORMATS} and report["test_images"] == 2000
     for format in ("onnx", "litert"):
         assert report[format]["agreement"] == 1.0 and report[format]["max_abs_diff"] <= params.export.tolerance
         entry = report["files"][format]
         path = exported_file(paths, format)
         assert entry["bytes"] == path.stat().st_size > 100_000 and entry["sha256"] == shipping.file_sha256(path)
         assert entry["architecture"] == "lenet" and entry["test_accuracy"] == report["files"]["keras"]["test_accuracy"]
-    assert sorted(path.name for path in Path(paths.export_dir).iterdir()) == ["model.onnx", "model.tflite"]
+    assert sorted(path.name for path in Path(paths.export_dir).iterdir()) == sorted(f.file for f in FORMATS.values())
     onnx_model = shipping.OnnxModel(exported_file(paths, "onnx"))
     assert [i.name for i in onnx_model.session.get_inputs()] == ["image"]
     assert [o.name for o in onnx_model.session.get_outputs()] == ["probabilities"]
@@ -162,6 +163,53 @@ def test_predict_with_the_onnx_file_runs_without_tensorflow(exported, test_digit
         assert result.stdout.startswith("digit.png: ") and len(result.stdout.splitlines()) == 1
 
 
+@pytest.mark.parametrize("format", ["onnx_int8", "litert_int8"])
+def test_each_int8_file_passes_its_gate_run_by_its_own_runtime(exported, mnist_10k, format):
+    params, report = exported
+    path, float_path = exported_file(params.paths, format), exported_file(params.paths, FORMATS[format].quantizes)
+    # Oracles outside the gate: the file's own size, and the session's Keras model on the 2,000 held-out digits
+    assert path.stat().st_size <= 0.30 * float_path.stat().st_size
+    from stages.core.architectures import load_model
+
+    images, labels = mnist_digits(mnist_10k, "test", 2000)
+    keras_classes = load_model(params.paths.model, 10, advice="").predict(images, verbose=0).argmax(axis=1)
+    classes = shipping.RUNTIMES[format](path).predict(images).argmax(axis=1)
+    assert np.mean(classes == keras_classes) >= 0.998 and len(np.unique(classes)) == 10
+    assert np.mean(classes == labels) >= np.mean(keras_classes == labels) - 0.002
+    assert report[format]["agreement"] == pytest.approx(np.mean(classes == keras_classes), abs=1e-3)
+    assert report["files"][format]["test_accuracy"] == pytest.approx(np.mean(classes == labels), abs=1e-3)
+
+
+def test_the_int8_onnx_file_is_registered_beside_the_float_one(exported):
+    import mlflow
+
+    from stages.core.tracking import registry
+
+    params, _ = exported
+    client = mlflow.MlflowClient(params.tracking.uri)
+    name = registry.registered_name(params, "mnist_10k", "onnx-int8")
+    assert name == "mnist_10k-cnn-onnx-int8" and "onnx-int8" in registry.kinds()
+    [version] = client.search_model_versions(f"name = '{name}'")
+    run_id = json.loads(Path(params.paths.run).read_text())["run_id"]
+    assert version.run_id == run_id
+    assert "litert_int8/model_int8.tflite" in [item.path for item in client.list_artifacts(run_id, "litert_int8")]
+
+
+@pytest.mark.parametrize("format", ["onnx_int8", "litert_int8"])
+def test_a_broken_calibration_makes_the_int8_gate_refuse_the_file(model, mnist_10k, tmp_path, format):
+    images, labels = mnist_digits(mnist_10k, "test", 300)
+    inference = shipping.inference_model(model)
+    reference = inference.predict(images, verbose=0)
+    limits = SimpleNamespace(agreement=0.998, accuracy_loss=0.002, size_ratio=0.30)
+    gate = shipping.int8_gate(reference, labels, shipping.float_file_bytes(inference, FORMATS[format].quantizes, {}),
+                              limits)
+    blank = np.zeros((100, 28, 28, 1), np.float32)  # a representative set of blank images: every range collapses
+    with pytest.raises(shipping.ExportError, match=rf"the {format} file disagrees with the Keras model on the 300 "
+                                                   r"held-out images: same class on .*%.*; not written"):
+        shipping.export_checked(inference, format, tmp_path / FORMATS[format].file, images, gate, {}, blank)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_file_that_disagrees_with_keras_is_not_written(model, mnist_10k, tmp_path):
     images, _ = mnist_digits(mnist_10k, "test", 50)
     inference = shipping.inference_model(model)
@@ -169,7 +217,7 @@ def test_a_file_that_disagrees_with_keras_is_not_written(model, mnist_10k, tmp_p
     target = tmp_path / "model.onnx"
     with pytest.raises(shipping.ExportError, match=r"the onnx file disagrees with the Keras model on the 50 held-out "
                                                    r"images: same class on .*%.*; not written"):
-        shipping.export_checked(inference, "onnx", target, images, reference, 1e-4, {})
+        shipping.export_checked(inference, "onnx", target, images, shipping.float_gate(reference, 1e-4), {})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -180,7 +228,7 @@ def test_a_missing_runtime_is_one_error_and_no_file(model, mnist_10k, tmp_path, 
     with pytest.raises(shipping.ExportError, match=r"the onnx runtime \(onnxruntime\) cannot be imported .*"
                                                    r"pip install -r requirements.lock"):
         shipping.export_checked(inference, "onnx", tmp_path / "model.onnx", images,
-                                inference.predict(images, verbose=0), 1e-4, {})
+                                shipping.float_gate(inference.predict(images, verbose=0), 1e-4), {})
     assert list(tmp_path.iterdir()) == []
 
 

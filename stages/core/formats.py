@@ -8,6 +8,8 @@ beside it in stages/core/shipping.py (EXPORTERS, RUNTIMES), keyed by the same na
   kind     registered as <prefix><dataset>-cnn-<kind> when it has a flavour (None: not registered)
   runtime  the pip package that runs the file (named in the error when it cannot be imported)
   packages the pip packages its exporter and the MLflow flavour need besides TensorFlow
+  quantizes the float format it is an int8 copy of (None: a float format): its file is checked by export.int8's gate
+            against the float Keras model, and its size against that format's file
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class Format:
     kind: str | None
     runtime: str
     packages: tuple[str, ...] = ()
+    quantizes: str | None = None
 
     @property
     def suffix(self) -> str:
@@ -33,6 +36,11 @@ class Format:
 FORMATS: dict[str, Format] = {format.name: format for format in (
     Format("onnx", "model.onnx", flavour="onnx", kind="onnx", runtime="onnxruntime", packages=("tf2onnx", "onnx")),
     Format("litert", "model.tflite", flavour=None, kind=None, runtime="ai-edge-litert"),
+    # int8 copies (weights and activations), float inputs and outputs: opt-in, export.formats' default stays float
+    Format("onnx_int8", "model_int8.onnx", flavour="onnx", kind="onnx-int8", runtime="onnxruntime",
+           packages=("tf2onnx", "onnx"), quantizes="onnx"),
+    Format("litert_int8", "model_int8.tflite", flavour=None, kind=None, runtime="ai-edge-litert",
+           quantizes="litert"),
 )}
 
 
@@ -45,8 +53,9 @@ def check_formats(names: list[str]) -> list[str]:
 
 
 def by_suffix(suffix: str) -> Format | None:
-    """The format whose files end in `suffix` (.onnx, .tflite), or None."""
-    return next((format for format in FORMATS.values() if format.suffix == suffix.lower()), None)
+    """The float format whose files end in `suffix` (.onnx, .tflite), or None: its runtime runs the int8 copy too."""
+    return next((format for format in FORMATS.values() if format.suffix == suffix.lower() and not format.quantizes),
+                None)
 
 
 def registered_kinds() -> tuple[str, ...]:

@@ -152,12 +152,22 @@ class Train(Section):
     augment: Augment
 
 
+class Int8(Section):
+    """The gate an int8 file passes before it is written (stages/core/shipping.py: int8_gate)."""
+
+    agreement: Annotated[float, Field(gt=0, le=1)]
+    accuracy_loss: Annotated[float, Field(ge=0, le=1)]
+    size_ratio: Annotated[float, Field(gt=0, le=1)]
+    calibration_images: Annotated[int, Field(ge=1, le=10_000)]
+
+
 class Export(Section):
     """formats: names of stages/core/formats.py, checked there (formats.check_formats) by the params and export
     stages, for the reason Model gives."""
 
     formats: Annotated[list[str], Field(min_length=1)]
     tolerance: Annotated[float, Field(gt=0, le=1)]
+    int8: Int8
 
     @field_validator("formats")
     @classmethod

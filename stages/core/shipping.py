@@ -29,7 +29,8 @@ KERAS_SUFFIX = ".keras"
 INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
 # What the LiteRT interpreter prints on every start on a CPU (its default delegate); anything else still shows.
 LITERT_NOISE = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-CONVERTER_CHATTER = re.compile(r"[IW]\d{4} [\d:. ]+\d+ [\w.]+:\d+\] .*")  # absl INFO and WARNING lines
+# absl INFO and WARNING lines, and the LiteRT int8 converter's summary line
+CONVERTER_CHATTER = re.compile(r"[IW]\d{4} [\d:. ]+\d+ [\w.]+:\d+\] .*|fully_quantize: ")
 
 
 class ExportError(ModelFileError):
@@ -79,15 +80,64 @@ def export_litert(inference, path: str | os.PathLike, metadata: dict[str, str]) 
     inference.export(str(path), format="litert", verbose=False)
 
 
-def export_model(inference, format: str, path: str | os.PathLike, metadata: dict[str, str]) -> None:
-    """Write `inference` as `format` to `path` (a temporary file: the caller renames it once checked)."""
+class CalibrationImages:
+    """ONNX Runtime's CalibrationDataReader protocol (get_next until None) over training images, in batches."""
+
+    def __init__(self, images: np.ndarray, batch_size: int = 100):
+        self.batches = iter([{INPUT_NAME: images[start:start + batch_size]}
+                             for start in range(0, len(images), batch_size)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.batches, None)
+
+
+def export_onnx_int8(inference, path: str | os.PathLike, metadata: dict[str, str], calibration: np.ndarray) -> None:
+    """ONNX Runtime's static quantisation of the float ONNX file: QDQ, int8 weights per output channel, uint8
+    activations (ONNX Runtime's fast pair on x86), ranges from `calibration` (training images). Softmax stays
+    float: quantised, its probabilities would come in steps of 1/256 and the calibrated confidence with them."""
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    with tempfile.TemporaryDirectory() as folder:
+        float_path = Path(folder) / "float.onnx"
+        export_onnx(inference, float_path, {})
+        quantize_static(str(float_path), str(path), CalibrationImages(calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=QUANTIZED_ONNX_OPS)
+    name_onnx_output(path, metadata)
+
+
+QUANTIZED_ONNX_OPS = ["Conv", "MatMul", "Gemm", "Add", "Relu", "MaxPool", "Reshape", "Transpose", "Flatten"]
+
+
+def export_litert_int8(inference, path: str | os.PathLike, metadata: dict[str, str], calibration: np.ndarray) -> None:
+    """Keras' LiteRT export with TFLiteConverter's full-integer options (the float file's converter, same
+    SavedModel route; Keras passes the options through): int8 builtins only, ranges from `calibration` (training
+    images), float input and output."""
+    import tensorflow as tf
+
+    def representative_dataset():
+        for image in calibration:
+            yield [image[np.newaxis].astype(np.float32)]
+
+    inference.export(str(path), format="litert", verbose=False, optimizations=[tf.lite.Optimize.DEFAULT],
+                     representative_dataset=representative_dataset,
+                     target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]})
+
+
+def export_model(inference, format: str, path: str | os.PathLike, metadata: dict[str, str],
+                 calibration: np.ndarray | None = None) -> None:
+    """Write `inference` as `format` to `path` (a temporary file: the caller renames it once checked); an int8
+    format takes its ranges from `calibration`, a few hundred training images."""
     from stages.core.entry import drop_retracing_advice, stderr_without
 
     drop_retracing_advice()
+    extra = (calibration,) if FORMATS[format].quantizes else ()
     # The converters log every step of their work at INFO and WARNING level; their errors still show.
     with stderr_without(CONVERTER_CHATTER.match), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # tf2onnx's numpy-2 shims warn about np.object on import
-        EXPORTERS[format](inference, path, metadata)
+        EXPORTERS[format](inference, path, metadata, *extra)
 
 
 def name_onnx_output(path: str | os.PathLike, metadata: dict[str, str]) -> None:
@@ -110,14 +160,61 @@ def compare(probabilities: np.ndarray, reference: np.ndarray) -> dict[str, float
             "max_abs_diff": float(np.max(np.abs(probabilities.astype(np.float64) - reference)))}
 
 
-def export_checked(inference, format: str, path: str | os.PathLike, images: np.ndarray, reference: np.ndarray,
-                   tolerance: float, metadata: dict[str, str]) -> dict[str, float]:
-    """Export, run the file with its own runtime on `images`, and put it at `path` only if it gives the same class
-    as `reference` on every image and no probability further than `tolerance` from it. Returns the comparison."""
+def float_gate(reference: np.ndarray, tolerance: float):
+    """A float file's check: Keras' class on every image, no probability further than `tolerance` from it."""
+
+    def gate(probabilities: np.ndarray, size: int) -> tuple[dict[str, float], str | None]:
+        result = compare(probabilities, reference)
+        if result["agreement"] == 1 and result["max_abs_diff"] <= tolerance:
+            return result, None
+        return result, (f"same class on {result['agreement']:.2%} of them, max |Δp| {result['max_abs_diff']:.2g} "
+                        f"(allowed: every class, {tolerance:g})")
+
+    return gate
+
+
+def int8_gate(reference: np.ndarray, labels: np.ndarray, float_bytes: int, limits):
+    """An int8 file's check (`limits`: export.int8): Keras' class on at least limits.agreement of the images, at
+    most limits.accuracy_loss of accuracy lost, at most limits.size_ratio of the float file's `float_bytes`, and
+    answers that vary across the images (a quantisation that saturates answers one class, or one vector, for all)."""
+
+    def gate(probabilities: np.ndarray, size: int) -> tuple[dict[str, float], str | None]:
+        result = compare(probabilities, reference)
+        classes = probabilities.argmax(axis=1)
+        result |= {"accuracy_loss": float(np.mean(reference.argmax(axis=1) == labels) - np.mean(classes == labels)),
+                   "size_ratio": size / float_bytes, "classes_answered": len(np.unique(classes))}
+        varied = result["classes_answered"] > 1 and float(np.ptp(probabilities, axis=0).max()) > 0
+        if (result["agreement"] >= limits.agreement and result["accuracy_loss"] <= limits.accuracy_loss
+                and result["size_ratio"] <= limits.size_ratio and varied):
+            return result, None
+        return result, (f"same class on {result['agreement']:.2%} of them (at least {limits.agreement:.2%}), "
+                        f"accuracy {result['accuracy_loss'] * 100:+.2f} points lost (at most "
+                        f"{limits.accuracy_loss * 100:.2f}), {result['size_ratio']:.0%} of the float file's size (at "
+                        f"most {limits.size_ratio:.0%}), {result['classes_answered']} classes answered "
+                        f"({'varied' if varied else 'degenerate'})")
+
+    return gate
+
+
+def float_file_bytes(inference, format: str, metadata: dict[str, str]) -> int:
+    """The size of `inference` exported as the float `format`, written to a temporary folder and removed."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / FORMATS[format].file
+        export_model(inference, format, path, metadata)
+        return path.stat().st_size
+
+
+def export_checked(inference, format: str, path: str | os.PathLike, images: np.ndarray, gate,
+                   metadata: dict[str, str], calibration: np.ndarray | None = None) -> dict[str, float]:
+    """Export, run the file with its own runtime on `images`, and put it at `path` only if `gate` (float_gate,
+    int8_gate) passes its probabilities and size. Returns the gate's figures, the file's bytes and its
+    probabilities."""
     path = Path(path)
     with atomic_path(path) as temporary:
         try:
-            export_model(inference, format, temporary, metadata)
+            export_model(inference, format, temporary, metadata, calibration)
         except ImportError as error:
             raise ExportError(f"the {format} exporter needs {error.name or error}, which is not installed: "
                               "`pip install -r requirements.lock`, or drop it from export.formats") from None
@@ -128,13 +225,12 @@ def export_checked(inference, format: str, path: str | os.PathLike, images: np.n
         runtime = open_runtime(temporary, format)
         probabilities = np.concatenate([runtime.predict_on_batch(images[start:start + 500])
                                         for start in range(0, len(images), 500)])
-        result = compare(probabilities, reference)
-        if result["agreement"] < 1 or result["max_abs_diff"] > tolerance:
-            raise ExportError(
-                f"the {format} file disagrees with the Keras model on the {len(images):,} held-out images: same "
-                f"class on {result['agreement']:.2%} of them, max |Δp| {result['max_abs_diff']:.2g} (allowed: "
-                f"every class, {tolerance:g}); not written")
-        result["bytes"] = temporary.stat().st_size
+        size = temporary.stat().st_size
+        result, problem = gate(probabilities, size)
+        if problem:
+            raise ExportError(f"the {format} file disagrees with the Keras model on the {len(images):,} held-out "
+                              f"images: {problem}; not written")
+        result |= {"bytes": size, "probabilities": probabilities}
     return result
 
 
@@ -200,8 +296,9 @@ class LiteRTModel:
 
 # Each format of stages/core/formats.py: how it is written, and how its file is run (tests/test_export.py checks
 # that every registered format has both).
-EXPORTERS = {"onnx": export_onnx, "litert": export_litert}
-RUNTIMES = {"onnx": OnnxModel, "litert": LiteRTModel}
+EXPORTERS = {"onnx": export_onnx, "litert": export_litert, "onnx_int8": export_onnx_int8,
+             "litert_int8": export_litert_int8}
+RUNTIMES = {"onnx": OnnxModel, "litert": LiteRTModel, "onnx_int8": OnnxModel, "litert_int8": LiteRTModel}
 
 
 def open_runtime(path: str | os.PathLike, format: str):
@@ -256,7 +353,7 @@ def load_file(path: str | os.PathLike, num_classes: int, advice: str):
         return load_model(path, num_classes, advice)
     found = by_suffix(suffix)
     if found is None:
-        *endings, last = [KERAS_SUFFIX, *(known.suffix for known in FORMATS.values())]
+        *endings, last = dict.fromkeys([KERAS_SUFFIX, *(known.suffix for known in FORMATS.values())])
         raise ModelFileError(f"{path}: unknown model format {suffix or '(no suffix)'!r}; expected a "
                              f"{', '.join(endings)} or {last} file "
                              f"or an MLflow model URI (models:/NAME@ALIAS): {advice}")
@@ -304,5 +401,5 @@ def load_any(source: str | os.PathLike, num_classes: int, advice: str, params=No
     facts = {"architecture": model.metadata.get("architecture") if format != "keras" else model.name,
              "format": format}
     facts.update({key: value for key, value in known.items()
-                  if key in ("architecture", "test_accuracy") and value is not None})
+                  if key in ("architecture", "format", "test_accuracy") and value is not None})
     return Loaded(model, describe(where, facts))
