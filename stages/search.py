@@ -44,6 +44,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from stages.core.entry import dies_with_parent
 from stages.core.errors import PipelineError
 from stages.core.files import write_csv, write_text
 from stages.core.records import finished_experiment
@@ -258,8 +259,8 @@ def set_arguments(values: dict[str, Any]) -> list[str]:
 
 
 def trial_command(name: str, values: dict[str, Any], timeout_seconds: int) -> list[str]:
-    return ["setpriv", "--pdeathsig", "INT", "timeout", "--signal=INT", f"--kill-after={KILL_AFTER_SECONDS}",
-            str(timeout_seconds), "dvc", "exp", "run", "--temp", "--name", name, *set_arguments(values)]
+    return dies_with_parent(["timeout", "--signal=INT", f"--kill-after={KILL_AFTER_SECONDS}", str(timeout_seconds),
+                             "dvc", "exp", "run", "--temp", "--name", name, *set_arguments(values)], "INT")
 
 
 def run_trial(command: list[str], env: dict[str, str]) -> tuple[int, str]:

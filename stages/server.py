@@ -15,17 +15,19 @@ wrapper's command line too. `--auth` switches on MLflow's basic authentication, 
 database: the admin user is created on first start from MLFLOW_AUTH_ADMIN_USERNAME / MLFLOW_AUTH_ADMIN_PASSWORD.
 MLflow reads its auth settings from a file only, at every worker's start; this wrapper writes it owner-only
 without the password (libpq takes that from PGPASSWORD), runs the server as its child, forwards SIGTERM, SIGINT
-and SIGHUP to it and removes the file when it exits (a file left by a wrapper killed with SIGKILL is removed by
-the next start). Every user may read every experiment and model (`default_permission = READ`); writing needs a
-grant (README: "A shared tracking server for a team").
+and SIGHUP to it and removes the file when it exits. Killed with SIGKILL, it takes the server along (a parent-death
+signal, as the search's trials have): no orphan keeps serving or keeps PGPASSWORD in its environment, and the next
+start removes the file left behind, never one a live server still holds (an flock shared with its server).
+Every user may read every experiment and model (`default_permission = READ`); writing needs a grant
+(README: "A shared tracking server for a team").
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -33,6 +35,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from stages.core.entry import dies_with_parent
 
 # READ: an explicit READ grant holds (with EDIT as the default, every grant is raised to EDIT).
 AUTH_CONFIG = """\
@@ -103,37 +107,48 @@ def check_database(url) -> None:
 AUTH_FILE_PREFIX = "mlflow-auth-"
 
 
+def in_use(handle) -> bool:
+    """Whether a live server holds this auth file: each wrapper keeps an flock on its own, shared with `mlflow
+    server` (which inherits the descriptor), so the lock lasts as long as either process does."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    return False
+
+
 def remove_stale_auth_files(folder: Path) -> None:
-    """Auth files of wrappers that died without cleaning up (SIGKILL): their pid is in the name."""
+    """Auth files no live server holds: left by a wrapper killed with SIGKILL (its server died with it)."""
     for path in folder.glob(f"{AUTH_FILE_PREFIX}*.ini"):
-        match = re.fullmatch(rf"{AUTH_FILE_PREFIX}(\d+)-.*\.ini", path.name)
-        if not match or path.stat().st_uid != os.getuid():
-            continue
-        try:
-            os.kill(int(match.group(1)), 0)
-        except ProcessLookupError:
-            path.unlink(missing_ok=True)
-        except PermissionError:
-            pass
+        with contextlib.suppress(OSError), open(path) as handle:
+            if os.fstat(handle.fileno()).st_uid == os.getuid() and not in_use(handle):
+                path.unlink(missing_ok=True)
 
 
-def write_auth_config(url) -> Path:
-    """The auth settings file (owner-only), its database URI without the password."""
+def write_auth_config(url):
+    """The auth settings file (owner-only), its database URI without the password, and the open, locked handle
+    that marks it in use (see `in_use`)."""
     folder = Path(tempfile.gettempdir())
     remove_stale_auth_files(folder)
-    handle, path = tempfile.mkstemp(prefix=f"{AUTH_FILE_PREFIX}{os.getpid()}-", suffix=".ini", dir=folder)
-    with os.fdopen(handle, "w") as config:
-        database_uri = url._replace(password=None).render_as_string(hide_password=False)  # set() skips None
-        config.write(AUTH_CONFIG.format(database_uri=database_uri.replace("%", "%%")))
-    return Path(path)
+    while True:
+        handle, path = tempfile.mkstemp(prefix=f"{AUTH_FILE_PREFIX}{os.getpid()}-", suffix=".ini", dir=folder)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        # Another start may have found it unlocked between mkstemp and flock, and removed it: make another.
+        if os.path.exists(path) and os.path.samestat(os.fstat(handle), os.stat(path)):
+            break
+        os.close(handle)
+    database_uri = url._replace(password=None).render_as_string(hide_password=False)  # set() skips None
+    os.write(handle, AUTH_CONFIG.format(database_uri=database_uri.replace("%", "%%")).encode())
+    return Path(path), handle
 
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def serve(command: list[str], env: dict[str, str]) -> int:
-    """Run the server as a child, forwarding stop signals to it; its exit code."""
-    server = subprocess.Popen(command, env=env)
+def serve(command: list[str], env: dict[str, str], keep: tuple[int, ...] = ()) -> int:
+    """Run the server as a child, forwarding stop signals to it; its exit code. Killed with SIGKILL, this process
+    takes the server along: the server gets SIGTERM from the kernel (it passes it on to its uvicorn workers)."""
+    server = subprocess.Popen(dies_with_parent(command, "TERM"), env=env, pass_fds=keep)
 
     def forward(signum, frame):
         with contextlib.suppress(ProcessLookupError):
@@ -152,10 +167,11 @@ def main(argv: list[str] | None = None) -> None:
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": args.backend_store_uri}
     # The job runner serves GenAI evaluation jobs this project never submits: one process less.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    config = None
+    config, lock = None, ()
     try:
         if args.auth:
-            config = write_auth_config(url)
+            config, handle = write_auth_config(url)
+            lock = (handle,)
             env["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
             if url.password:
                 env["PGPASSWORD"] = url.password  # the auth database's password, read by libpq
@@ -163,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
             # several servers behind one address).
             env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
         print(f"{' '.join(command)}  (backend store {url.render_as_string(hide_password=True)})", flush=True)
-        code = serve(command, env)
+        code = serve(command, env, lock)
     finally:
         if config is not None:
             config.unlink(missing_ok=True)

@@ -172,6 +172,74 @@ def test_the_database_password_is_on_no_command_line_and_no_disk(auth_server):
     assert auth_files(wrapper) == []
 
 
+def server_tree(group: int) -> list:
+    """The processes of a server started in its own session (wrapper, `mlflow server`, uvicorn and its workers)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(process.pid) == group and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+    return found
+
+
+def test_a_killed_wrapper_takes_its_server_along_and_the_next_start_succeeds(team_database, tmp_path):
+    """SIGKILL of `python -m stages.server` (no cleanup of its own): its tree ends, PGPASSWORD with it; the next
+    start on the same port succeeds and removes the auth file left behind."""
+    import psutil
+    from helpers.net import answers, wait_until
+    from helpers.servers import MlflowServer
+
+    env = {"MLFLOW_AUTH_ADMIN_PASSWORD": "team-admin-secret"}
+    first = MlflowServer(team_database, tmp_path, "--auth", env=env).start()
+    group = first.process.pid
+    (config,) = auth_files(group)
+    assert any(DB_PASSWORD in str(process.environ()) for process in server_tree(group))
+    first.process.kill()
+    first.process.wait()
+    killed = time.monotonic()
+    wait_until(lambda: not server_tree(group), 60, "the killed wrapper's server tree to end")
+    print(f"the killed wrapper's tree ended {time.monotonic() - killed:.1f} s after the kill")
+    assert not answers(f"{first.uri}/health") and config.exists()
+
+    second = MlflowServer(team_database, tmp_path, "--auth", env=env)
+    second.port, second.uri = first.port, first.uri  # was "Address already in use"
+    second.start()
+    try:
+        assert not config.exists(), "the auth file of the killed wrapper was left"
+        assert psutil.Process(second.process.pid).is_running()
+    finally:
+        second.stop()
+
+
+def test_a_start_removes_only_auth_files_no_live_server_holds(tmp_path):
+    """A file whose wrapper is gone but whose server still runs (it holds the file's lock) stays."""
+    from helpers.net import wait_until
+
+    from stages import server
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    held, left = (tmp_path / f"{server.AUTH_FILE_PREFIX}{dead.pid}-{name}.ini" for name in ("held", "left"))
+    for path in (held, left):
+        path.write_text("[mlflow]\n")
+    holder = subprocess.Popen(["flock", "--no-fork", str(held), "sleep", "600"])
+    try:
+        def locked() -> bool:
+            with open(held) as handle:
+                return server.in_use(handle)
+
+        wait_until(locked, 60, "flock to hold the file", holder)
+        server.remove_stale_auth_files(tmp_path)
+        assert held.exists() and not left.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    server.remove_stale_auth_files(tmp_path)
+    assert not held.exists()
+
+
 # Two people on two machines: clones A and B of the project share a bare git origin, a DVC remote over SSH and the
 # MLflow server. Tiny runs: a few hundred digits, one epoch of the smallest preset.
 TEAM = {  # data.source: the mnist_10k fixture

@@ -315,3 +315,9 @@ def exit_without_teardown(code: int) -> None:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(code)
+
+
+def dies_with_parent(command: list[str], signal_name: str) -> list[str]:
+    """`command` started so that Linux sends it `signal_name` when the process that started it dies, SIGKILL
+    included (util-linux's setpriv sets the parent-death signal, then execs it): no orphan outlives its starter."""
+    return ["setpriv", "--pdeathsig", signal_name, *command]
