@@ -58,9 +58,9 @@ from typing import Any
 
 from benchmarks import time_to_accuracy, torch_baseline
 from benchmarks.efficiency import sgemm_rate
-from benchmarks.project_copy import ROOT, copy_project, paths_under, project_env, set_params
 from benchmarks.report import MLFLOW_INFERENCE, NOTES, evaluate_targets, markdown
 from stages.core.datasets import DATASETS
+from stages.core.project_copy import ROOT, copy_project, paths_under, project_env, set_params
 
 FASHION_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 MNIST_10K_SOURCE = DATASETS["mnist_10k"].folder  # the sample shipped in stages/mnist_10k

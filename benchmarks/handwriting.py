@@ -1,7 +1,7 @@
 """The benchmark's handwriting section: the default model against augmentation off, on other writers' styles.
 
 Both are trained by the train stage on mnist-10k (run_child "stage"); each is then read on the 2,000 held-out digits
-as they are and redrawn in other styles (tests/helpers/styles.py: slanted, rotated, squashed or stretched,
+as they are and redrawn in other styles (benchmarks/styles.py: slanted, rotated, squashed or stretched,
 thickened, thinned, blurred low-resolution, sloppy; inside and beyond the training ranges), and its calibration is
 measured: the expected calibration error (15 bins) of the held-out digits before and after the temperature train
 fitted on the validation digits, and how many held-out digits "not sure" flags.
@@ -9,13 +9,10 @@ fitted on the validation digits, and how many held-out digits "not sure" flags.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from benchmarks.project_copy import ROOT
 
 STYLE_DIGITS = 2000  # held-out digits redrawn per style (about 50 ms each per style on one core)
 
@@ -23,9 +20,7 @@ STYLE_DIGITS = 2000  # held-out digits redrawn per style (about 50 ms each per s
 def measure(model_path: Path, run_json: Path, test_npz: Path, mnist_10k: Path, count: int) -> dict[str, Any]:
     import keras
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from helpers.styles import style_table
-
+    from benchmarks.styles import style_table
     from stages.core import calibration, records
     from stages.core.datasets import TEST_IMAGES, TEST_LABELS
     from stages.core.idx import read_idx
@@ -54,7 +49,7 @@ def markdown(section: dict[str, Any]) -> list[str]:
     lines = ["", "## Handwriting: other writers' styles", "",
              f"bn_cnn trained by the train stage on mnist-10k, augmentation off (`train.augment.enabled=false`) and "
              f"on (the default); accuracy on {section['digits']} held-out digits as they are and redrawn in other "
-             "styles (tests/helpers/styles.py), inside and beyond the default training ranges.", "",
+             "styles (benchmarks/styles.py), inside and beyond the default training ranges.", "",
              "| digits | augmentation off | default (on) |", "|---|---|---|"]
     lines += [f"| {style} | {off['styles'][style]:.2%} | {on['styles'][style]:.2%} |" for style in on["styles"]]
     lines += [f"| training seconds | {off['train_seconds']:.0f} | {on['train_seconds']:.0f} |", "",

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.efficiency import epoch_flops
-from benchmarks.project_copy import ROOT, paths_under
 from stages.core.datasets import DATASETS
+from stages.core.project_copy import ROOT, paths_under
 
 # Dotted overrides on top of params.yaml: `default` is params.yaml as it is.
 RECIPES: dict[str, dict[str, Any]] = {

@@ -1,8 +1,9 @@
-"""Export stage: ship the trained model as ONNX and LiteRT files, each checked against Keras before it is written.
+"""Export stage: ship the trained model in each of export.formats (stages/core/formats.py: ONNX, LiteRT), each file
+checked against Keras before it is written.
 
-Reads `{paths.model}`, the held-out digits `{paths.processed}/test.npz` and `dataset.json` beside them; params
-`export.*`, `data.dataset`, `tracking.*`. Builds the inference model (stages/core/shipping.py: training-only
-augmentation dropped, float32, the trained weights), exports each of `export.formats` to `paths.<format>` and runs
+Reads `{paths.model}` and the held-out digits `{paths.processed}/test.npz`; params `export.*`, `data.dataset`.
+Builds the inference model (stages/core/shipping.py: training-only augmentation dropped, float32, the trained
+weights), exports each of `export.formats` into `{paths.export_dir}` and runs
 the file with its own runtime (ONNX Runtime, the LiteRT interpreter) on every held-out digit: it is written only if
 it gives the float32 Keras model's class on each of them and no probability further than `export.tolerance` from
 it. A format whose exporter or runtime is missing or fails stops the stage with one line; the files already
@@ -10,8 +11,7 @@ checked stay.
 
 Writes `{paths.export}`: per file its size, sha256 and test accuracy, per format the agreement and max |Δp|
 against the float32 Keras model, and the same for the model as trained (a bf16-trained model's float32 rebuild
-differs from it slightly). With tracking on, the ONNX file is logged with MLflow's onnx flavour to the training's
-run and registered (its champion follows the tensor model's), the LiteRT file is an artifact, the figures metrics.
+differs from it slightly). The register stage logs and registers the files in MLflow.
 
 ONNX files are not byte-reproducible (tf2onnx names nodes and tensors differently on each export), LiteRT files
 are. Run alone with `python -m stages.export` (after `dvc repro train`).
@@ -30,7 +30,6 @@ from stages.core.files import require_files
 from stages.core.formats import FORMATS, check_formats
 from stages.core.records import (
     export_file,
-    read_dataset_info,
     read_split,
     remove_exports,
     split_files,
@@ -46,10 +45,8 @@ from stages.core.shipping import (
     inference_model,
     int8_gate,
 )
-from stages.core.tracking import registry
 
 BATCH_SIZE = 500
-EXAMPLE_IMAGES = 2  # the MLflow input example of the ONNX model
 
 
 def file_entry(path: Path, architecture: str, format: str, probabilities: np.ndarray, labels: np.ndarray) -> dict:
@@ -84,7 +81,6 @@ def run(params) -> dict:
     arrays = read_split(paths, "test")
     images, labels = arrays["x"].astype(np.float32), arrays["labels"].astype(np.int64)
 
-    info = read_dataset_info(paths)  # the data's registry name: the registered models carry it
     model = load_model(model_path, len(class_names(params.data.dataset)), advice="rerun `dvc repro train`")
     inference = inference_model(model)
     trained = np.asarray(model.predict(images, batch_size=BATCH_SIZE, verbose=0), dtype=np.float64)
@@ -116,11 +112,6 @@ def run(params) -> dict:
     remove_exports(paths, [spec.file for name, spec in FORMATS.items() if name not in params.export.formats])
     write_export(paths, report)
 
-    metrics = {f"export.{name}_bytes": entry["bytes"] for name, entry in report["files"].items()}
-    metrics |= {f"export.{format}_max_abs_diff": report[format]["max_abs_diff"] for format in written}
-    metrics |= {f"export.{format}_agreement": report[format]["agreement"] for format in written}
-    registry.log_exports(params, written, metrics, images[:EXAMPLE_IMAGES], accuracy, dataset=info["dataset"],
-                         test_sha256=info["splits"]["test"]["sha256"])
     gap = report["trained_vs_float32"]
     print(f"the model as trained and its float32 rebuild: same class on {gap['agreement']:.2%} of the held-out "
           f"digits, max |Δp| {gap['max_abs_diff']:.1e}")

@@ -38,9 +38,10 @@ import numpy as np
 from stages.core import devices
 from stages.core.architectures import Architecture, SpecError, build_model, check_model, resolve_spec
 from stages.core.datasets import split_sizes
-from stages.core.entry import KERAS_UNUSED_IMPORTS, stage_main, tensorflow_quietly
+from stages.core.entry import KERAS_UNUSED_IMPORTS, stage_main
 from stages.core.errors import PipelineError
 from stages.core.files import atomic_path, sha256_of_files, write_text
+from stages.core.quiet import tensorflow_quietly
 from stages.core.records import read_dataset_info, read_split, split_files, write_history, write_run
 from stages.core.schema import Augment, Params, minimised, refuse
 from stages.core.tracking import training as tracking
@@ -255,11 +256,8 @@ def run(params: Params, extra_callbacks=()) -> dict:
             "best_val_accuracy": float(history["val_accuracy"].max()),
             "kept_epoch": kept_epoch(params, history),
         }
-        # run.json last: evaluate and plots attach to the MLflow run it names.
-        from stages.reading.image_model import ImageClassifier  # its image code only when logged (PIL, skimage)
-
-        logged = run_handle.log_training(params, model, result, example=val[0][:5], image_model=ImageClassifier,
-                                         data_info=data_info, calibration=calibration)
+        # run.json last: evaluate, plots and register attach to the MLflow run it names.
+        logged = run_handle.log_training(params, model, result, example=val[0][:5], data_info=data_info)
         write_run(paths, {**result, **split_sizes(data_info), **calibration, **logged})
         shutil.rmtree(resume_dir, ignore_errors=True)
     kept = f"kept epoch {result['kept_epoch']}" if result["kept_epoch"] else "kept the last epoch"

@@ -115,15 +115,18 @@ def model(model_path):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, raw_params, mnist_10k, model_path, processed_dir):
     """The export stage run once, in every format, on the session's model and the 2,000 held-out digits of the
-    processed sample, MLflow on (a SQLite store beside it, the training's run made up): (params, report). The
-    folder holds params.yaml and is the project root while the module's tests run."""
+    processed sample, and its files logged as the register stage logs them, MLflow on (a SQLite store beside it, the
+    training's run made up): (params, report). The folder holds params.yaml and is the project root while the
+    module's tests run."""
     import shutil
 
     import mlflow
     from helpers.params import write_params
 
     from stages import export
+    from stages.core import records
     from stages.core.files import write_json
+    from stages.core.tracking import registry
 
     base = tmp_path_factory.mktemp("export")
     params = shrunk_params(raw_params, base, mnist_10k, tracking__enabled=True, paths__processed=str(processed_dir),
@@ -139,7 +142,12 @@ def exported(tmp_path_factory, raw_params, mnist_10k, model_path, processed_dir)
         run_id = client.create_run(experiment).info.run_id
         client.set_terminated(run_id, "FINISHED")
         write_json(params.paths.run, {"run_id": run_id})
-        yield params, export.run(params)
+        report = export.run(params)
+        info = records.read_dataset_info(params.paths)
+        files = {format: records.export_file(params.paths, FORMATS[format].file) for format in params.export.formats}
+        registry.log_exports(params, client, run_id, files, report, records.read_split(params.paths, "test")["x"][:2],
+                             info["dataset"], info["splits"]["test"]["sha256"])
+        yield params, report
 
 
 @pytest.fixture(scope="session")

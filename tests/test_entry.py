@@ -157,7 +157,7 @@ REAL_ERROR = "E0000 00:00:1795817015.048704   23083 node_def_util.cc:682] someth
 
 
 def test_tensorflow_startup_noise_is_exactly_the_known_lines():
-    from stages.core.entry import startup_noise
+    from stages.core.quiet import startup_noise
 
     assert all(startup_noise(line, gpu_present=False) for line in [*TENSORFLOW_NOISE, CUINIT])
     assert not startup_noise(CUINIT, gpu_present=True)  # where a GPU exists, a failing cuInit is news
@@ -174,7 +174,7 @@ NODE_DEF = ("E0000 00:00:1796286399.651667   12741 node_def_util.cc:682] NodeDef
 
 
 def test_one_quiet_policy_drops_the_known_lines_of_any_moment_and_keeps_real_errors():
-    from stages.core.entry import tensorflow_noise
+    from stages.core.quiet import tensorflow_noise
 
     assert all(tensorflow_noise(line, gpu_present=False) for line in [*TENSORFLOW_NOISE, CUINIT, NODE_DEF])
     assert tensorflow_noise(NODE_DEF, gpu_present=True) and not tensorflow_noise(CUINIT, gpu_present=True)
@@ -186,7 +186,7 @@ def test_held_back_stderr_keeps_everything_but_the_noise_even_from_c_code(tmp_pa
     lines = [*TENSORFLOW_NOISE[:2], REAL_ERROR, CUINIT, "a Python warning"]
     script = textwrap.dedent(f"""
         import os, sys
-        from stages.core.entry import startup_noise, stderr_without
+        from stages.core.quiet import startup_noise, stderr_without
         with stderr_without(lambda line: startup_noise(line, gpu_present=False)):
             for line in {lines[:4]!r}:
                 os.write(2, (line + "\\n").encode())  # as TensorFlow's logger does, under Python's feet
@@ -201,7 +201,7 @@ def test_held_back_stderr_keeps_everything_but_the_noise_even_from_c_code(tmp_pa
 
 def test_tensorflows_retracing_advice_is_dropped_and_its_other_warnings_kept(tmp_path):
     script = textwrap.dedent("""
-        from stages.core.entry import start_tensorflow_quietly
+        from stages.core.quiet import start_tensorflow_quietly
         start_tensorflow_quietly()
         import tensorflow as tf
         for size in range(1, 9):  # a new shape each call: retracing, as a few one-off predicts do

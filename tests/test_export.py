@@ -94,12 +94,12 @@ def test_export_checks_each_file_against_keras_and_reports_it(exported, mnist_10
 def test_mlflow_gets_the_onnx_model_registered_and_the_litert_file(exported):
     import mlflow
 
-    from stages.core.tracking import registry
+    from stages.core.tracking import versions
 
     params, report = exported
     client = mlflow.MlflowClient(params.tracking.uri)
     run_id = json.loads(Path(params.paths.run).read_text())["run_id"]
-    name = registry.registered_name(params, "mnist_10k", "onnx")
+    name = versions.registered_name(params, "mnist_10k", "onnx")
     assert name == "mnist_10k-cnn-onnx"
     [version] = client.search_model_versions(f"name = '{name}'")
     assert version.run_id == run_id
@@ -116,22 +116,22 @@ def test_the_onnx_champion_follows_the_tensor_models_and_predict_takes_its_uri(e
     import mlflow
     from PIL import Image
 
-    from stages.core.tracking import registry
+    from stages.core.tracking import versions
 
     params, _ = exported
     client = mlflow.MlflowClient(params.tracking.uri)
     run_id = json.loads(Path(params.paths.run).read_text())["run_id"]
     # The tensor model's versions: an older one from another run, then this run's; the champion moves between them.
-    tensor_name, onnx_name = (registry.registered_name(params, "mnist_10k", kind) for kind in ("", "onnx"))
+    tensor_name, onnx_name = (versions.registered_name(params, "mnist_10k", kind) for kind in ("", "onnx"))
     client.create_registered_model(tensor_name)
     other = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id
     for run in (other, run_id):
         client.create_model_version(tensor_name, source=client.get_run(run).info.artifact_uri, run_id=run)
     client.set_registered_model_alias(tensor_name, "champion", "1")
-    registry.follow_champion(client, params, "mnist_10k", "onnx")
+    versions.follow_champion(client, params, "mnist_10k", "onnx")
     assert client.get_registered_model(onnx_name).aliases == {}  # run `other` has no ONNX version
     client.set_registered_model_alias(tensor_name, "champion", "2")
-    registry.follow_champion(client, params, "mnist_10k", "onnx")
+    versions.follow_champion(client, params, "mnist_10k", "onnx")
     assert client.get_model_version_by_alias(onnx_name, "champion").run_id == run_id
 
     Image.fromarray(255 - test_digits[0]).save("digit.png")
@@ -238,3 +238,32 @@ def test_predict_refuses_an_unknown_model_format(tmp_path, capsys):
                          "mnist"]) == predict.EXIT_BAD_MODEL
     error = capsys.readouterr().err
     assert "unknown model format '.pt'; expected a .keras, .onnx or .tflite file or an MLflow model URI" in error
+
+
+@pytest.mark.slow
+def test_a_format_added_to_the_registry_is_allowed_exported_and_logged_with_no_other_edit(exported, monkeypatch):
+    """One entry in stages/core/formats.py (and its exporter and runtime beside it in shipping): the params check,
+    the export stage and MLflow take it; dvc.yaml's one out, the folder, already holds its file."""
+    import mlflow
+
+    from stages import export
+    from stages.core import formats
+    from stages.core import records as handed
+    from stages.core.tracking import registry, store
+
+    params, _ = exported
+    fake = formats.Format("fake", "model.fake", flavour=None, kind=None, runtime="onnxruntime")
+    monkeypatch.setitem(formats.FORMATS, "fake", fake)
+    monkeypatch.setitem(shipping.EXPORTERS, "fake", shipping.export_onnx)  # ONNX bytes under another name
+    monkeypatch.setitem(shipping.RUNTIMES, "fake", shipping.OnnxModel)
+    assert formats.check_formats(["fake"]) == []
+    params = params.model_copy(update={"export": params.export.model_copy(update={"formats": ["fake"]})})
+    report = export.run(params)
+    path = Path(params.paths.export_dir) / "model.fake"
+    assert report["files"]["fake"]["sha256"] == shipping.file_sha256(path) and report["fake"]["agreement"] == 1.0
+    assert not (Path(params.paths.export_dir) / "model.onnx").exists()  # a format dropped: its file goes
+    client, run_id = store.attached_run(params)
+    info = handed.read_dataset_info(params.paths)
+    registry.log_exports(params, client, run_id, {"fake": path}, report, None, info["dataset"], "sha")
+    assert "fake/model.fake" in [item.path for item in mlflow.MlflowClient(params.tracking.uri).list_artifacts(
+        run_id, "fake")]

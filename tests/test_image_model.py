@@ -23,7 +23,7 @@ from helpers.net import answers, free_port, wait_until
 from PIL import Image
 
 from stages.core.calibration import scaled
-from stages.core.tracking import registry, store
+from stages.core.tracking import registry, store, versions
 from stages.predict import predict_arrays
 from stages.preprocess import normalize
 from stages.reading import image_model
@@ -39,13 +39,12 @@ def png_base64(image: Image.Image) -> str:
 
 
 def log_image_model(params, dataset: str, temperature: float = 1.0):
-    """The session's model logged as train logs it, in a run of its own, as an image model of `dataset`."""
-    import mlflow
-
+    """The session's model logged as the register stage logs it, in a run of its own, as an image model of
+    `dataset`; returns the version."""
     client, experiment_id = store.connect(params)
     run = client.create_run(experiment_id)
-    with mlflow.start_run(run_id=run.info.run_id):
-        return registry.log_image_model(params, store.tracking_uri(params), ImageClassifier, dataset, temperature)
+    return registry.log_image_model(params, store.tracking_uri(params), ImageClassifier, dataset, temperature,
+                                    run.info.run_id)
 
 
 @pytest.fixture
@@ -85,15 +84,16 @@ def test_the_served_image_model_answers_pngs(make_params, model_path, model, tes
     params = make_params(tracking__enabled=True, tracking__uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     Path(params.paths.model).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(model_path, params.paths.model)
-    info = log_image_model(params, "mnist")
-    name = registry.registered_name(params, "mnist", "images")
-    assert info.registered_model_version == 1 and name == "mnist-cnn-images"
-    # The preprocessing code travels with the model (code_paths): the core and the reading, nothing else.
+    version = log_image_model(params, "mnist")
+    name = versions.registered_name(params, "mnist", "images")
+    assert version == "1" and name == "mnist-cnn-images"
+    # The preprocessing code travels with the model (code_paths): the modules it imports, nothing else.
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/1", dst_path=str(tmp_path / "logged")))
     code = local / mlflow.models.get_model_info(f"models:/{name}/1").flavors["python_function"]["code"]
     shipped = {path.relative_to(code).as_posix() for path in code.rglob("*")
                if path.is_file() and "__pycache__" not in path.parts}
-    assert {"stages/__init__.py", "stages/core/entry.py", "stages/reading/numbers.py"} <= shipped
+    assert {"stages/__init__.py", "stages/core/__init__.py", "stages/reading/numbers.py"} <= shipped
+    assert not {"stages/core/entry.py", "stages/reading/drawing_page.html", "stages/reading/own.py"} & shipped
     assert not {path for path in shipped if path.count("/") == 1 and path != "stages/__init__.py"}, shipped
     assert not any(path.startswith("stages/mnist_10k") for path in shipped)
 
@@ -135,13 +135,15 @@ def test_a_fashion_mnist_image_model_frames_items_as_fashion_mnist_and_names_the
     params = make_params(tracking__enabled=True, tracking__uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     Path(params.paths.model).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(model_path, params.paths.model)
-    info = log_image_model(params, "fashion_mnist", temperature=0.5)
+    version = log_image_model(params, "fashion_mnist", temperature=0.5)
 
     item = np.full((90, 60), 255, dtype=np.uint8)  # a dark boot-like shape, off-centre, on white
     item[20:80, 10:30], item[60:80, 10:55] = 40, 40
     path = tmp_path / "item.png"
     Image.fromarray(item).save(path)
-    answer = mlflow.pyfunc.load_model(info.model_uri).predict(pd.DataFrame({"image": [png_base64(Image.open(path))]}))
+    name = versions.registered_name(params, 'fashion_mnist', 'images')
+    served = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    answer = served.predict(pd.DataFrame({"image": [png_base64(Image.open(path))]}))
 
     framed = {dataset: model_input(load_image(path), dataset) for dataset in ("fashion_mnist", "mnist")}
     assert not np.allclose(framed["fashion_mnist"], framed["mnist"])

@@ -9,6 +9,7 @@ import ast
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -21,6 +22,9 @@ LEVELS = {"core": 0, "reading": 1}  # everything else in `stages` is a stage or 
 # Files a module reads beside its code: a change to them is a change to the module.
 DATA_FILES = {"stages/core/architectures.py": ["stages/core/architectures.yaml"],
               "stages/reading/drawing_page.py": ["stages/reading/drawing_page.html"]}
+# Code that changes no byte of any output, left out of every stage's deps on purpose (dvc.yaml says so): editing the
+# console's quieting must rerun nothing. It imports no other module of the project.
+NO_OUTPUT_CHANGES = {"stages/core/quiet.py"}
 
 
 def module_file(module: str):
@@ -72,7 +76,7 @@ def test_packages_hold_nothing_but_their_docstring():
 
 def test_each_package_docstring_names_every_module_in_it():
     """The maps in the docstrings stay the tree's: a module added under core/ or reading/ is named there."""
-    for package in (PACKAGE / "core", PACKAGE / "reading", PACKAGE / "core" / "tracking"):
+    for package in (PACKAGE / "core", PACKAGE / "reading", PACKAGE / "core" / "tracking", PACKAGE / "core" / "search"):
         text = (package / "__init__.py").read_text()
         named = {path.stem for path in package.glob("*.py")} - {"__init__"}
         named |= {path.name + "/" for path in package.iterdir() if (path / "__init__.py").exists()}
@@ -121,7 +125,7 @@ def code_files(module: str) -> set[str]:
             needed.add(imported)
             pending.append(imported)
     files = {module_file(m).relative_to(ROOT).as_posix() for m in needed}
-    files = {f for f in files if not f.endswith("__init__.py")}
+    files = {f for f in files if not f.endswith("__init__.py")} - NO_OUTPUT_CHANGES
     return files | {data for f in files for data in DATA_FILES.get(f, [])}
 
 
@@ -146,13 +150,21 @@ def test_each_stage_depends_on_exactly_the_code_it_runs():
     assert not extra, f"dvc.yaml lists code the stages never import: {extra}"
 
 
-def test_train_depends_on_exactly_the_code_the_image_model_ships():
-    """The registered image model carries a copy of these packages: editing any of them must re-register it."""
+def test_the_image_model_ships_exactly_the_code_it_imports_and_register_depends_on_it():
+    """The registered image model carries a copy of these modules: nothing it does not import, and editing any of
+    them re-registers it (not retrains: train never imports reading/)."""
     from stages.reading.image_model import ImageClassifier
 
-    train = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]
-    code = {dep for dep in train["deps"] if dep.startswith("stages/")}
-    assert code == {"stages/train.py"} | {f"stages/{package}" for package in ImageClassifier.SHIPPED}
+    shipped = {f"stages/{module}" for module in ImageClassifier.SHIPPED}
+    assert shipped == code_files("stages.reading.image_model")
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert shipped <= set(stages["register"]["deps"])
+    assert not [dep for dep in stages["train"]["deps"] if dep.startswith("stages/reading")]
+
+
+def test_the_quiet_module_imports_nothing_of_the_project():
+    """So leaving it out of the deps leaves nothing else out."""
+    assert all(not imports(".".join(Path(f).with_suffix("").parts)) for f in NO_OUTPUT_CHANGES)
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +192,13 @@ def test_runs_without_tensorflow(project_inputs, command):
                                                                             "PATH": "/usr/bin:/bin"})
     assert "imported " not in result.stderr, result.stderr[-3000:]
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+# Over the limit for now, each until its issue splits it (none at present).
+LONG_FOR_NOW: dict[str, str] = {}
+
+
+def test_no_module_is_over_450_lines():
+    long = {path.relative_to(ROOT).as_posix(): len(path.read_text().splitlines()) for path in PACKAGE.rglob("*.py")}
+    over = {path: lines for path, lines in long.items() if lines > 450 and path not in LONG_FOR_NOW}
+    assert not over, f"split these by job: {over}"

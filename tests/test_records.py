@@ -15,9 +15,9 @@ from stages.core import records
 from stages.core.errors import PipelineError
 
 # The handed files by name, and the paths.* keys that locate them: found in stages/core/records.py only.
-HANDED_NAMES = ("run.json", "dataset.json", "source.json", "manifest.json", "metrics.json", "history.csv",
-                "export.json", "train.npz", "val.npz", "test.npz", "own_test.npz")
-HANDED_KEYS = ("run", "processed", "source", "raw", "metrics", "history", "export", "export_dir")
+HANDED_NAMES = ("registered.json", "run.json", "dataset.json", "source.json", "manifest.json", "metrics.json",
+                "history.csv", "export.json", "train.npz", "val.npz", "test.npz", "own_test.npz")
+HANDED_KEYS = ("run", "processed", "source", "raw", "metrics", "history", "export", "export_dir", "registered")
 HOME = "stages/core/records.py"
 # Not handed: train's own copy of its history rows in its resume folder (paths.resume), which only train reads.
 PRIVATE = {"stages/core/callbacks.py": {"history.csv"}}

@@ -18,6 +18,8 @@ import yaml
 from helpers.project import ROOT, project_env, project_paths
 
 from stages import search
+from stages.core.search import report as search_report
+from stages.core.search import trials as search_trials
 
 
 @pytest.fixture
@@ -82,7 +84,7 @@ def test_bad_search_yaml_fails_with_one_clear_line(spec_in, capsys, tmp_path, ed
 
 
 def test_values_become_dvc_set_arguments():
-    assert search.set_arguments({"train.optimizer.name": "sgd", "train.optimizer.learning_rate": 0.0125,
+    assert search_trials.set_arguments({"train.optimizer.name": "sgd", "train.optimizer.learning_rate": 0.0125,
                                  "train.epochs": 3, "preprocess.limit": None, "train.resume": False}) == [
         "-S", "train.optimizer.name=sgd", "-S", "train.optimizer.learning_rate=0.0125", "-S", "train.epochs=3",
         "-S", "preprocess.limit=null", "-S", "train.resume=false"]
@@ -245,7 +247,7 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(project
     best = max(complete, key=lambda t: t.value)
     assert table[1].startswith(f"{best.number},")
     assert f"-S train.optimizer.name={best.params['train.optimizer.name']}" in (report / "best.txt").read_text()
-    for plot in search.PLOTS:
+    for plot in search_report.PLOTS:
         assert (report / plot).stat().st_size > 0
     parents = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
                                  filter_string=f"tags.`search.role` = 'study' and tags.`search.study` = '{STUDY}'")
@@ -293,7 +295,7 @@ def test_report_lists_complete_trials_best_first_with_plots_and_a_ready_command(
     best = (tmp_path / "search" / "best.txt").read_text().splitlines()
     assert best[-1] == "dvc exp run -S train.optimizer.name=adam -S train.optimizer.learning_rate=0.002"
     assert f"dvc exp apply {spec.study}-1" in best[1]
-    assert {path.name for path in written} == {"trials.csv", "best.txt", *search.PLOTS}
+    assert {path.name for path in written} == {"trials.csv", "best.txt", *search_report.PLOTS}
     assert all(path.stat().st_size > 0 for path in written)
 
 
@@ -313,7 +315,7 @@ def test_the_slice_plot_shows_every_trial_and_labels_that_do_not_overlap():
     study.optimize(lambda trial: trial.suggest_float("train.optimizer.learning_rate", 1e-4, 0.5, log=True) + len(
         trial.suggest_categorical("train.optimizer.name", ["adam", "sgd"])), n_trials=12)
     figure = plot_slice(study).flat[0].figure
-    search.legible_slices(figure)
+    search_report.legible_slices(figure)
     figure.canvas.draw()
     renderer = figure.canvas.get_renderer()
     panels = [axes for axes in figure.axes if axes.get_label() != "<colorbar>"]

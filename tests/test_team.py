@@ -21,7 +21,7 @@ from helpers.project import project_env, project_paths, set_params, sh
 from PIL import Image
 
 from stages.core.errors import PipelineError
-from stages.core.tracking import registry, store
+from stages.core.tracking import registry, store, training, versions
 
 DB_PASSWORD = "db-secret-4711"  # the auth server's database password: never on a command line or on disk
 
@@ -97,7 +97,6 @@ def test_a_read_only_user_cannot_write_and_is_refused_before_training(auth_serve
     from mlflow.exceptions import MlflowException
     from mlflow.server import get_app_client
 
-    from stages.core.tracking import training
 
     uri = auth_server.uri
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -107,7 +106,7 @@ def test_a_read_only_user_cannot_write_and_is_refused_before_training(auth_serve
     # The README's recipe: a user, READ on the experiment and on its registered models; EDIT for a writer.
     admin, client = get_app_client("basic-auth", tracking_uri=uri), mlflow.MlflowClient(uri, uri)
     experiment_id = client.create_experiment("readonly")
-    model = registry.registered_name(make_params(tracking__model_prefix="readonly-"), "mnist_10k")
+    model = versions.registered_name(make_params(tracking__model_prefix="readonly-"), "mnist_10k")
     client.create_registered_model(model)
     for user, permission in (("reader", "READ"), ("writer", "EDIT")):
         admin.create_user(user, f"{user}-pass-123456")
@@ -449,7 +448,8 @@ def test_champion_ends_on_the_best_version_when_evaluations_race(mlflow_server, 
     def evaluate(evaluation):
         params, accuracy = evaluation
         start.wait()
-        registry.log_evaluation(params, {"test_accuracy": accuracy}, [], dataset="mnist", test_sha256="same")
+        client, run_id = store.attached_run(params)
+        registry.crown(client, params, run_id, "mnist", accuracy, "same")
 
     with ThreadPoolExecutor(len(evaluations)) as pool:
         list(pool.map(evaluate, evaluations))

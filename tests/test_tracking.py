@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from helpers.net import answering, free_port
 
-from stages import evaluate, plots, train
+from stages import evaluate, export, plots, register, train
 from stages.core.errors import PipelineError
 from stages.core.schema import flatten
-from stages.core.tracking import registry
+from stages.core.tracking import registry, versions
 from stages.core.tracking import store as tracking_store
 
 
@@ -48,6 +48,8 @@ def test_pipeline_run_is_recorded_completely(make_params, processed_dir, store):
     train.run(params)
     metrics = evaluate.run(params)
     plots.run(params)
+    export.run(params)
+    registered = register.run(params)
 
     client = client_for(store)
     run = only_run(client)
@@ -102,12 +104,15 @@ def test_pipeline_run_is_recorded_completely(make_params, processed_dir, store):
     assert (store / "mlartifacts").is_dir(), "artifacts live beside mlflow.db"
 
     # The sample's models are named after it: they never race full-MNIST models (registry.registered_name).
-    name = registry.registered_name(params, "mnist_10k")
+    name = versions.registered_name(params, "mnist_10k")
     assert name == "mnist_10k-cnn"
     version = client.get_model_version_by_alias(name, "champion")
-    assert version.run_id == run.info.run_id
+    assert version.run_id == run.info.run_id and registered[name] == str(version.version)
+    # Every registered model of the run at once, the ONNX export's champion following the tensor model's.
+    assert set(registered) == {name, f"{name}-images", f"{name}-onnx"}
+    assert client.get_model_version_by_alias(f"{name}-onnx", "champion").run_id == run.info.run_id
     # The image model of the same run is its registered model's champion too (tests/test_image_model.py serves it).
-    image_version = client.get_model_version_by_alias(registry.registered_name(params, "mnist_10k", "images"),
+    image_version = client.get_model_version_by_alias(versions.registered_name(params, "mnist_10k", "images"),
                                                       "champion")
     assert image_version.run_id == run.info.run_id
     assert float(version.tags["test_accuracy"]) == pytest.approx(metrics["test_accuracy"], abs=1e-6)
@@ -193,7 +198,7 @@ def test_each_dataset_and_test_set_keeps_its_own_champion_and_a_dead_run_never_w
     client, experiment_id = tracking_store.connect(params)
 
     def evaluated(dataset: str, accuracy: float, test_sha256: str, status: str = "FINISHED") -> str:
-        name = registry.registered_name(params, dataset)
+        name = versions.registered_name(params, dataset)
         if not client.search_registered_models(f"name = '{name}'"):
             client.create_registered_model(name)
         run = client.create_run(experiment_id)
@@ -201,19 +206,18 @@ def test_each_dataset_and_test_set_keeps_its_own_champion_and_a_dead_run_never_w
         run_file = tmp_path / f"run-{run.info.run_id}.json"
         run_file.write_text(json.dumps({"run_id": run.info.run_id}))
         client.set_terminated(run.info.run_id, status)
-        registry.log_evaluation(params.model_copy(update={"paths": params.paths.model_copy(
-            update={"run": str(run_file)})}), {"test_accuracy": accuracy}, [], dataset, test_sha256)
+        registry.crown(client, params, run.info.run_id, dataset, accuracy, test_sha256)
         return str(version.version)
 
     def champion(dataset: str) -> str:
-        return str(client.get_model_version_by_alias(registry.registered_name(params, dataset), "champion").version)
+        return str(client.get_model_version_by_alias(versions.registered_name(params, dataset), "champion").version)
 
     mnist = evaluated("mnist", 0.99, "mnist-test")
     evaluated("fashion_mnist", 0.91, "fashion-test")
     evaluated("fashion_mnist", 0.89, "fashion-test")
     assert (champion("mnist"), champion("fashion_mnist")) == (mnist, "1")
     # A dead run's version never becomes champion, and says why.
-    name = registry.registered_name(params, "mnist")
+    name = versions.registered_name(params, "mnist")
     killed = evaluated("mnist", 0.999, "mnist-test", status="KILLED")
     assert champion("mnist") == mnist
     assert client.get_model_version(name, killed).tags["run_status"] == "KILLED"
@@ -221,7 +225,7 @@ def test_each_dataset_and_test_set_keeps_its_own_champion_and_a_dead_run_never_w
     # names the best living version.
     run_id = client.get_model_version(name, mnist).run_id
     client.set_terminated(run_id, "FAILED")
-    registry.mark_dead_versions(client, run_id, "FAILED")
+    versions.mark_dead_versions(client, run_id, "FAILED")
     assert client.get_model_version(name, mnist).tags["run_status"] == "FAILED"
     assert not client.get_registered_model(name).aliases
     evaluated("mnist", 0.98, "mnist-test")
@@ -229,4 +233,4 @@ def test_each_dataset_and_test_set_keeps_its_own_champion_and_a_dead_run_never_w
     # A changed test set starts a new race: its best version becomes champion, whatever the old set's scores.
     changed = evaluated("mnist", 0.95, "new-test")
     assert champion("mnist") == changed
-    assert registry.registered_name(params, "mnist", "onnx") == "mnist-cnn-onnx"
+    assert versions.registered_name(params, "mnist", "onnx") == "mnist-cnn-onnx"

@@ -14,6 +14,9 @@
   calibration   temperature scaling, the calibration error, and "not sure"
   formats       the export formats by name (data only): file, MLflow flavour, registered kind, packages
   shipping      the inference model, its ONNX and LiteRT files and runtimes, and the loader of any model file
+  quiet         the console's quieting (known harmless lines, progress bars): no stage's output depends on it
+  project_copy  a throwaway git copy of the project: the end-to-end tests' and the benchmark's sandbox
+  search/       the search tool's spec, trials and report (`python -m stages.search` is the entry)
   tracking/     MLflow, and the only code that imports it
   next_steps    what `make run` prints after `dvc repro`: the test accuracy and what to do next
 """

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from stages.core.datasets import INPUT_SHAPE, NUM_CLASSES
-from stages.core.errors import PipelineError
+from stages.core.errors import PipelineError, did_you_mean
 
 PRESETS_FILE = Path(__file__).with_name("architectures.yaml")
 
@@ -83,8 +83,6 @@ def check_layer_list(layers: Any, where: str) -> None:
 
 def check_model(model) -> list[str]:
     """The problems of params.yaml's model section (schema.Model): an unknown preset, a bad layer list."""
-    from stages.core.schema import did_you_mean
-
     names, problems = preset_names(), []
     if model.architecture not in names:
         problems.append(f"model.architecture: unknown architecture {model.architecture!r}"

@@ -30,10 +30,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import re
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -43,26 +41,12 @@ import psutil
 
 from stages.core.errors import PipelineError, Terminated
 from stages.core.files import project_root
+from stages.core.quiet import start_tensorflow_quietly
 from stages.core.schema import PARAMS_FILE, load_params
 
 # Keras imports these at start-up for helpers no stage uses (scikit-learn wrappers, image galleries): ~1 s a stage.
 KERAS_UNUSED_IMPORTS = ("sklearn", "matplotlib")
 
-# What TensorFlow's C++ side prints on every start on a CPU-only machine. Raising TF_CPP_MIN_LOG_LEVEL would also
-# hide real errors (cuInit's line is logged at ERROR), so these exact lines are dropped and everything else kept.
-TENSORFLOW_STARTUP_NOISE = re.compile("|".join([
-    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
-    r"I\d{4} [\d:. ]+\d+ port\.cc:\d+\] oneDNN custom operations are on\. .*",
-    r"I\d{4} [\d:. ]+\d+ cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine, GPU will not be used\.",
-    r"I\d{4} [\d:. ]+\d+ cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized to use available CPU .*",
-    r"To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.",
-]))
-# cuInit failing is news where an NVIDIA device exists, and start-up noise where none does.
-CUINIT_FAILURE = re.compile(r"E\d{4} [\d:. ]+\d+ cuda_\w+\.cc:\d+\] failed call to cuInit: .*")
-# Logged at ERROR by the first model.predict on NumPy input under op determinism (TensorFlow 2.20's runtime is older
-# than the graph Keras builds); harmless, and read as an error by everyone who sees it.
-NODE_DEF_NOISE = re.compile(r"E\d{4} [\d:. ]+\d+ node_def_util\.cc:\d+\] NodeDef mentions attribute "
-                            r"use_unbounded_threadpool which is not in the op definition: .*")
 
 
 def stage_main(run: Callable[[Any], Any], **options) -> None:
@@ -130,78 +114,6 @@ def load_params_told(path: str):
 
 TOOL_STOPPED = "nothing half-written was left"
 STAGE_STOPPED = f"{TOOL_STOPPED}; rerun `dvc repro` to continue"
-
-
-def has_nvidia_device() -> bool:
-    return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/proc/driver/nvidia").exists()
-
-
-def startup_noise(line: str, gpu_present: bool) -> bool:
-    return bool(TENSORFLOW_STARTUP_NOISE.fullmatch(line) or (not gpu_present and CUINIT_FAILURE.fullmatch(line)))
-
-
-def tensorflow_noise(line: str, gpu_present: bool | None = None) -> bool:
-    """The one quiet policy of every TensorFlow process: a known harmless line of TensorFlow's C++ side."""
-    gpu_present = has_nvidia_device() if gpu_present is None else gpu_present
-    return startup_noise(line, gpu_present) or bool(NODE_DEF_NOISE.fullmatch(line))
-
-
-@contextlib.contextmanager
-def tensorflow_quietly() -> Iterator[None]:
-    """Run a block that may wake TensorFlow's C++ side (start-up, a first predict, a model save) without its known
-    harmless lines; every other line it writes to stderr still shows."""
-    gpu_present = has_nvidia_device()
-    with stderr_without(lambda line: tensorflow_noise(line, gpu_present)):
-        yield
-
-
-@contextlib.contextmanager
-def stderr_without(noise: Callable[[str], bool]) -> Iterator[None]:
-    """Hold back what the block writes to stderr, then write every line of it for which `noise` is false.
-
-    TensorFlow's C++ side writes to file descriptor 2 directly, so the descriptor itself points at a temporary
-    file for the block (a file, not a pipe: a full pipe would block TensorFlow while it holds the GIL).
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
-                    if not noise(line.rstrip("\n"))]
-            if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
-
-
-def start_tensorflow_quietly() -> None:
-    """Import TensorFlow and find its devices (where it looks for a GPU) without its CPU-only start-up lines."""
-    with tensorflow_quietly():
-        import tensorflow as tf
-
-        tf.config.list_physical_devices("GPU")
-    drop_retracing_advice()
-
-
-def drop_retracing_advice() -> None:
-    """Keras traces a model once per new batch shape or exporter (calibration, the logged models' examples, each
-    export format); TensorFlow then warns about "retracing" in a paragraph of advice meant for loops, not for a
-    handful of one-off calls. Its other warnings still show. Installed once, however often it is called."""
-    import logging
-
-    logger = logging.getLogger("tensorflow")  # tf.get_logger()'s, without importing TensorFlow here
-    if _not_retracing_advice not in logger.filters:
-        logger.addFilter(_not_retracing_advice)
-
-
-def _not_retracing_advice(record) -> bool:
-    return "triggered tf.function retracing" not in record.getMessage()
 
 
 class SignalPolicy:

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePath
 
+from stages.core.errors import did_you_mean
+
 
 @dataclass(frozen=True)
 class Format:
@@ -46,8 +48,6 @@ FORMATS: dict[str, Format] = {format.name: format for format in (
 
 def check_formats(names: list[str]) -> list[str]:
     """The problems of export.formats: a name no format has."""
-    from stages.core.schema import did_you_mean
-
     return [f"export.formats: unknown format {name!r}{did_you_mean(name, FORMATS)} (formats: {', '.join(FORMATS)})"
             for name in names if name not in FORMATS]
 

@@ -15,6 +15,7 @@ stage's output by hand). A missing or malformed file is one PipelineError naming
   {paths.metrics}               evaluate    the test metrics
   {paths.export_dir}/<file>     export      the exported model files, one per export.formats (core/formats.py)
   {paths.export}                export      per shipped file its format, size, sha256 and test accuracy
+  {paths.registered}            register    the model versions registered in MLflow, by registered name
 """
 
 from __future__ import annotations
@@ -311,3 +312,14 @@ def finished_experiment(paths, read: Callable[[str], str]):
     a `--temp` run leaves nothing in the workspace)."""
     return (parse_history(read(paths.history), paths.history), parse_json(read(paths.metrics), paths.metrics,
             "evaluate"), parse_run(read(paths.run), paths.run))
+
+
+# ---------------------------------------------------------------------------------------------------- register
+
+
+def write_registered(paths, versions: dict[str, str]) -> None:
+    write_json(paths.registered, {"versions": versions})
+
+
+def read_registered(paths) -> dict[str, str]:
+    return read_json(paths.registered, "register", ("versions",))["versions"]

@@ -14,7 +14,6 @@ the hardware (stages/core/devices.py): the tests run both ways on one machine.
 from __future__ import annotations
 
 import atexit
-import difflib
 import json
 import os
 import sys
@@ -26,7 +25,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from stages.core.datasets import SELECTABLE
-from stages.core.errors import PipelineError
+from stages.core.errors import PipelineError, did_you_mean
 
 PARAMS_FILE = "params.yaml"  # the one file that configures a run, at the project root
 OPTIMIZERS = ("adam", "adamw", "nadam", "sgd", "rmsprop", "adadelta", "adagrad", "adamax", "lion")
@@ -68,6 +67,7 @@ class Paths(Section):
     run: str
     export_dir: str
     export: str
+    registered: str
     tensorboard: str
     resume: str
     metrics: str
@@ -234,11 +234,6 @@ def set_dotted(raw: dict, key: str, value: Any) -> None:
     for part in parents:
         raw = raw[part]
     raw[leaf] = value
-
-
-def did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _section_class(loc: tuple, root: type[BaseModel] | None = None) -> type[BaseModel] | None:

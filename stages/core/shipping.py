@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,14 +22,17 @@ from stages.core.datasets import INPUT_SHAPE
 from stages.core.errors import PipelineError
 from stages.core.files import atomic_path
 from stages.core.formats import FORMATS, by_suffix
+from stages.core.quiet import (
+    CONVERTER_CHATTER,
+    LITERT_NOISE,
+    drop_retracing_advice,
+    start_tensorflow_quietly,
+    stderr_without,
+)
 from stages.core.records import read_export
 
 KERAS_SUFFIX = ".keras"
 INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
-# What the LiteRT interpreter prints on every start on a CPU (its default delegate); anything else still shows.
-LITERT_NOISE = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-# absl INFO and WARNING lines, and the LiteRT int8 converter's summary line
-CONVERTER_CHATTER = re.compile(r"[IW]\d{4} [\d:. ]+\d+ [\w.]+:\d+\] .*|fully_quantize: ")
 
 
 class ExportError(ModelFileError):
@@ -130,8 +132,6 @@ def export_model(inference, format: str, path: str | os.PathLike, metadata: dict
                  calibration: np.ndarray | None = None) -> None:
     """Write `inference` as `format` to `path` (a temporary file: the caller renames it once checked); an int8
     format takes its ranges from `calibration`, a few hundred training images."""
-    from stages.core.entry import drop_retracing_advice, stderr_without
-
     drop_retracing_advice()
     extra = (calibration,) if FORMATS[format].quantizes else ()
     # The converters log every step of their work at INFO and WARNING level; their errors still show.
@@ -268,8 +268,6 @@ class LiteRTModel:
     def __init__(self, path: str | os.PathLike):
         from ai_edge_litert.interpreter import Interpreter
 
-        from stages.core.entry import stderr_without
-
         with stderr_without(lambda line: line == LITERT_NOISE):
             self.interpreter = Interpreter(model_path=str(path))
             self.interpreter.allocate_tensors()
@@ -347,8 +345,6 @@ def load_file(path: str | os.PathLike, num_classes: int, advice: str):
     suffix = path.suffix.lower()
     if suffix == KERAS_SUFFIX:
         if path.is_file():
-            from stages.core.entry import start_tensorflow_quietly
-
             start_tensorflow_quietly()  # its start-up lines would bury predict's answers; real errors still show
         return load_model(path, num_classes, advice)
     found = by_suffix(suffix)
@@ -383,7 +379,7 @@ def load_any(source: str | os.PathLike, num_classes: int, advice: str, params=No
         if params is None:
             raise ModelFileError(f"{text}: an MLflow model URI needs params.yaml (tracking.uri) in the working "
                                  "directory to find the store")
-        from stages.core.tracking.registry import downloaded_model
+        from stages.core.tracking.versions import downloaded_model
 
         try:
             with downloaded_model(params, text) as (path, known):

@@ -1,7 +1,7 @@
 """The registered image model: base64 PNG or JPEG strings in, the class, its name and its probabilities out.
 
 `mlflow models serve -m models:/mnist-cnn-images@champion --env-manager local` answers images with this code:
-MLflow ships the packages SHIPPED names with the model (code_paths) and stages/core/tracking/registry.py wraps
+MLflow ships the modules SHIPPED names with the model (code_paths) and stages/core/tracking/registry.py wraps
 ImageClassifier as a pyfunc PythonModel. The model's config names the dataset that trained it, so each image is
 framed as that dataset framed its items (an MNIST digit or a Fashion-MNIST item) through the same code as
 `python -m stages.predict` (stages/reading/numbers.py), and each answer carries the class name.
@@ -65,7 +65,11 @@ class ImageClassifier:
     """The pyfunc model's behaviour (load_context, predict), without mlflow: the registry adds the base class."""
 
     ARTIFACT = "keras_model"  # the .keras file among the logged model's artifacts
-    SHIPPED = ("core", "reading")  # the parts of the `stages` package this code imports, shipped with the model
+    # The modules of the `stages` package this code imports, lazily or not, shipped with the model (and the register
+    # stage's deps; tests/test_imports.py keeps the list equal to the imports).
+    SHIPPED = ("core/architectures.py", "core/architectures.yaml", "core/calibration.py", "core/datasets.py",
+               "core/errors.py", "reading/framing.py", "reading/image_model.py", "reading/ink.py", "reading/loading.py",
+               "reading/numbers.py", "reading/paper.py")
 
     @staticmethod
     def example(dataset: str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from benchmarks.project_copy import paths_under
+from stages.core.project_copy import paths_under
 from stages.core.schema import PARAMS_FILE, Params, parse_params, set_dotted
 
 

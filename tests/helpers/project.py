@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.project_copy import ROOT, copy_project, project_env, set_params, sh  # noqa: F401  (for tests)
 from helpers.digits import mnist_digits
 from stages.core.datasets import NUM_CLASSES, class_names
 from stages.core.files import save_npz, write_csv, write_json
+from stages.core.project_copy import ROOT, copy_project, project_env, set_params, sh  # noqa: F401  (for tests)
 from stages.core.schema import Params
 from stages.evaluate import confusion_matrix, confusion_table, predictions_table
 from stages.preprocess import one_hot

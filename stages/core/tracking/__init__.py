@@ -2,7 +2,8 @@
 
   store     where the store is, whether its server answers, the experiment, attaching to a run by id
   training  the MLflow run of one training: opened, epochs logged live, model logged, closed with its status
-  registry  the image and ONNX models beside the tensor model, test accuracy on each version, the champion
+  versions  registered names and versions: the naming rule, the tensor LoggedModel, the champion race, dead runs
+  registry  what the register stage writes: the image model, each export format, test accuracy, the champions
   study     a search's parent run and its trials' runs
   views     the experiment's saved view "Test accuracy first", and the URL that opens it
 """

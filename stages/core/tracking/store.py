@@ -164,6 +164,55 @@ def check_server(uri: str) -> None:
         ) from None
 
 
+READ_ONLY = ("READ", "NO_PERMISSIONS")
+
+
+def check_write_access(uri: str, experiment: str, models: list[str]) -> None:
+    """With basic auth, ask the server for our own permission on what the training writes: a READ-only grant is
+    one line now, not an HTTP 403 after the training. No grant of our own (the server's default applies) or a
+    server without auth: nothing to check here (a 403 later is one line too: `refused`)."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if not user or not uri.startswith(("http://", "https://")):
+        return
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.server import get_app_client
+
+    client, auth = mlflow.MlflowClient(uri, uri), get_app_client("basic-auth", tracking_uri=uri)
+    resources = []
+    with contextlib.suppress(MlflowException):
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:  # else this user creates it, and may write to what they create
+            resources.append(("experiment", found.experiment_id, f"experiment {experiment!r}"))
+    for name in models:
+        with contextlib.suppress(MlflowException):
+            client.get_registered_model(name)
+            resources.append(("registered_model", name, f"registered model {name!r}"))
+    for kind, key, what in resources:
+        try:
+            permission = auth.get_user_permission(user, kind, key).permission
+        except MlflowException:
+            continue
+        if permission in READ_ONLY:
+            raise PipelineError(f"MLflow user {user!r} may not write to {what} on {uri} (permission {permission}): "
+                                "ask the server's admin for EDIT on it, or set tracking.enabled: false")
+
+
+@contextlib.contextmanager
+def refused_is_an_error(uri: str) -> Iterator[None]:
+    """An HTTP 403 from the server (no write access) is one line."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as error:
+        if error.error_code != "PERMISSION_DENIED":
+            raise
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME", "(no user)")
+        raise PipelineError(f"MLflow tracking server {uri} refused user {user!r}: "
+                            f"{error.message.splitlines()[0]}; ask its admin for EDIT") from None
+
+
 def connect(params: Params):
     """Point MLflow at the store and return (client, experiment id), creating the experiment once."""
     import mlflow

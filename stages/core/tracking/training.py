@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import socket
 import subprocess
@@ -21,23 +20,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from stages.core.datasets import class_names
-from stages.core.entry import tensorflow_quietly
 from stages.core.errors import PipelineError, Terminated
 from stages.core.files import write_json
-from stages.core.records import history_file, read_history
+from stages.core.records import history_file, read_history, read_run
 from stages.core.schema import PARAMS_FILE, Params, flatten
-from stages.core.tracking.registry import kinds, log_image_model, mark_dead_versions, registered_name
 from stages.core.tracking.store import (
     SPLIT_CONTEXTS,
+    attached_run,
     check_server,
+    check_write_access,
     connect,
     dataset_digest,
     dataset_name,
     full_store_is_an_error,
+    refused_is_an_error,
     store_is_full,
-    store_lock,
     tracking_uri,
 )
+from stages.core.tracking.versions import log_tensor_model, mark_dead_versions, registered_name
 
 RESUME_RUN_FILE = "mlflow_run.json"  # in a resume folder: the run the server lost, for the resumed training
 # A search worker names its study and trial to the training it starts (through DVC) in these variables.
@@ -49,61 +49,13 @@ SYSTEM_METRICS = {"seconds": "system/epoch_seconds", "train_seconds": "system/tr
 
 def check_tracking(params: Params, dataset: str | None = None) -> None:
     """Before any slow work: fail when tracking is on and its server is down, failing or refuses us, or lets us
-    only read the experiment (or the registered models of `dataset`) the training would write to."""
+    only read the experiment (or the tensor and image models of `dataset`, which the register stage will write)
+    the training would write to. The register stage checks the exports' models too before it registers anything."""
     if params.tracking.enabled:
         uri = tracking_uri(params)
         check_server(uri)
-        models = [registered_name(params, dataset, kind) for kind in kinds()] if dataset else []
+        models = [registered_name(params, dataset, kind) for kind in ("", "images")] if dataset else []
         check_write_access(uri, params.tracking.experiment, models)
-
-
-READ_ONLY = ("READ", "NO_PERMISSIONS")
-
-
-def check_write_access(uri: str, experiment: str, models: list[str]) -> None:
-    """With basic auth, ask the server for our own permission on what the training writes: a READ-only grant is
-    one line now, not an HTTP 403 after the training. No grant of our own (the server's default applies) or a
-    server without auth: nothing to check here (a 403 later is one line too: `refused`)."""
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-    if not user or not uri.startswith(("http://", "https://")):
-        return
-    import mlflow
-    from mlflow.exceptions import MlflowException
-    from mlflow.server import get_app_client
-
-    client, auth = mlflow.MlflowClient(uri, uri), get_app_client("basic-auth", tracking_uri=uri)
-    resources = []
-    with contextlib.suppress(MlflowException):
-        found = client.get_experiment_by_name(experiment)
-        if found is not None:  # else this user creates it, and may write to what they create
-            resources.append(("experiment", found.experiment_id, f"experiment {experiment!r}"))
-    for name in models:
-        with contextlib.suppress(MlflowException):
-            client.get_registered_model(name)
-            resources.append(("registered_model", name, f"registered model {name!r}"))
-    for kind, key, what in resources:
-        try:
-            permission = auth.get_user_permission(user, kind, key).permission
-        except MlflowException:
-            continue
-        if permission in READ_ONLY:
-            raise PipelineError(f"MLflow user {user!r} may not write to {what} on {uri} (permission {permission}): "
-                                "ask the server's admin for EDIT on it, or set tracking.enabled: false")
-
-
-@contextlib.contextmanager
-def refused_is_an_error(uri: str) -> Iterator[None]:
-    """An HTTP 403 from the server (no write access) is one line."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        yield
-    except MlflowException as error:
-        if error.error_code != "PERMISSION_DENIED":
-            raise
-        user = os.environ.get("MLFLOW_TRACKING_USERNAME", "(no user)")
-        raise PipelineError(f"MLflow tracking server {uri} refused user {user!r}: "
-                            f"{error.message.splitlines()[0]}; ask its admin for EDIT") from None
 
 
 def _git(*args: str) -> str:
@@ -193,43 +145,6 @@ def log_datasets(data_info: dict) -> dict[str, object]:
     return datasets
 
 
-NOISY_MLFLOW_LOGGERS = ("mlflow.store.db.utils", "mlflow.models.model", "mlflow.pyfunc")
-
-
-class ModelLoggingChatter(logging.Filter):
-    """MLflow's INFO lines while a model is logged and its CloudPickle advice (the image model is a class of this
-    project, pickled on purpose, with its code shipped beside it); its real warnings pass."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING and "serialized using CloudPickle" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def quietly_logging_models() -> Iterator[None]:
-    """Keep MLflow's and Keras' chatter while a model is logged out of the stage's output, and only that: progress
-    bars, INFO lines, the integer-schema hint (the image model answers class ids: integers on purpose) and the
-    harmless lines of TensorFlow's C++ side (stages/core/entry.py). Real warnings and errors still show."""
-    import keras
-
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # read at each download
-    chatter = ModelLoggingChatter()
-    loggers = [logging.getLogger(name) for name in NOISY_MLFLOW_LOGGERS]
-    for logger in loggers:
-        logger.addFilter(chatter)
-    interactive = keras.config.is_interactive_logging_enabled()
-    keras.config.disable_interactive_logging()  # no predict progress bar with ANSI codes in a log file
-    try:
-        with warnings.catch_warnings(), tensorflow_quietly():
-            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column",
-                                    category=UserWarning)
-            yield
-    finally:
-        if interactive:
-            keras.config.enable_interactive_logging()
-        for logger in loggers:
-            logger.removeFilter(chatter)
-
-
 def mark_orphans_killed(client, experiment_id: str, keep: str | None = None) -> None:
     """A run left RUNNING by a process killed with SIGKILL on this host is closed as KILLED (`keep`: the run this
     training resumes)."""
@@ -257,7 +172,7 @@ class NullRun:
     def raise_if_lost(self) -> None:
         pass
 
-    def log_training(self, params, model, result, example, image_model=None, data_info=None, calibration=None) -> dict:
+    def log_training(self, params, model, result, example, data_info=None) -> dict:
         return {"run_id": None}
 
 
@@ -303,16 +218,11 @@ class TrainingRun:
         for start in range(0, len(missed), 1000):  # MLflow's limit per batch
             self.client.log_batch(self.run_id, metrics=missed[start:start + 1000], synchronous=True)
 
-    def log_training(self, params: Params, model, result: dict, example, image_model, data_info: dict,
-                     calibration: dict) -> dict:
-        """Log the trained model and its results, and the same model behind `image_model` (the pyfunc class of
-        stages/reading/image_model.py) framing images as data_info's dataset does and scaling its probabilities by
-        calibration's temperature, as predict does; returns what run.json records of the run (with the LoggedModel's
-        id, which evaluate links the test metrics to)."""
-        import keras
+    def log_training(self, params: Params, model, result: dict, example, data_info: dict) -> dict:
+        """Log what the training produced: its missed epochs, the model (a LoggedModel of this run, registered by
+        the register stage) with the kept epoch's accuracies linked to it, and the results; returns what run.json
+        records of the run (with the LoggedModel's id, which evaluate links the test metrics to)."""
         import mlflow
-        import tensorflow as tf
-        from mlflow.models import infer_signature
 
         history = read_history(params.paths)
         self.log_missed_epochs(history)
@@ -325,34 +235,15 @@ class TrainingRun:
             self.client.log_artifact(self.run_id, path, "model_outputs")
         if Path(PARAMS_FILE).exists():
             self.client.log_artifact(self.run_id, PARAMS_FILE)
-        dataset = data_info["dataset"]
-        with quietly_logging_models():
-            # predict_on_batch: model.predict on NumPy builds a tf.data pipeline, whose first use under op
-            # determinism logs a harmless C++ error line.
-            signature = infer_signature(example, keras.ops.convert_to_numpy(model.predict_on_batch(example)))
-            # mlflow.keras.log_model writes the input example before creating its folder (MLflow 3.17); the
-            # TensorFlow flavour saves the same Keras 3 model and gets it right. Named after the architecture: the
-            # name the LoggedModel shows in the UI.
-            with store_lock(self.uri):
-                info = mlflow.tensorflow.log_model(
-                    model, name=result["architecture"], signature=signature, input_example=example,
-                    registered_model_name=registered_name(params, dataset),
-                    # Given explicitly: inferring them reloads the model in a subprocess (another TensorFlow start).
-                    pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
-                                      f"mlflow=={mlflow.__version__}"],
-                )
-            log_image_model(params, self.uri, image_model, dataset, calibration["temperature"])
+        info = log_tensor_model(model, result["architecture"], example, self.uri)
         self.link_kept_epoch(info.model_id, history, result["kept_epoch"], data_info)
         # After the model: MLflow copies the run's metrics logged so far onto the LoggedModel, whose page should
         # list the model's scores, not how long it trained.
         for key in ("train_seconds", "epochs_run"):
             self.client.log_metric(self.run_id, SYSTEM_METRICS[key], float(result[key]))
         self.client.log_metric(self.run_id, "best_val_accuracy", float(result["best_val_accuracy"]))
-        return {
-            "run_id": self.run_id, "experiment": params.tracking.experiment, "model_uri": info.model_uri,
-            "model_id": info.model_id, "registered_model": registered_name(params, dataset),
-            "model_version": str(info.registered_model_version) if info.registered_model_version else None,
-        }
+        return {"run_id": self.run_id, "experiment": params.tracking.experiment, "model_uri": info.model_uri,
+                "model_id": info.model_id}
 
     def link_kept_epoch(self, model_id: str, history, kept_epoch: int | None, data_info: dict) -> None:
         """The kept epoch's training and validation accuracy on the LoggedModel, each with its split's dataset:
@@ -493,3 +384,30 @@ def _training_run(params: Params, architecture: str, data_hash: str, data_info: 
             os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
             with contextlib.suppress(Exception):
                 mlflow.end_run(status="FAILED")
+
+
+def log_evaluation(params: Params, metrics: dict[str, float], files: list[Path], data_info: dict | None = None
+                   ) -> None:
+    """Attach test metrics and report files to the training's run (linked to its LoggedModel and, given
+    `data_info` (dataset.json), to the test split's dataset, so the model page shows them). A full store is one
+    line. (The register stage tags the registered versions with the test accuracy and moves `champion`.)"""
+    attached = attached_run(params)
+    if attached is None:
+        return
+    client, run_id = attached
+    model_id = read_run(params.paths).model_id
+
+    def link(split: str) -> dict:
+        """The LoggedModel and the split's dataset a metric was measured with (own_test_*: your own digits)."""
+        found = {"model_id": model_id} if model_id else {}
+        if model_id and data_info and split in data_info["splits"]:
+            found.update(dataset_name=dataset_name(data_info, split), dataset_digest=dataset_digest(data_info, split))
+        return found
+
+    with full_store_is_an_error(tracking_uri(params)):
+        for key, value in metrics.items():
+            if isinstance(value, int | float):  # not the dataset's name: the run carries it as a tag
+                client.log_metric(run_id, key, float(value),
+                                  **link("own_test" if key.startswith("own_test") else "test"))
+        for path in files:
+            client.log_artifact(run_id, str(path), "reports")

@@ -1,4 +1,5 @@
-"""A throwaway git copy of this project, shared by the benchmark and the end-to-end tests."""
+"""A throwaway git copy of this project with params overridden: the sandbox of the end-to-end tests and of the
+benchmark (here, so that tests/ and benchmarks/ never import each other). No stage imports it."""
 
 from __future__ import annotations
 
