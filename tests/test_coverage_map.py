@@ -16,6 +16,7 @@ INDIRECT = {
     "stages.core.tracking.study": "test_search.py",  # the study's parent run in MLflow
     "stages.core.project_copy": "test_pipeline.py",  # tests/helpers/project.py's copies, DVC run in them
     "stages.reading.drawing_page": "test_drawing_page.py",  # the page `predict --serve` serves, in a browser
+    "stages.reading.paper": "test_images.py",  # the paper's level and grain, through ink and numbers
 }
 
 

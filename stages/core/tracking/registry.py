@@ -64,7 +64,7 @@ def log_image_model(params: Params, uri: str, behaviour: type, dataset: str, tem
 
 
 def shipped_package(staging: Path, modules: tuple[str, ...]) -> Path:
-    """A copy of the `stages` package holding only `modules` (paths inside it, e.g. reading/images.py) and the
+    """A copy of the `stages` package holding only `modules` (paths inside it, e.g. reading/framing.py) and the
     packages' docstring-only __init__ files, under `staging`."""
     package = staging / STAGES.name
     for module in modules:
