@@ -240,7 +240,6 @@ def test_predict_refuses_an_unknown_model_format(tmp_path, capsys):
     assert "unknown model format '.pt'; expected a .keras, .onnx or .tflite file or an MLflow model URI" in error
 
 
-@pytest.mark.slow
 def test_a_format_added_to_the_registry_is_allowed_exported_and_logged_with_no_other_edit(exported, monkeypatch):
     """One entry in stages/core/formats.py (and its exporter and runtime beside it in shipping): the params check,
     the export stage and MLflow take it; dvc.yaml's one out, the folder, already holds its file."""

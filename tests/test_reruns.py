@@ -9,9 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers.project import ROOT, copy_project, sh
-
-pytestmark = pytest.mark.slow  # a dozen DVC commands: seconds each
+from helpers.project import ROOT, sh
 
 # The README's section holds a Markdown table: | you edit | these stages rerun |.
 TABLE_HEADING = "### You edit X: these stages rerun"
@@ -39,12 +37,12 @@ def edit(project: Path, what: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def locked(tmp_path_factory):
+def locked(tmp_path_factory, project_copy):
     """A copy whose every stage's deps and outs exist (made up: only their hashes matter here), committed to
     dvc.lock by `dvc commit -f`, so `dvc status` starts clean."""
     from dvc.repo import Repo
 
-    project = copy_project(tmp_path_factory.mktemp("reruns"), {})
+    project = project_copy(tmp_path_factory.mktemp("reruns"), {})
     with Repo(str(project)) as repo:
         stages = list(repo.index.stages)
         paths = [Path(str(item.fs_path)) for stage in stages for item in (*stage.deps, *stage.outs)]
