@@ -55,8 +55,8 @@ def run(params: Params) -> dict[str, str]:
                 params, uri, ImageClassifier, dataset, trained.temperature, run_id)
             registered |= registry.log_exports(params, client, run_id, files, report, example, dataset, test_sha256)
             registry.crown(client, params, run_id, dataset, float(metrics["test_accuracy"]), test_sha256)
-        for name, version in registered.items():
-            print(f"register: {name} version {version} (MLflow run {run_id})")
+        print(f"register: {', '.join(f'{name} version {version}' for name, version in registered.items())} "
+              f"(MLflow run {run_id})")
     write_registered(paths, registered)
     return registered
 

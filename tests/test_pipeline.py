@@ -149,8 +149,10 @@ def test_the_train_stage_on_says_what_trains_and_nothing_from_third_parties(proj
     assert all(EPOCH_LINE.fullmatch(line) for line in log if line.startswith("epoch ")), log
     assert any("cross-entropy" in line and "no label smoothing" in line for line in log)
     export = next(index for index, line in enumerate(log) if line == "Running stage 'export':")
+    register = next(index for index, line in enumerate(log) if line == "Running stage 'register':")
     assert len(log[:export]) <= 20, "\n".join(log)  # train, evaluate, plots: 20 lines measured, against 32 before
-    assert len(log[export:]) <= 10, "\n".join(log)  # export: 9, a line per format and per registration
+    assert len(log[export:register]) <= 7, "\n".join(log)  # export: 7, a line per format and the float32 gap
+    assert len(log[register:]) <= 8, "\n".join(log)  # register: 8, a champion per registered model, one summary
 
 
 def test_predict_prints_only_its_answer(project):
