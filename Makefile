@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup system run test test-fast lint bench lock clean
+.PHONY: setup system run test test-fast mutants lint bench lock clean
 
 # What the team-server, SSH-remote and drawing-page tests start for real. Installed from Debian only when missing
 # and when running as root; otherwise the tests that need them fail under CI=true and say what is missing.
@@ -39,6 +39,17 @@ test: setup system
 # Every test that needs no project copy running DVC, no server and no browser (the `slow` rule in tests/conftest.py).
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
+
+# Mutation testing, not in CI (pyproject's [tool.mutmut]): each module gets MUTANT_MINUTES, niced, then one line of
+# score per module (caught / mutants tried; "no test" = a mutant no selected fast test calls).
+MUTANT_MODULES := calibration files datasets schema own augment
+MUTANT_MINUTES ?= 5
+mutants: setup
+	rm -rf mutants
+	for module in $(MUTANT_MODULES); do \
+		timeout --signal=INT $(MUTANT_MINUTES)m nice -n 10 $(BIN)/mutmut run --max-children 2 "stages.*.$$module.*" || true; \
+	done
+	$(BIN)/python -c "$$MUTATION_SCORES"
 
 lint: setup
 	$(BIN)/ruff check .
@@ -79,6 +90,22 @@ while todo:
 sys.stdout.writelines(line for line in sys.stdin if canonical(line.split("==")[0].split(" @ ")[0].strip()) in needed)
 endef
 export REQUIRED_ONLY
+
+# mutants/**/*.py.meta (mutmut's results): caught (killed or timed out), survived, no test, not reached in time.
+define MUTATION_SCORES
+import collections, json, pathlib
+from mutmut.stats import status_by_exit_code
+print(f"{'module':28} {'caught':>7} {'survived':>9} {'no test':>8} {'not tried':>10} {'score':>6}")
+for meta in sorted(pathlib.Path("mutants").rglob("*.py.meta")):
+    codes = json.loads(meta.read_text())["exit_code_by_key"].values()
+    count = collections.Counter(status_by_exit_code[code] for code in codes)
+    caught = count["killed"] + count["timeout"]
+    tried = caught + count["survived"] + count["no tests"] + count["suspicious"]
+    name = meta.relative_to("mutants").as_posix().removesuffix(".meta")
+    print(f"{name:28} {caught:7} {count['survived']:9} {count['no tests']:8} {count['not checked']:10} "
+          f"{caught / tried if tried else 0:6.0%}")
+endef
+export MUTATION_SCORES
 
 clean:
 	rm -rf $(VENV)

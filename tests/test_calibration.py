@@ -1,4 +1,7 @@
-"""stages/core/calibration.py: a temperature that made a model overconfident is recovered from its answers."""
+"""Calibration (stages/core/calibration.py) against answers generated with a known temperature, and on real digits.
+
+The oracle: labels drawn from softmax(z) are what a calibrated model would predict; a model that reports
+softmax(T z) is overconfident by T, so the fit must find T (log p / T = z + a constant per row)."""
 
 from __future__ import annotations
 
@@ -6,6 +9,9 @@ import numpy as np
 import pytest
 
 from stages.core import calibration
+from stages.core.datasets import class_names
+
+N = 5_000
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -13,14 +19,90 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("temperature", [0.5, 2.0])
-def test_a_generated_temperature_is_recovered(temperature):
-    """Labels drawn from softmax(z): the true probabilities. The model answers softmax(z / T) (T < 1: overconfident,
-    T > 1: underconfident); scaling its answers by the fitted temperature, 1 / T, gives softmax(z) back."""
-    rng = np.random.default_rng(0)
-    logits = rng.normal(scale=3.0, size=(20_000, 10))
-    labels = np.array([rng.choice(10, p=row) for row in softmax(logits)])
-    answers = softmax(logits / temperature)
-    fitted = calibration.fit_temperature(answers, labels)
-    assert fitted == pytest.approx(1 / temperature, rel=0.05)
-    assert calibration.expected_calibration_error(calibration.scaled(answers, fitted), labels) < 0.02
+def generated(temperature: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """N answers over 10 classes overconfident by `temperature`, and labels drawn from the calibrated ones."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2.0, (N, 10))
+    logits[np.arange(N), rng.integers(0, 10, N)] += 3.0  # a favourite class per row, as a classifier has
+    calibrated = softmax(logits)
+    labels = np.array([rng.choice(10, p=row) for row in calibrated])
+    return softmax(logits * temperature), labels
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.5])
+def test_the_fit_recovers_a_generated_temperature_within_5_percent(temperature):
+    probabilities, labels = generated(temperature)
+    assert calibration.fit_temperature(probabilities, labels) == pytest.approx(temperature, rel=0.05)
+
+
+def test_scaling_by_the_fitted_temperature_lowers_the_calibration_error():
+    probabilities, labels = generated(2.5, seed=1)
+    record = calibration.calibrate(probabilities, labels)
+    assert record["val_ece_calibrated"] < record["val_ece"] / 2, record
+    assert record["temperature"] == pytest.approx(2.5, rel=0.05)
+    # ECE from its definition, by hand: 15 equal-width bins of the top probability.
+    confidence, correct = probabilities.max(axis=1), probabilities.argmax(axis=1) == labels
+    bins = np.minimum((confidence * 15).astype(int), 14)
+    by_hand = sum(abs(correct[bins == b].mean() - confidence[bins == b].mean()) * np.mean(bins == b)
+                  for b in np.unique(bins))
+    assert calibration.expected_calibration_error(probabilities, labels) == pytest.approx(by_hand, rel=1e-9)
+
+
+def test_the_error_of_a_hand_made_answer_set():
+    """Two answers right at 0.99 and 0.55, two wrong at 0.9 and 0.55: bins 14, 13 and 8 (of 15) hold one, one and
+    two of them; |1 - 0.99| / 4 + |0 - 0.9| / 4 + |0.5 - 0.55| * 2 / 4 = 0.2525."""
+    def answer(top: float, predicted: int) -> list[float]:
+        rest = (1 - top) / 9
+        return [top if k == predicted else rest for k in range(10)]
+
+    probabilities = np.array([answer(0.99, 3), answer(0.9, 4), answer(0.55, 5), answer(0.55, 6)])
+    labels = np.array([3, 0, 5, 0])
+    assert calibration.expected_calibration_error(probabilities, labels) == pytest.approx(0.2525)
+
+
+def test_a_calibrated_model_answers_the_scaled_probabilities_and_is_otherwise_the_model():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(10, activation="softmax")])
+    inputs = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    calibrated = calibration.CalibratedModel(model, 2.0)
+    expected = calibration.scaled(model.predict(inputs, verbose=0), 2.0)
+    np.testing.assert_allclose(calibrated.predict(inputs, verbose=0), expected, rtol=1e-6)
+    np.testing.assert_allclose(calibrated.predict_on_batch(inputs), expected, rtol=1e-6)
+    assert calibrated.count_params() == model.count_params() == 50
+
+
+def test_scaling_keeps_the_ranking_and_flattens_or_sharpens():
+    probabilities, _ = generated(1.0, seed=2)
+    flatter, sharper = calibration.scaled(probabilities, 2.0), calibration.scaled(probabilities, 0.5)
+    np.testing.assert_array_equal(flatter.argmax(axis=1), probabilities.argmax(axis=1))
+    assert np.all(flatter.max(axis=1) <= probabilities.max(axis=1) + 1e-12)
+    assert np.all(sharper.max(axis=1) >= probabilities.max(axis=1) - 1e-12)
+    np.testing.assert_allclose(calibration.scaled(probabilities, 1.0), probabilities, atol=1e-9)
+
+
+def test_below_the_bar_or_unlike_a_digit_is_not_sure_naming_the_two_first_classes():
+    names = class_names("mnist")
+    assert calibration.unsure(np.full(10, 0.1), names) == "not sure: 0 or 1"  # an answer spread evenly
+    sure = np.eye(10)[7] * 0.9 + 0.01
+    assert calibration.unsure(sure, names) is None
+    assert calibration.unsure(sure, names, unlike_a_digit=True) == "not sure: 7 or 0"
+    bar = calibration.UNSURE_BELOW
+    split = np.array([bar, 1 - bar - 0.08, *[0.01] * 8])
+    assert calibration.unsure(split, names) is None  # at the bar is sure
+    below = split + [-0.001, 0.001, *[0] * 8]
+    assert calibration.unsure(below, names) == "not sure: 0 or 1"
+
+
+def test_a_clean_held_out_digit_is_sure(model, test_digits, test_labels):
+    """The session's model, calibrated on 500 held-out digits, read on 500 others: a digit it reads right with its
+    calibrated confidence is rarely "not sure" (a fit that flattens every answer makes them all unsure)."""
+    from stages.preprocess import normalize
+
+    probabilities = model.predict(normalize(test_digits[:1000]), verbose=0)
+    temperature = calibration.fit_temperature(probabilities[:500], test_labels[:500])
+    answers = calibration.scaled(probabilities[500:], temperature)
+    right = answers.argmax(axis=1) == test_labels[500:1000]
+    unsure = [calibration.unsure(answer, class_names("mnist")) is not None for answer in answers[right]]
+    assert np.mean(unsure) < 0.05, (temperature, np.mean(unsure))

@@ -221,6 +221,21 @@ def test_a_file_that_disagrees_with_keras_is_not_written(model, mnist_10k, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_file_whose_weights_were_perturbed_is_refused(model, mnist_10k, tmp_path):
+    """The file of a copy whose weights were nudged (noise of 2% of each tensor's spread: most classes stay, the
+    probabilities move past the tolerance), checked against the model itself, is refused."""
+    images, _ = mnist_digits(mnist_10k, "test", 50)
+    inference = shipping.inference_model(model)
+    reference = inference.predict(images, verbose=0)
+    nudged = shipping.inference_model(model)
+    rng = np.random.default_rng(0)
+    nudged.set_weights([weights + rng.normal(0, 0.02 * (weights.std() or 1), weights.shape).astype(weights.dtype)
+                        for weights in nudged.get_weights()])
+    with pytest.raises(shipping.ExportError, match=r"the onnx file disagrees with the Keras model .*; not written"):
+        shipping.export_checked(nudged, "onnx", tmp_path / "model.onnx", images, reference, 1e-4, {})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_missing_runtime_is_one_error_and_no_file(model, mnist_10k, tmp_path, monkeypatch):
     images, _ = mnist_digits(mnist_10k, "test", 10)
     inference = shipping.inference_model(model)
