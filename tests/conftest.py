@@ -126,7 +126,7 @@ def exported(tmp_path_factory, raw_params, mnist_10k, model_path, processed_dir)
     from stages import export
     from stages.core import records
     from stages.core.files import write_json
-    from stages.core.tracking import registry
+    from stages.core.tracking import registry, store
 
     base = tmp_path_factory.mktemp("export")
     params = shrunk_params(raw_params, base, mnist_10k, tracking__enabled=True, paths__processed=str(processed_dir),
@@ -139,6 +139,7 @@ def exported(tmp_path_factory, raw_params, mnist_10k, model_path, processed_dir)
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         client = mlflow.MlflowClient(params.tracking.uri)
         experiment = client.create_experiment(params.tracking.experiment, artifact_location=(base / "art").as_uri())
+        client, _ = store.connect(params)  # as register does: MLflow's model logging follows the global URI
         run_id = client.create_run(experiment).info.run_id
         client.set_terminated(run_id, "FINISHED")
         write_json(params.paths.run, {"run_id": run_id})
