@@ -1,13 +1,15 @@
 """Register stage: every registration and every alias move in MLflow, once the model is evaluated and exported.
 
-Reads `{paths.run}` (the training's MLflow run and its LoggedModel), `{paths.model}`, `{paths.processed}/dataset.json`
-and `test.npz` (a few digits: the ONNX model's input example), `{paths.metrics}` (test accuracy) and
-`{paths.export}` with the files in `{paths.export_dir}`; params `tracking.*`.
+Reads `{paths.run}` (the training's MLflow run and its LoggedModel), `{paths.model}`, `{paths.processed}/dataset.json`,
+`test.npz` (a few digits: the ONNX model's input example) and `own_test.npz` (your held-out digits: the champion is
+re-scored on them), `{paths.metrics}` (test and own_test accuracy) and `{paths.export}` with the files in
+`{paths.export_dir}`; params `tracking.*`, `champion.*` (the rule, stages/core/tracking/champion.py).
 Registers, as versions of `<prefix><dataset>-cnn[-images|-<format kind>]` (stages/core/tracking/registry.py):
 the tensor model train logged, the image model (stages/reading/image_model.py, shipping only the modules it
 imports) and each exported format with an MLflow flavour (formats without one become artifacts of the run); tags
-each version with its test accuracy and test set, then moves `champion` (tensor and image model) and points each
-export's champion at the same run's version, all in this one stage, so no alias is ever left half-moved.
+each version with its test accuracy and test set, then moves `champion` by the rule (tensor model; the image model
+and each export's champion follow to the same run's version), all in this one stage, so no alias is ever left
+half-moved; prints one line saying who is champion and why, and tags a refused version with the rule and numbers.
 Writes `{paths.registered}`: the versions registered, by name (empty with tracking off).
 Run alone with `python -m stages.register` (after `dvc repro evaluate export`).
 """
@@ -54,11 +56,25 @@ def run(params: Params) -> dict[str, str]:
             registered[versions.registered_name(params, dataset, "images")] = registry.log_image_model(
                 params, uri, ImageClassifier, dataset, trained.temperature, run_id)
             registered |= registry.log_exports(params, client, run_id, files, report, example, dataset, test_sha256)
-            registry.crown(client, params, run_id, dataset, float(metrics["test_accuracy"]), test_sha256)
+            verdict = registry.crown(client, params, run_id, dataset, float(metrics["test_accuracy"]), test_sha256,
+                                     own_test(paths, info, metrics))
         print(f"register: {', '.join(f'{name} version {version}' for name, version in registered.items())} "
               f"(MLflow run {run_id})")
+        if verdict:
+            print(verdict)
     write_registered(paths, registered)
     return registered
+
+
+def own_test(paths, info: dict, metrics: dict) -> registry.OwnTest | None:
+    """The run's own_test digits and its accuracy on them; None without any (data.own off, or none held out)."""
+    if "own_test" not in info["splits"] or "own_test_accuracy" not in metrics:
+        return None
+    arrays = read_split(paths, "own_test", empty_ok=True, info=info)
+    if not len(arrays["labels"]):
+        return None
+    return registry.OwnTest(info["splits"]["own_test"]["sha256"], arrays["x"], arrays["labels"],
+                            float(metrics["own_test_accuracy"]))
 
 
 def main() -> None:

@@ -198,6 +198,12 @@ class Tracking(Section):
     model_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]*$", max_length=64)]
 
 
+class Champion(Section):
+    threshold: Annotated[float, Field(ge=0, le=1)] | None
+    min_absolute_change: Annotated[float, Field(ge=0, lt=1)]
+    tolerance: Annotated[float, Field(ge=0, le=100)]
+
+
 class Params(Section):
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)]
     paths: Paths
@@ -209,6 +215,7 @@ class Params(Section):
     evaluate: Evaluate
     plots: Plots
     tracking: Tracking
+    champion: Champion
 
 
 def minimised(metric: str) -> bool:

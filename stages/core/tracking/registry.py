@@ -1,19 +1,30 @@
 """What the register stage writes to the model registry: the image model beside the tensor model, each export format
 (stages/core/formats.py) on the same run, test accuracy on each version, and the champion (each export's follows
-the tensor model's). The naming rule and the champion race live in versions.py."""
+the tensor model's). The naming rule lives in versions.py, the champion rule in champion.py."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from stages.core.errors import PipelineError
 from stages.core.formats import FORMATS, registered_kinds
 from stages.core.quiet import quietly_logging_models
 from stages.core.schema import Params
+from stages.core.tracking import champion
 from stages.core.tracking.store import store_lock, tracking_uri
-from stages.core.tracking.versions import follow_champion, promote_champion, registered_name, tag_version
+from stages.core.tracking.versions import (
+    TEST_SET_TAG,
+    alias_version,
+    downloaded_model,
+    follow_champion,
+    registered_name,
+    tag_version,
+)
 
 STAGES = Path(__file__).resolve().parents[2]  # the `stages` package, parts of which ship with the image model
 
@@ -75,21 +86,69 @@ def shipped_package(staging: Path, modules: tuple[str, ...]) -> Path:
     return package
 
 
-def crown(client, params: Params, run_id: str, dataset: str, accuracy: float, test_sha256: str) -> None:
+def crown(client, params: Params, run_id: str, dataset: str, accuracy: float, test_sha256: str,
+          own: OwnTest | None = None) -> str | None:
     """Tag this run's tensor and image model versions with the test accuracy and the test set's content hash
-    (`test_sha256`, datasets.split_sha256), move `champion` among them, and point each export's champion at the
-    same run's version."""
-    # The tensor model and the image model of one run are champions together.
-    for name in (registered_name(params, dataset), registered_name(params, dataset, "images")):
-        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-        if not versions:
-            continue
-        with store_lock(tracking_uri(params)):
-            tag_version(client, name, versions[0].version, accuracy, test_sha256)
-            promote_champion(client, name, test_sha256)
+    (`test_sha256`, datasets.split_sha256) and, with `own` (the run's own_test digits), its own_test score; re-score
+    the current champion on those digits (it never saw them); move `champion` by the rule (params.champion), tag a
+    refused version with the rule and numbers, and point the image model's and each export's champion at the same
+    run's version. Returns the one line saying who is champion and why (None when this run has no tensor version)."""
+    name = registered_name(params, dataset)
+    mine = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    for kind in ("", "images"):
+        for version in client.search_model_versions(f"name = '{registered_name(params, dataset, kind)}' and "
+                                                    f"run_id = '{run_id}'")[:1]:
+            tag_version(client, version.name, version.version, accuracy, test_sha256)
+            if own is not None:
+                client.set_model_version_tag(version.name, version.version, champion.OWN_SET_TAG, own.sha256)
+                client.set_model_version_tag(version.name, version.version, champion.own_tag(own.sha256),
+                                             f"{own.accuracy:.6f}")
+    if not mine:
+        return None
+    candidate = mine[0].version
+    holder = alias_version(client, name)
+    if own is not None and holder not in (None, str(candidate)):
+        tags = client.get_model_version(name, holder).tags
+        if champion.own_tag(own.sha256) not in tags and tags.get(TEST_SET_TAG) == test_sha256:
+            score = score_version(params, name, holder, own.images, own.labels)
+            client.set_model_version_tag(name, holder, champion.own_tag(own.sha256), f"{score:.6f}")
+    verdict, before = None, None
+    held = client.get_model_version(name, holder) if holder not in (None, str(candidate)) else None
+    if held is not None and held.tags.get(TEST_SET_TAG) == test_sha256:  # another test set: a new race
+        before = champion.Entry.of(held)
+        verdict = champion.judge(champion.Entry.of(client.get_model_version(name, candidate)), before,
+                                 params.champion, len(own.labels) if own is not None else None)
     with store_lock(tracking_uri(params)):
-        for kind in registered_kinds():
+        champion.promote_champion(client, name, test_sha256, params.champion)
+    if verdict is not None and not verdict.takes:
+        client.set_model_version_tag(name, candidate, champion.REFUSED_TAG,
+                                     f"refused by champion.{verdict.rule}: {verdict.why} (v{before.version})")
+    with store_lock(tracking_uri(params)):
+        for kind in ("images", *registered_kinds()):
             follow_champion(client, params, dataset, kind)
+    entry = champion.Entry.of(client.get_model_version(name, candidate))
+    return champion.line(name, entry, before, verdict)
+
+
+@dataclass(frozen=True)
+class OwnTest:
+    """A run's own_test digits (the split's sha256 in dataset.json) and its accuracy on them (metrics.json)."""
+
+    sha256: str
+    images: np.ndarray
+    labels: np.ndarray
+    accuracy: float
+
+
+def score_version(params: Params, name: str, version: str, images, labels) -> float:
+    """Accuracy of registered `name` version `version` (a tensor model) on `images`, fetched from the registry."""
+    from stages.core.architectures import load_model
+    from stages.core.datasets import class_names
+
+    with downloaded_model(params, f"models:/{name}/{version}") as (path, _):
+        model = load_model(path, len(class_names(params.data.dataset)), advice="it is a registered tensor model")
+        predicted = np.argmax(model.predict_on_batch(images), axis=1)
+    return float(np.mean(predicted == labels))
 
 
 def log_exports(params: Params, client, run_id: str, files: dict[str, Path], report: dict, example,

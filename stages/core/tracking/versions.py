@@ -1,5 +1,5 @@
 """Registered models and their versions: the one naming rule, the tensor model train logs (a LoggedModel), the
-champion race among versions and the runs that died, and downloading a version for predict. Nothing here knows the
+champion candidates among versions and the runs that died, and downloading a version for predict. Nothing here knows the
 export formats (stages/core/formats.py), so a new format reruns no training.
 """
 
@@ -105,36 +105,13 @@ def candidates(client, name: str, test_sha256: str) -> list:
     return fit
 
 
-def promote_champion(client, name: str, test_sha256: str, alias: str = "champion") -> None:
-    """Point `alias` at the best version among those tested on the same test set as the version just evaluated
-    (a changed test set starts a new race); set it, read it back, repair it.
-
-    The registry has no lock and no compare-and-set, so two evaluations finishing together can each see only
-    their own version and the later write may be the worse one (and two first writes of the alias collide). Each
-    evaluation tags its version before calling this, so whoever checks last sees every tag and repairs what an
-    earlier, less informed write left behind.
-    """
+def alias_version(client, name: str, alias: str = "champion") -> str | None:
     from mlflow.exceptions import MlflowException
 
-    for _ in range(20):
-        scored = [(float(version.tags["test_accuracy"]), -int(version.version), version.version)
-                  for version in candidates(client, name, test_sha256)]
-        if not scored:
-            return
-        accuracy, _, best = max(scored)  # ties: the first version to reach that accuracy keeps it
-        try:
-            current = client.get_model_version_by_alias(name, alias).version
-        except MlflowException:  # no champion yet
-            current = None
-        if current == best:
-            return
-        try:
-            client.set_registered_model_alias(name, alias, best)
-        except MlflowException:  # two first-ever writes collide on the alias's key: read again
-            continue
-        print(f"registered model {name} version {best} is the {alias} (test accuracy {accuracy:.4f} on test set "
-              f"{test_sha256[:12]})")
-    raise PipelineError(f"the {alias!r} alias of registered model {name!r} kept changing under concurrent updates")
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:  # no champion yet
+        return None
 
 
 def follow_champion(client, params: Params, dataset: str, kind: str, alias: str = "champion") -> None:
