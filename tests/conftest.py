@@ -77,6 +77,15 @@ def make_params(raw_params, tmp_path, mnist_10k):
     return make
 
 
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """The default store (mlflow.db at the project root), with the project root being tmp_path via DVC_ROOT."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def processed_dir(raw_params, tmp_path_factory, mnist_10k) -> Path:
     """mnist-10k through the real data stages once per session (first 1,000 images)."""

@@ -4,19 +4,11 @@ register stage's core (registry.crown), the current champion re-scored on the ca
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from stages.core.tracking import champion, registry, store, versions
+from stages.core.tracking import champion, registry, versions
+from stages.core.tracking import store as tracking_store
 
 DATASET, TEST_SET = "mnist_10k", "held-out-sha"
-
-
-@pytest.fixture
-def sqlite_store(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    return tmp_path
 
 
 def always(label: int):
@@ -36,8 +28,8 @@ def registered(params, model, held_out: float, own: registry.OwnTest | None = No
     """Log `model` in a finished run, register it, crown it with `held_out`; (its version, the stage's line)."""
     import mlflow
 
-    client, experiment_id = store.connect(params)
-    uri, name = store.tracking_uri(params), versions.registered_name(params, DATASET)
+    client, experiment_id = tracking_store.connect(params)
+    uri, name = tracking_store.tracking_uri(params), versions.registered_name(params, DATASET)
     with mlflow.start_run(experiment_id=experiment_id) as run:
         logged = versions.log_tensor_model(model, "tiny", np.zeros((1, 28, 28, 1), np.float32), uri)
     version = versions.register_logged_model(logged.model_uri, name, uri)
@@ -46,10 +38,10 @@ def registered(params, model, held_out: float, own: registry.OwnTest | None = No
 
 
 def test_own_digits_read_better_win_within_tolerance_and_a_worse_held_out_is_refused_with_its_reason(
-        make_params, sqlite_store):
+        make_params, store):
     params = make_params(tracking__enabled=True)
     assert params.champion.tolerance == 0.3  # the default the numbers below are chosen around
-    client, _ = store.connect(params)
+    client, _ = tracking_store.connect(params)
     name = versions.registered_name(params, DATASET)
     own_zeros = np.zeros((9, 28, 28, 1), np.float32), np.zeros(9, np.uint8)  # nine of the person's zeros
     first, line = registered(params, always(8), 0.9925)

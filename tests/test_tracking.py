@@ -18,15 +18,6 @@ from stages.core.tracking import registry, versions
 from stages.core.tracking import store as tracking_store
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    """The default store (mlflow.db at the project root), with the project root being tmp_path via DVC_ROOT."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    return tmp_path
-
-
 def client_for(root: Path):
     import mlflow
 
