@@ -119,7 +119,11 @@ def crown(client, params: Params, run_id: str, dataset: str, accuracy: float, te
         verdict = champion.judge(champion.Entry.of(client.get_model_version(name, candidate)), before,
                                  params.champion, len(own.labels) if own is not None else None)
     with store_lock(tracking_uri(params)):
-        champion.promote_champion(client, name, test_sha256, params.champion)
+        final = champion.promote_champion(client, name, test_sha256, params.champion)
+    if before is not None and final not in (before.version, str(candidate)):  # a teammate's version won meanwhile
+        before = champion.Entry.of(client.get_model_version(name, final))
+        verdict = champion.judge(champion.Entry.of(client.get_model_version(name, candidate)), before,
+                                 params.champion, len(own.labels) if own is not None else None)
     if verdict is not None and not verdict.takes:
         client.set_model_version_tag(name, candidate, champion.REFUSED_TAG,
                                      f"refused by champion.{verdict.rule}: {verdict.why} (v{before.version})")
