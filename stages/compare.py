@@ -2,7 +2,8 @@
 many epochs?
 
 Reads the MLflow experiment `tracking.experiment` (with mlflow.search_runs, through stages.tracking).
-Writes {paths.compare} (one row per finished run, best test accuracy first) and {paths.compare_plot}
+Writes {paths.compare} (one row per finished run, best test accuracy first, with the champion and why the champion
+rule refused a run's version) and {paths.compare_plot}
 (test accuracy by architecture and dataset, one bar per optimizer and epoch count), and says where.
 Run: python -m stages.compare  (not a DVC stage: it reads the tracking store, which DVC does not version)
 """
@@ -19,7 +20,7 @@ from stages.core.entry import tool_main
 from stages.core.errors import PipelineError
 from stages.core.files import atomic_path, write_text
 from stages.core.schema import Params
-from stages.core.tracking import store
+from stages.core.tracking import champion, store, versions
 
 COLUMNS = {
     "tags.mlflow.runName": "run",
@@ -39,12 +40,14 @@ COLUMNS = {
 }
 
 
-def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per evaluated run with the columns a reader compares, best test accuracy first."""
+def comparison_table(runs: pd.DataFrame, said: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per evaluated run with the columns a reader compares, best test accuracy first; `said`: run id ->
+    the champion, or why the champion rule refused its version (champion.notes)."""
     if runs.empty or "metrics.test_accuracy" not in runs:
-        return pd.DataFrame(columns=list(COLUMNS.values()))
+        return pd.DataFrame(columns=[*COLUMNS.values(), "champion"])
     evaluated = runs[(runs["status"] == "FINISHED") & runs["metrics.test_accuracy"].notna()]
     table = evaluated.reindex(columns=list(COLUMNS)).rename(columns=COLUMNS)
+    table["champion"] = evaluated.reindex(columns=["run_id"])["run_id"].map(said or {}).to_numpy()
     for column in ("epochs", "parameters", "train images", "test images"):
         table[column] = pd.to_numeric(table[column]).astype("Int64")
     table["learning rate"] = pd.to_numeric(table["learning rate"])
@@ -113,7 +116,11 @@ def accuracy_figure(table: pd.DataFrame):
 def run(params: Params) -> pd.DataFrame:
     if not params.tracking.enabled:
         raise PipelineError("tracking.enabled is false: there are no MLflow runs to compare")
-    table = comparison_table(store.search_runs(params))
+    runs = store.search_runs(params)
+    client, _ = store.connect(params)
+    datasets = runs["tags.dataset"].dropna().unique() if "tags.dataset" in runs else []
+    names = [versions.registered_name(params, dataset) for dataset in datasets]
+    table = comparison_table(runs, champion.notes(client, names))
     text = markdown(table, params.tracking.experiment)
     write_text(params.paths.compare, text)
     written = [params.paths.compare]

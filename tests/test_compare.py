@@ -98,6 +98,7 @@ def test_run_writes_the_table_and_the_chart_and_says_where(make_params, tmp_path
     params = make_params(tracking__enabled=True, tracking__uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = mlflow.MlflowClient(params.tracking.uri)
     experiment = client.create_experiment(params.tracking.experiment)
+    client.create_registered_model("mnist_10k-cnn")
     for architecture, accuracy in (("lenet", 0.9), ("conv32", 0.95)):
         run = client.create_run(experiment, run_name=architecture, tags={"dataset": "mnist_10k"})
         client.log_param(run.info.run_id, "model.name", architecture)
@@ -105,8 +106,13 @@ def test_run_writes_the_table_and_the_chart_and_says_where(make_params, tmp_path
         client.log_metric(run.info.run_id, "test_accuracy", accuracy)
         client.log_metric(run.info.run_id, "system/epochs_run", 2)
         client.set_terminated(run.info.run_id)
+        client.create_model_version("mnist_10k-cnn", f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    client.set_registered_model_alias("mnist_10k-cnn", "champion", "1")
+    client.set_model_version_tag("mnist_10k-cnn", "2", "champion_refused", "refused by the test")
     table = compare.run(params)
     assert table["architecture"].tolist() == ["conv32", "lenet"]
+    assert table["champion"].tolist() == ["v2 refused by the test", "champion (mnist_10k-cnn v1)"]
+    assert "| champion (mnist_10k-cnn v1) |" in Path(params.paths.compare).read_text()
     last = capsys.readouterr().out.splitlines()[-1]
     assert last == f"wrote {params.paths.compare} and {params.paths.compare_plot} (2 evaluated runs)"
     assert Path(params.paths.compare_plot).read_bytes()[:4] == b"\x89PNG"

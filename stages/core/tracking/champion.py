@@ -110,3 +110,22 @@ def promote_champion(client, name: str, test_sha256: str, rule, alias: str = "ch
         except MlflowException:  # two first-ever writes collide on the alias's key: read again
             continue
     raise PipelineError(f"the {alias!r} alias of registered model {name!r} kept changing under concurrent updates")
+
+
+def notes(client, names: list[str], alias: str = "champion") -> dict[str, str]:
+    """Run id -> what the registry says of its version of each of `names`: the champion, or why the rule refused
+    it (python -m stages.compare shows it beside the run)."""
+    from mlflow.exceptions import MlflowException
+
+    said = {}
+    for name in names:
+        try:
+            holder = str(client.get_registered_model(name).aliases.get(alias))
+        except MlflowException:  # nothing registered under this name
+            continue
+        for version in client.search_model_versions(f"name = '{name}'"):
+            if str(version.version) == holder:
+                said[version.run_id] = f"{alias} ({name} v{version.version})"
+            elif REFUSED_TAG in version.tags:
+                said[version.run_id] = f"v{version.version} {version.tags[REFUSED_TAG]}"
+    return said
