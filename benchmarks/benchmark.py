@@ -21,8 +21,9 @@ Measures, in one run on the machine it runs on, and writes reports/benchmark.md 
   (benchmarks/time_to_accuracy.py);
 - a 6-run `dvc queue` sweep of small models on mnist-10k, three ways: `-j 1`, `-j 2` with TensorFlow's default
   thread pools, and `-j 2` with STAGES_JOBS=2 (each training's pools sized to its share of the cores);
-- `python -m stages.predict --model <file> digit.png` in a fresh process with the .keras, .onnx and .tflite files
-  of the default architecture: the wall time of one answer, start-up included, and whether TensorFlow was loaded;
+- the latency table per format (keras, onnx, onnx_int8, litert, litert_int8; benchmarks/latency.py): size,
+  held-out accuracy, agreement with Keras, warm one-thread latency, batch throughput, and the cold start of
+  `python -m stages.predict --model <file> digit.png`, with its peak RSS and whether TensorFlow was loaded;
 
 and checks each against the targets of issue 7. Throughput runs use the tutorial settings (adam 1e-3, constant
 rate, no label smoothing, no early stop) on both sides, with params.yaml's seed and batch size; the stage keeps
@@ -67,6 +68,9 @@ MNIST_10K_SOURCE = DATASETS["mnist_10k"].folder  # the sample shipped in stages/
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 SECTIONS = ("throughput", "e2e", "mnist", "sweep", "predict", "handwriting", "accuracy")
 PREDICT_RUNS = 3  # fresh processes per model file; the median counts
+# The latency table's model: LeNet, 3 epochs on the 8,000 mnist-10k training digits, as tests/test_export.py's:
+# int8 needs a model sure of its classes (bn_cnn after 2 epochs: 5 digits in 2,000 changed class, gate refused)
+PREDICT_MODEL = {"model.architecture": "lenet", "train.epochs": 3, "train.augment.enabled": False}
 SWEEP = {"model.architecture": ["single_conv", "conv10", "conv32"], "train.optimizer.name": ["adam", "sgd"]}
 SWEEP_WAYS = [  # (label, dvc queue workers, STAGES_JOBS)
     ("-j 1", 1, None),
@@ -517,38 +521,40 @@ def measure_sweep(config: argparse.Namespace, work: Path) -> dict:
 
 
 def measure_predict(work: Path) -> dict:
-    """One prediction in a fresh `python -m stages.predict` process per shipped file: wall time (median of
-    PREDICT_RUNS), peak RSS, whether TensorFlow was imported. The files: the default architecture trained for one
-    epoch on 600 mnist-10k digits and exported by `dvc repro export` in a copy of the project (MLflow off)."""
+    """The latency table (benchmarks/latency.py) of every export format, the files written by `dvc repro export` in
+    a copy of the project (MLflow off), the model PREDICT_MODEL. Peak RSS and whether TensorFlow was
+    imported, per file, from one more fresh predict."""
     from PIL import Image
 
+    from benchmarks import latency
     from stages.core.datasets import TEST_IMAGES
+    from stages.core.formats import FORMATS
     from stages.core.idx import read_idx
     from stages.core.schema import read_yaml
 
     project = copy_project(work / "predict", {"data.source": str(MNIST_10K_SOURCE), "data.dataset": "mnist",
-                                              "preprocess.limit": 600, "train.epochs": 1, "tracking.enabled": False})
+                                              **PREDICT_MODEL, "tracking.enabled": False,
+                                              "export.formats": list(FORMATS)})
     env, probe = probed_env(work, project)
     logs = work / "predict-logs"
     logs.mkdir(exist_ok=True)
-    print("predict: dvc repro export (default architecture, 1 epoch on 600 digits)", flush=True)
+    print(f"predict: dvc repro export ({PREDICT_MODEL}, every export format)", flush=True)
     check(run_measured(["dvc", "repro", "export"], project, env, logs / "repro.log"), "dvc repro export", logs)
     read_probe(probe)
     Image.fromarray(255 - read_idx(MNIST_10K_SOURCE / TEST_IMAGES)[0]).save(project / "digit.png")
     paths = read_yaml(project / "params.yaml")["paths"]
-    rows = []
-    for format, key in (("keras", "model"), ("onnx", "onnx"), ("litert", "litert")):
-        runs = [check(run_measured([sys.executable, "-m", "stages.predict", "--model", paths[key], "digit.png"],
-                                   project, env, logs / f"{format}-{attempt}.log"), f"predict {format}", logs)
-                for attempt in range(PREDICT_RUNS)]
-        rows.append({"format": format, "file": paths[key], "bytes": (project / paths[key]).stat().st_size,
-                     "seconds": [round(run.seconds, 2) for run in runs],
-                     "median_seconds": round(statistics.median(run.seconds for run in runs), 2),
-                     "max_rss_bytes": max(run.max_rss_bytes for run in runs),
-                     "tensorflow_loaded": bool(read_probe(probe)), "load_after": os.getloadavg()[0]})
-        print(f"  {format}: {rows[-1]['median_seconds']} s, TensorFlow loaded: {rows[-1]['tensorflow_loaded']}",
-              flush=True)
-    return {"runs": PREDICT_RUNS, "rows": rows}
+    files = {"keras": project / paths["model"]}
+    files |= {name: project / paths["export_dir"] / FORMATS[name].file for name in latency.FORMATS_MEASURED[1:]}
+    table = latency.measure(files, project / paths["processed"] / "test.npz", project / "digit.png", project, env,
+                            PREDICT_RUNS)
+    for row in table["rows"]:
+        measured = check(run_measured([sys.executable, "-m", "stages.predict", "--model", str(files[row["format"]]),
+                                       "digit.png"], project, env, logs / f"{row['format']}.log"),
+                         f"predict {row['format']}", logs)
+        row |= {"max_rss_bytes": measured.max_rss_bytes, "tensorflow_loaded": bool(read_probe(probe))}
+        print(f"  {row['format']}: cold start {row['cold_wall_s']:.2f} s wall, {row['cold_cpu_s']:.2f} s CPU, "
+              f"TensorFlow loaded: {row['tensorflow_loaded']}", flush=True)
+    return table
 
 
 # ---------------------------------------------------------------------------------------------------- main

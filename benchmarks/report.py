@@ -247,15 +247,12 @@ def markdown(results: dict) -> str:
         lines += [f"| {way['way']} | {way['seconds']:.1f} s | {way['succeeded']} of {sweep['runs']} | "
                   f"{way['load_before']:.2f} → {way['load_after']:.2f} |" for way in sweep["ways"]]
     if results.get("predict"):
-        predict = results["predict"]
-        lines += ["", "## Predict: one answer in a fresh process, per model file", "",
-                  "`python -m stages.predict --model FILE digit.png`: wall time from start to exit (median of "
-                  f"{predict['runs']} runs), the default architecture's files written by the export stage.", "",
-                  "| model file | size | wall time | runs | peak RSS | TensorFlow loaded |",
-                  "|---|---:|---:|---|---:|---|"]
-        lines += [f"| {row['file']} ({row['format']}) | {row['bytes'] / 1e6:.2f} MB | {row['median_seconds']:.2f} s | "
-                  f"{', '.join(f'{s:.2f}' for s in row['seconds'])} s | {gigabytes(row['max_rss_bytes'])} | "
-                  f"{'yes' if row['tensorflow_loaded'] else 'no'} |" for row in predict["rows"]]
+        from benchmarks.latency import markdown as latency_markdown
+
+        lines += latency_markdown(results["predict"])
+        lines += ["", "| model file | peak RSS of one predict | TensorFlow loaded |", "|---|---:|---|"]
+        lines += [f"| {row['file']} ({row['format']}) | {gigabytes(row['max_rss_bytes'])} | "
+                  f"{'yes' if row['tensorflow_loaded'] else 'no'} |" for row in results["predict"]["rows"]]
     if results.get("handwriting"):
         from benchmarks.handwriting import markdown as handwriting_markdown
 

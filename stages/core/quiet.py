@@ -35,8 +35,9 @@ NODE_DEF_NOISE = re.compile(r"E\d{4} [\d:. ]+\d+ node_def_util\.cc:\d+\] NodeDef
                             r"use_unbounded_threadpool which is not in the op definition: .*")
 # What the LiteRT interpreter prints on every start on a CPU (its default delegate); anything else still shows.
 LITERT_NOISE = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-# absl INFO and WARNING lines, and the LiteRT int8 converter's summary line
-CONVERTER_CHATTER = re.compile(r"[IW]\d{4} [\d:. ]+\d+ [\w.]+:\d+\] .*|fully_quantize: ")
+# absl INFO and WARNING lines, the LiteRT int8 converter's summary line, and ONNX Runtime's advice to pre-process
+# before quantising (done: its calibration step gives the advice about its own augmented copy)
+CONVERTER_CHATTER = re.compile(r"[IW]\d{4} [\d:. ]+\d+ [\w.]+:\d+\] .*|fully_quantize: |WARNING:root:Please consider ")
 
 
 def has_nvidia_device() -> bool:
