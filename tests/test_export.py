@@ -252,7 +252,8 @@ def test_a_file_whose_weights_were_perturbed_is_refused(model, mnist_10k, tmp_pa
     nudged.set_weights([weights + rng.normal(0, 0.02 * (weights.std() or 1), weights.shape).astype(weights.dtype)
                         for weights in nudged.get_weights()])
     with pytest.raises(shipping.ExportError, match=r"the onnx file disagrees with the Keras model .*; not written"):
-        shipping.export_checked(nudged, "onnx", tmp_path / "model.onnx", images, reference, 1e-4, {})
+        shipping.export_checked(nudged, "onnx", tmp_path / "model.onnx", images, shipping.float_gate(reference, 1e-4),
+                                {})
     assert list(tmp_path.iterdir()) == []
 
 
