@@ -457,6 +457,55 @@ def test_champion_ends_on_the_best_version_when_evaluations_race(mlflow_server, 
     assert float(champion.tags["test_accuracy"]) == max(accuracies)
 
 
+def test_a_database_stopped_mid_epoch_ends_the_training_in_seconds_and_it_resumes(
+        mlflow_server, postgresql_server, make_params, processed_dir, monkeypatch, capsys):
+    """PostgreSQL stops under a training whose epoch lasts minutes (each batch waits once the database is down):
+    the heartbeat ends it at a batch of that epoch, naming the database; the state resumes after the restart."""
+    import keras
+
+    from stages import train
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = make_params(paths__processed=str(processed_dir), train__epochs=2, train__batch_size=4,
+                         model__architecture="single_conv", tracking__enabled=True,
+                         tracking__uri=mlflow_server.uri, tracking__experiment="heartbeat")
+    steps = train.steps_per_epoch(len(np.load(Path(processed_dir) / "train.npz")["x"]), 4)
+    stopped = {}
+
+    class StopTheDatabase(keras.callbacks.Callback):
+        """After the first epoch is logged: stop PostgreSQL, then make every batch of the next epoch slow."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                postgresql_server.executor.stop()
+                stopped.update(at=time.monotonic(), batches=0)
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if stopped:
+                stopped["batches"] += 1
+                time.sleep(1)  # the epoch would last `steps` seconds at least
+
+    try:
+        with pytest.raises(PipelineError) as lost:
+            train.run(params, extra_callbacks=[StopTheDatabase()])
+        seconds = time.monotonic() - stopped["at"]
+    finally:
+        postgresql_server.start()
+    with capsys.disabled():  # the measurement, for whoever runs it with -s
+        print(f"\nnoticed {seconds:.1f} s after PostgreSQL stopped, after {stopped['batches']} of {steps} batches: "
+              f"{lost.value}")
+    assert stopped["batches"] < steps, "the loss was noticed only at the epoch's end"
+    message = str(lost.value)
+    assert "\n" not in message
+    assert message.startswith(f"MLflow tracking server {mlflow_server.uri} lost during training: the server answers "
+                              "but its database is down (")
+    assert "is incomplete there, with epochs up to 1 logged" in message and "start its database" in message
+
+    capsys.readouterr()
+    train.run(params)
+    assert "resuming after epoch 1" in capsys.readouterr().out
+
+
 def test_server_gone_mid_training_then_resumed_into_the_same_run(clones, postgresql_server):
     server, a = clones.server, clones.a
     # Small batches and a bigger model: epochs of seconds, so the server dies between two of them.
@@ -484,7 +533,8 @@ def test_server_gone_mid_training_then_resumed_into_the_same_run(clones, postgre
             server.start()
     [run] = running
     assert training.returncode != 0
-    assert f"went away during training: run {run.info.run_name} ({run.info.run_id}) is incomplete" in output
+    assert (f"lost during training: the server is gone ([Errno 111] Connection refused); run {run.info.run_name} "
+            f"({run.info.run_id}) is incomplete") in output
 
     resumed = run_sh(a, "dvc", "repro").stdout
     assert "resuming after epoch" in resumed

@@ -115,7 +115,8 @@ class LiveMetrics(keras.callbacks.Callback):
     """Hands each finished epoch to the tracking run, so curves grow live in `mlflow ui`.
 
     When the run's server has gone away, training stops after this epoch's backup (the backup callback runs after
-    this one) and the run says so when training ends; the resumed training logs what was missed.
+    this one) and the run says so when training ends; the resumed training logs what was missed. A loss the run's
+    heartbeat finds mid-epoch ends the training at the next batch (the state keeps the finished epochs).
     """
 
     def __init__(self, run):
@@ -128,6 +129,13 @@ class LiveMetrics(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.run.raise_if_lost()
+
+    # Batch begin, not end: Keras dispatches batch-end hooks in a thread only while no callback has one.
+    def on_train_batch_begin(self, batch, logs=None):
+        self.run.check_heartbeat()
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self.run.check_heartbeat()
 
 
 def load_best_weights(model, resume_dir: Path) -> None:

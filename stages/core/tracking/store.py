@@ -11,6 +11,7 @@ import base64
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import os
 import urllib.error
@@ -121,6 +122,45 @@ def full_store_is_an_error(uri: str) -> Iterator[None]:
         raise PipelineError(message) from None
 
 
+def ask(uri: str, timeout: float = HEALTH_TIMEOUT_SECONDS) -> None:
+    """One cheap read that basic auth protects, with the credentials MLflow's client would send; urllib's errors
+    as they come."""
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+    elif user or password:
+        credentials = base64.b64encode(f"{user or ''}:{password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {credentials}")
+    urllib.request.urlopen(request, timeout=timeout).close()
+
+
+# What MLflow's 500 says when its backend store cannot be reached (SQLAlchemy's OperationalError from psycopg).
+DATABASE_DOWN = ("OperationalError", "psycopg", "connection to server", "database")
+
+
+def server_loss(uri: str) -> tuple[str, str] | None:
+    """What one read says of a server that was answering: None while it answers (or is only slow, or refuses us),
+    ("gone", why) when nothing takes the connection, ("database", why) for an HTTP 5xx whose body names its backend
+    store, ("failing", why) for any other 5xx."""
+    try:
+        ask(uri)
+    except urllib.error.HTTPError as error:
+        if error.code < 500:
+            return None
+        body = error.read(2000).decode(errors="replace")
+        with contextlib.suppress(ValueError, AttributeError):
+            body = json.loads(body).get("message", body)
+        detail = " ".join(body.split())[:300] or f"HTTP {error.code}"
+        return ("database" if any(word.lower() in body.lower() for word in DATABASE_DOWN) else "failing"), detail
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        if isinstance(reason, TimeoutError):
+            return None  # a busy server; the next epoch's log call bounds a hung one
+        return "gone", str(reason)
+    return None
+
+
 def check_server(uri: str) -> None:
     """Fail in seconds, before any training, when a tracking server is down, failing or refuses our credentials.
 
@@ -129,15 +169,9 @@ def check_server(uri: str) -> None:
     """
     if not uri.startswith(("http://", "https://")):
         return
-    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
     user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
-        request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
-    elif user or password:
-        credentials = base64.b64encode(f"{user or ''}:{password or ''}".encode()).decode()
-        request.add_header("Authorization", f"Basic {credentials}")
     try:
-        urllib.request.urlopen(request, timeout=HEALTH_TIMEOUT_SECONDS).close()
+        ask(uri)
     except urllib.error.HTTPError as error:
         if error.code == 401:
             given = "were refused" if user or password else "are missing"

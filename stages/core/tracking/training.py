@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from stages.core.tracking.store import (
     dataset_name,
     full_store_is_an_error,
     refused_is_an_error,
+    server_loss,
     store_is_full,
     tracking_uri,
 )
@@ -172,14 +174,49 @@ class NullRun:
     def raise_if_lost(self) -> None:
         pass
 
+    def check_heartbeat(self) -> None:
+        pass
+
     def log_training(self, params, model, result, example, data_info=None) -> dict:
         return {"run_id": None}
+
+
+# The heartbeat's read, every few seconds whatever the epoch's length; two misses in a row make a loss (one 5xx
+# may be a blip): a lost server or database is noticed within about 2 * HEARTBEAT_SECONDS and the next batch.
+HEARTBEAT_SECONDS = 3
+LOSSES = {"gone": ("the server is gone", "start the server"),
+          "database": ("the server answers but its database is down", "start its database"),
+          "failing": ("the server answers but fails", "see the server's log")}
 
 
 class TrainingRun:
     def __init__(self, client, run_id: str, uri: str, run_name: str):
         self.client, self.run_id, self.uri, self.run_name = client, run_id, uri, run_name
         self.lost_after: int | None = None  # the last epoch logged before the server went away
+        self.logged = 0  # epochs logged by this process
+        self.loss: tuple[str, str] | None = None  # what the heartbeat or a failed log call found: server_loss's
+        self.stopped = threading.Event()
+
+    def start_heartbeat(self) -> None:
+        """A thread beside the epochs that reads from the server every HEARTBEAT_SECONDS; the batches check what it
+        found (`check_heartbeat`)."""
+        def beat() -> None:
+            misses = 0
+            while not self.stopped.wait(HEARTBEAT_SECONDS):
+                loss = server_loss(self.uri)
+                misses = misses + 1 if loss else 0
+                if misses >= 2:
+                    self.loss = loss
+                    return
+
+        threading.Thread(target=beat, name="mlflow-heartbeat", daemon=True).start()
+
+    def check_heartbeat(self) -> None:
+        """Between two batches: end the training at once when the heartbeat lost the server (the resume state keeps
+        the epochs finished so far)."""
+        if self.loss is not None and self.lost_after is None:
+            self.lost_after = self.logged
+            self.raise_if_lost()
 
     def log_epoch(self, epoch: int, logs: dict) -> bool:
         """Log one finished epoch (0-based) as it ends; False once the server has gone away (then nothing more)."""
@@ -192,18 +229,21 @@ class TrainingRun:
         try:
             check_server(self.uri)  # seconds, where MLflow's own retries would take minutes
             self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
-        except Exception:  # PipelineError from the probe, or whatever MLflow's client raises
+        except Exception as error:  # PipelineError from the probe, or whatever MLflow's client raises
+            self.loss = server_loss(self.uri) or ("gone", " ".join(str(error).split())[:300])
             self.lost_after = epoch
             return False
+        self.logged = epoch + 1
         return True
 
     def raise_if_lost(self) -> None:
         if self.lost_after is not None:
+            what, fix = LOSSES[self.loss[0]]
             raise PipelineError(
-                f"MLflow tracking server {self.uri} went away during training: run {self.run_name} "
-                f"({self.run_id}) is incomplete there, with epochs up to {self.lost_after} logged. "
-                "The training state is kept: start the server and run `dvc repro` again to resume the "
-                "training and complete that run"
+                f"MLflow tracking server {self.uri} lost during training: {what} ({self.loss[1]}); run "
+                f"{self.run_name} ({self.run_id}) is incomplete there, with epochs up to {self.lost_after} logged. "
+                f"The training state is kept: {fix} and run `dvc repro` again to resume the training and complete "
+                "that run"
             )
 
     def log_missed_epochs(self, history) -> None:
@@ -352,6 +392,7 @@ def _training_run(params: Params, architecture: str, data_hash: str, data_info: 
         log_datasets(data_info)
 
     handle = TrainingRun(client, run_id, uri, run_name)
+    handle.start_heartbeat()
     status = "FAILED"
     try:
         yield handle
@@ -360,6 +401,7 @@ def _training_run(params: Params, architecture: str, data_hash: str, data_info: 
         status = "KILLED"
         raise
     finally:
+        handle.stopped.set()
         if handle.lost_after is None:
             # The status first: on a server, MLflow prints the run's URL before it writes the status, and that
             # print raises once nobody reads our output (a search worker killed mid-trial), which would leave it
