@@ -30,7 +30,7 @@ from stages.core.datasets import class_names, split_sizes
 from stages.core.entry import KERAS_UNUSED_IMPORTS, stage_main
 from stages.core.files import require_files, save_npz, write_csv
 from stages.core.records import metrics_file, read_dataset_info, read_split, split_files, write_metrics
-from stages.core.tracking import training
+from stages.core.tracking import store, training
 
 # Keras clips probabilities to [epsilon, 1 - epsilon] before the log (keras.config.epsilon()); the same clip here
 # keeps a confidently wrong prediction from giving an infinite loss and matches model.evaluate.
@@ -189,6 +189,7 @@ def run(params) -> dict[str, float | int]:
     require_files({test_path: "preprocess", model_path: "train"})
     names = class_names(params.data.dataset)
     info = read_dataset_info(paths)
+    store.check_writes(params)  # before any work: a READ-only user is one line now, not a 403 at the end
     data = split_sizes(info)
 
     test = read_split(paths, "test", info=info)
@@ -214,8 +215,9 @@ def run(params) -> dict[str, float | int]:
              labels=labels[:count], activations=activations)
     # metrics.json last: its presence means every other report of this run is complete.
     write_metrics(paths, metrics)
-    training.log_evaluation(params, metrics, [metrics_file(paths), *(Path(path) for path in (
-                                paths.predictions, paths.confusion, paths.per_class))], data_info=info)
+    with store.refused_is_an_error(store.tracking_uri(params), params.tracking.experiment):
+        training.log_evaluation(params, metrics, [metrics_file(paths), *(Path(path) for path in (
+                                    paths.predictions, paths.confusion, paths.per_class))], data_info=info)
     # Training's loss may include label smoothing, which lifts it well above this one for the same model.
     print(f"test accuracy {metrics['test_accuracy']:.4f}, cross-entropy {metrics['test_loss']:.4f} (no label "
           f"smoothing), macro F1 {metrics['macro_f1']:.4f} on {test_images:,} {data['dataset']} images; "

@@ -259,6 +259,7 @@ def save_figure(figure: Figure, path: Path) -> Path:
 
 def run(params) -> list[Path]:
     """Draw every figure from the files evaluate and train wrote, and return the paths of the PNGs."""
+    store.check_writes(params)  # before any work
     paths = params.paths
     [test_path] = split_files(paths, "test")
     predictions_path, confusion_path = Path(paths.predictions), Path(paths.confusion)
@@ -293,7 +294,8 @@ def run(params) -> list[Path]:
                                                 figsize=figsize, dpi=dpi, heading=title),
     }
     written = [save_figure(figure, plots / name) for name, figure in figures.items()]
-    store.log_files(params, written, "plots")
+    with store.refused_is_an_error(store.tracking_uri(params), params.tracking.experiment):
+        store.log_files(params, written, "plots")
     print(f"wrote {len(written)} plots to {plots} ({', '.join(path.name for path in written)}); "
           "`dvc plots show` puts them in one page")
     return written

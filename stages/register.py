@@ -35,8 +35,9 @@ EXAMPLE_IMAGES = 2  # the MLflow input example of an exported model
 
 def run(params: Params) -> dict[str, str]:
     paths = params.paths
-    trained, info = read_run(paths), read_dataset_info(paths)
-    metrics, report = read_metrics(paths), read_export(paths)
+    info = read_dataset_info(paths)
+    store.check_writes(params, [versions.registered_name(params, info["dataset"], kind) for kind in registry.kinds()])
+    trained, metrics, report = read_run(paths), read_metrics(paths), read_export(paths)
     registered: dict[str, str] = {}
     attached = store.attached_run(params)
     if attached is None:
@@ -46,11 +47,9 @@ def run(params: Params) -> dict[str, str]:
 
         client, run_id = attached
         uri, dataset, test_sha256 = store.tracking_uri(params), info["dataset"], info["splits"]["test"]["sha256"]
-        store.check_write_access(uri, params.tracking.experiment,
-                                 [versions.registered_name(params, dataset, kind) for kind in registry.kinds()])
         files = {format: export_file(paths, FORMATS[format].file) for format in report["files"] if format in FORMATS}
         example = read_split(paths, "test", ("x",))["x"][:EXAMPLE_IMAGES]
-        with store.full_store_is_an_error(uri):
+        with store.full_store_is_an_error(uri), store.refused_is_an_error(uri, params.tracking.experiment):
             registered[versions.registered_name(params, dataset)] = versions.register_logged_model(
                 trained.model_uri, versions.registered_name(params, dataset), uri)
             registered[versions.registered_name(params, dataset, "images")] = registry.log_image_model(

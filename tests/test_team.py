@@ -148,6 +148,59 @@ def test_a_read_only_user_cannot_write_and_is_refused_before_training(auth_serve
         training.check_tracking(params, "mnist_10k")
 
 
+def test_evaluate_plots_and_register_refuse_a_read_only_user_before_any_work(auth_server, make_params, processed_dir,
+                                                                             model_path, monkeypatch):
+    """The check train makes (store.check_writes), made first by every stage that writes to MLflow; a 403 that
+    comes anyway (no grant of one's own) is one line naming the user, the experiment and the grant."""
+    import mlflow
+    from mlflow.server import get_app_client
+
+    from stages import evaluate, plots, register
+
+    uri = auth_server.uri
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "team-admin-secret")
+    admin, client = get_app_client("basic-auth", tracking_uri=uri), mlflow.MlflowClient(uri, uri)
+    experiment_id = client.create_experiment("stages-readonly")
+    run = client.create_run(experiment_id)
+    for user in ("viewer", "stranger"):
+        admin.create_user(user, f"{user}-pass-123456")
+    admin.grant_user_permission("viewer", "experiment", experiment_id, "READ")
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "viewer")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "viewer-pass-123456")
+    params = make_params(paths__processed=str(processed_dir), paths__model=str(model_path), tracking__enabled=True,
+                         tracking__uri=uri, tracking__experiment="stages-readonly", tracking__model_prefix="ro-")
+    refused = (f"MLflow user 'viewer' may not write to experiment 'stages-readonly' on {uri} (permission READ): ask "
+               "the server's admin for EDIT on it, or set tracking.enabled: false")
+    for stage in (evaluate, plots, register):
+        with pytest.raises(PipelineError) as error:
+            stage.run(params)
+        assert str(error.value) == refused, stage.__name__
+    for output in (params.paths.metrics, params.paths.predictions, params.paths.plots, params.paths.registered):
+        assert not Path(output).exists(), output
+
+    with monkeypatch.context() as admin_session:
+        admin_session.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        admin_session.setenv("MLFLOW_TRACKING_PASSWORD", "team-admin-secret")
+        admin.revoke_user_permission("viewer", "experiment", experiment_id)
+        admin.grant_user_permission("viewer", "experiment", experiment_id, "EDIT")
+    evaluate.run(params)  # after the grant
+    assert Path(params.paths.metrics).exists()
+
+    # No grant of one's own (the server's default READ applies): the write itself is refused, in one line.
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "stranger")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "stranger-pass-123456")
+    with pytest.raises(PipelineError) as error, store.refused_is_an_error(uri, "stages-readonly"):
+        mlflow.MlflowClient(uri, uri).log_metric(run.info.run_id, "test_accuracy", 0.5)
+    assert str(error.value).startswith(f"MLflow tracking server {uri} refused user 'stranger' a write in experiment "
+                                       "'stages-readonly': ")
+    assert str(error.value).endswith("; ask its admin for EDIT on that experiment (and its registered models), or "
+                                     "set tracking.enabled: false") and "\n" not in str(error.value)
+
+
 def auth_files(pid: int) -> list[Path]:
     return list(Path(tempfile.gettempdir()).glob(f"mlflow-auth-{pid}-*.ini"))
 

@@ -142,7 +142,9 @@ DATABASE_DOWN = ("OperationalError", "psycopg", "connection to server", "databas
 def server_loss(uri: str) -> tuple[str, str] | None:
     """What one read says of a server that was answering: None while it answers (or is only slow, or refuses us),
     ("gone", why) when nothing takes the connection, ("database", why) for an HTTP 5xx whose body names its backend
-    store, ("failing", why) for any other 5xx."""
+    store, ("failing", why) for any other 5xx. A local store (SQLite): None."""
+    if not uri.startswith(("http://", "https://")):
+        return None
     try:
         ask(uri)
     except urllib.error.HTTPError as error:
@@ -198,6 +200,16 @@ def check_server(uri: str) -> None:
         ) from None
 
 
+def check_writes(params: Params, models: list[str] | tuple[str, ...] = ()) -> None:
+    """The one check every stage that writes to MLflow (train, evaluate, plots, register) makes first, before any
+    computation or MLflow write: with tracking on, the server answers, takes our credentials and grants us more than
+    READ on the experiment (and on `models`, the registered models the stage writes)."""
+    if params.tracking.enabled:
+        uri = tracking_uri(params)
+        check_server(uri)
+        check_write_access(uri, params.tracking.experiment, list(models))
+
+
 READ_ONLY = ("READ", "NO_PERMISSIONS")
 
 
@@ -233,8 +245,8 @@ def check_write_access(uri: str, experiment: str, models: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def refused_is_an_error(uri: str) -> Iterator[None]:
-    """An HTTP 403 from the server (no write access) is one line."""
+def refused_is_an_error(uri: str, experiment: str) -> Iterator[None]:
+    """An HTTP 403 from the server (no write access) is one line naming the user, the experiment and the grant."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -243,8 +255,9 @@ def refused_is_an_error(uri: str) -> Iterator[None]:
         if error.error_code != "PERMISSION_DENIED":
             raise
         user = os.environ.get("MLFLOW_TRACKING_USERNAME", "(no user)")
-        raise PipelineError(f"MLflow tracking server {uri} refused user {user!r}: "
-                            f"{error.message.splitlines()[0]}; ask its admin for EDIT") from None
+        raise PipelineError(f"MLflow tracking server {uri} refused user {user!r} a write in experiment "
+                            f"{experiment!r}: {error.message.splitlines()[0]}; ask its admin for EDIT on that "
+                            "experiment (and its registered models), or set tracking.enabled: false") from None
 
 
 def connect(params: Params):

@@ -29,7 +29,7 @@ from stages.core.tracking.store import (
     SPLIT_CONTEXTS,
     attached_run,
     check_server,
-    check_write_access,
+    check_writes,
     connect,
     dataset_digest,
     dataset_name,
@@ -50,14 +50,9 @@ SYSTEM_METRICS = {"seconds": "system/epoch_seconds", "train_seconds": "system/tr
 
 
 def check_tracking(params: Params, dataset: str | None = None) -> None:
-    """Before any slow work: fail when tracking is on and its server is down, failing or refuses us, or lets us
-    only read the experiment (or the tensor and image models of `dataset`, which the register stage will write)
-    the training would write to. The register stage checks the exports' models too before it registers anything."""
-    if params.tracking.enabled:
-        uri = tracking_uri(params)
-        check_server(uri)
-        models = [registered_name(params, dataset, kind) for kind in ("", "images")] if dataset else []
-        check_write_access(uri, params.tracking.experiment, models)
+    """store.check_writes for a training: the experiment and the tensor and image models of `dataset` (which the
+    register stage writes; it checks the exports' models too)."""
+    check_writes(params, [registered_name(params, dataset, kind) for kind in ("", "images")] if dataset else [])
 
 
 def _git(*args: str) -> str:
@@ -174,15 +169,14 @@ class NullRun:
     def raise_if_lost(self) -> None:
         pass
 
-    def check_heartbeat(self) -> None:
-        pass
+    check_heartbeat = raise_if_lost
 
     def log_training(self, params, model, result, example, data_info=None) -> dict:
         return {"run_id": None}
 
 
-# The heartbeat's read, every few seconds whatever the epoch's length; two misses in a row make a loss (one 5xx
-# may be a blip): a lost server or database is noticed within about 2 * HEARTBEAT_SECONDS and the next batch.
+# The heartbeat reads every few seconds whatever the epoch's length; two misses in a row make a loss (one 5xx may
+# be a blip): a lost server or database is noticed within about 2 * HEARTBEAT_SECONDS and the next batch.
 HEARTBEAT_SECONDS = 3
 LOSSES = {"gone": ("the server is gone", "start the server"),
           "database": ("the server answers but its database is down", "start its database"),
@@ -194,7 +188,7 @@ class TrainingRun:
         self.client, self.run_id, self.uri, self.run_name = client, run_id, uri, run_name
         self.lost_after: int | None = None  # the last epoch logged before the server went away
         self.logged = 0  # epochs logged by this process
-        self.loss: tuple[str, str] | None = None  # what the heartbeat or a failed log call found: server_loss's
+        self.loss: tuple[str, str] | None = None  # server_loss's answer, from the heartbeat or a failed log call
         self.stopped = threading.Event()
 
     def start_heartbeat(self) -> None:
@@ -346,7 +340,7 @@ def training_run(params: Params, architecture: str, data_hash: str, data_info: d
     """The run of `_training_run`; a store that cannot grow (a full disk) or refuses us (HTTP 403) ends the stage
     with one line."""
     uri = tracking_uri(params)
-    with full_store_is_an_error(uri), refused_is_an_error(uri), \
+    with full_store_is_an_error(uri), refused_is_an_error(uri, params.tracking.experiment), \
             _training_run(params, architecture, data_hash, data_info, resume_dir) as handle:
         yield handle
 
