@@ -92,6 +92,14 @@ def test_a_database_it_cannot_open_ends_the_server_in_seconds(team_database, tmp
     assert elapsed < 15, f"{elapsed:.1f} s"
 
 
+def as_admin(monkeypatch) -> None:
+    """The auth server's admin, by the environment MLflow's client reads; no other tracking setting."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "team-admin-secret")
+
+
 def test_a_read_only_user_cannot_write_and_is_refused_before_training(auth_server, make_params, monkeypatch):
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -99,10 +107,7 @@ def test_a_read_only_user_cannot_write_and_is_refused_before_training(auth_serve
 
 
     uri = auth_server.uri
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "team-admin-secret")
+    as_admin(monkeypatch)
     # The README's recipe: a user, READ on the experiment and on its registered models; EDIT for a writer.
     admin, client = get_app_client("basic-auth", tracking_uri=uri), mlflow.MlflowClient(uri, uri)
     experiment_id = client.create_experiment("readonly")
@@ -158,10 +163,7 @@ def test_evaluate_plots_and_register_refuse_a_read_only_user_before_any_work(aut
     from stages import evaluate, plots, register
 
     uri = auth_server.uri
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "team-admin-secret")
+    as_admin(monkeypatch)
     admin, client = get_app_client("basic-auth", tracking_uri=uri), mlflow.MlflowClient(uri, uri)
     experiment_id = client.create_experiment("stages-readonly")
     run = client.create_run(experiment_id)
