@@ -9,6 +9,10 @@ it gives the float32 Keras model's class on each of them and no probability furt
 it. A format whose exporter or runtime is missing or fails stops the stage with one line; the files already
 checked stay.
 
+The temperature train fitted (run.json) is folded into the inference model (the logits layer's weights scaled by
+1/T), so the .onnx and .tflite files answer calibrated on their own, and the reference they are checked against is
+the Keras model with the same scaling; the ONNX file also names T in its metadata (`temperature`).
+
 Writes `{paths.export}`: per file its size, sha256 and test accuracy, per format the agreement and max |Δp|
 against the float32 Keras model, and the same for the model as trained (a bf16-trained model's float32 rebuild
 differs from it slightly). The register stage logs and registers the files in MLflow.
@@ -24,12 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from stages.core.architectures import load_model
+from stages.core.calibration import scaled
 from stages.core.datasets import class_names
 from stages.core.entry import KERAS_UNUSED_IMPORTS, stage_main
 from stages.core.files import require_files
 from stages.core.formats import FORMATS, check_formats
 from stages.core.records import (
     export_file,
+    read_run,
     read_split,
     remove_exports,
     split_files,
@@ -37,6 +43,7 @@ from stages.core.records import (
 )
 from stages.core.schema import refuse
 from stages.core.shipping import (
+    TEMPERATURE_KEY,
     compare,
     export_checked,
     file_sha256,
@@ -82,15 +89,22 @@ def run(params) -> dict:
     images, labels = arrays["x"].astype(np.float32), arrays["labels"].astype(np.int64)
 
     model = load_model(model_path, len(class_names(params.data.dataset)), advice="rerun `dvc repro train`")
-    inference = inference_model(model)
-    trained = np.asarray(model.predict(images, batch_size=BATCH_SIZE, verbose=0), dtype=np.float64)
+    # Folded into the shipped files, so they answer calibrated alone; None: train fitted none (the files say so).
+    record = read_run(paths)
+    temperature = record.temperature if "temperature" in record.fields else None
+    inference = inference_model(model, temperature or 1.0)
+    trained = scaled(np.asarray(model.predict(images, batch_size=BATCH_SIZE, verbose=0), dtype=np.float64),
+                     temperature or 1.0)
     reference = np.asarray(inference.predict(images, batch_size=BATCH_SIZE, verbose=0), dtype=np.float64)
     accuracy = float(np.mean(reference.argmax(axis=1) == labels))
 
     report = {"test_images": len(labels), "tolerance": params.export.tolerance,
               "trained_vs_float32": compare(trained, reference),
+              "temperature": temperature,
               "files": {"keras": file_entry(model_path, model.name, "keras", trained, labels)}}
     metadata = {"architecture": model.name, "dataset": params.data.dataset, "test_accuracy": f"{accuracy:.6f}"}
+    if temperature is not None:
+        metadata[TEMPERATURE_KEY] = f"{temperature:g}"
     written = {}
     quantized = any(FORMATS[format].quantizes for format in params.export.formats)
     calibration = calibration_images(params) if quantized else None
@@ -99,7 +113,8 @@ def run(params) -> dict:
         path = export_file(paths, FORMATS[format].file)
         gate = gate_for(params, format, inference, reference, labels, written, metadata)
         check = export_checked(inference, format, path, images, gate, metadata, calibration)
-        report["files"][format] = file_entry(path, model.name, format, check.pop("probabilities"), labels)
+        entry = file_entry(path, model.name, format, check.pop("probabilities"), labels)
+        report["files"][format] = {**entry, "temperature": temperature}
         report[format] = {key: value for key, value in check.items() if key != "bytes"}
         written[format] = path
         if FORMATS[format].quantizes is None:

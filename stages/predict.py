@@ -4,8 +4,10 @@ Reads PNG, JPEG, BMP, GIF, WebP and anything else Pillow opens, from clean drawi
 and brings each one to MNIST form the way MNIST itself was made (see stages/reading/: the paper, its
 lighting and its rules removed, then cropped to the ink, fitted in 20x20 and centred by mass at (14, 14)).
 
-Prints the predicted class with its confidence and the top-k classes per image (`--json`: one JSON object per
-line). `--save-preprocessed DIR` writes the 28x28 images the model saw.
+Prints the predicted class with its calibrated confidence, "not sure" and its reason, and the top-k classes per
+image (`--json`: one JSON object per line), all from the one reader (stages/reading/reader.py). A folder or a glob
+is read recursively (stages/reading/folders.py); `--csv FILE` writes a row per file as it goes. Every file is
+checked before any model loads. `--save-preprocessed DIR` writes the 28x28 images the model saw.
 
 `--number` reads each image as a written number: its digits left to right, each with its probability (`--json`
 adds each digit's box in the image's pixels).
@@ -21,11 +23,13 @@ instead (`--port` for another port); there you confirm or correct each digit rea
 The model defaults to `paths.model` and the class names to `data.dataset`, both from params.yaml in the working
 directory; without one, pass --model and --dataset. `--model` also takes the exported `.onnx` (run by ONNX Runtime,
 without TensorFlow) and `.tflite` (LiteRT) files, and MLflow model URIs such as `models:/mnist-cnn@champion` (found
-in the store params.yaml's tracking section names). One line on stderr names the model that answered.
+in the store params.yaml's tracking section names), or `champion` (the registry's champion for params.yaml's
+dataset). One line on stderr names the model that answered and its calibration.
 
 Exit codes: 0 all images predicted; 1 at least one image could not be read (the others are still predicted), or
 a --label that is not a class or does not match what was read;
-2 the model is missing or unusable (run `dvc repro` first), or the command line is wrong.
+2 the model is missing or unusable (run `dvc repro` first), or the command line is wrong; 130 interrupted (a --csv
+keeps the rows of what was read).
 """
 
 from __future__ import annotations
@@ -33,89 +37,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from stages.core.architectures import ModelFileError
-from stages.core.calibration import CalibratedModel, unsure
 from stages.core.errors import PipelineError
 from stages.core.files import atomic_path
-from stages.core.records import metrics_file, trained_temperature
-from stages.core.shipping import load_any
-from stages.reading.framing import unlike_a_digit
-from stages.reading.loading import MAX_IMAGE_PIXELS, ImageError, load_image, to_png_image
+from stages.core.records import metrics_file
+from stages.reading.folders import CsvAnswers, answer_row, error_row, expand, is_batch, not_regular
+from stages.reading.loading import MAX_IMAGE_PIXELS, load_image, to_png_image
 from stages.reading.numbers import model_input, split_number
+from stages.reading.opening import champion_uri, open_reader
+from stages.reading.reader import prepare_files
 
 MODEL_ADVICE = "run `dvc repro` first to train it, or pass --model PATH"
+CHAMPION = "champion"  # --model champion: the registry's champion for params.yaml's dataset
+CHUNK = 64  # images read, answered and written at a time
 
-EXIT_OK, EXIT_BAD_IMAGE, EXIT_BAD_MODEL = 0, 1, 2
-
-
-
-
-# eq=False: comparing two predictions field by field would compare arrays, which has no single truth value.
-@dataclass(frozen=True, eq=False)
-class Prediction:
-    """The class probabilities of one image, with the dataset's class names to report them."""
-
-    file: str
-    probabilities: np.ndarray
-    class_names: list[str] = field(repr=False)
-    unlike_a_digit: bool = False  # the model input has more marks or holes than digits have
-
-    @property
-    def predicted(self) -> int:
-        return int(np.argmax(self.probabilities))
-
-    def top(self, count: int) -> list[dict]:
-        order = np.argsort(-self.probabilities, kind="stable")[:count]
-        return [
-            {"class": int(index), "label": self.class_names[index], "probability": float(self.probabilities[index])}
-            for index in order
-        ]
-
-    def as_json(self, count: int) -> dict:
-        return {
-            "file": self.file,
-            "predicted": self.predicted,
-            "label": self.class_names[self.predicted],
-            "confidence": float(self.probabilities[self.predicted]),
-            "top": self.top(count),
-            "not_sure": self.not_sure,
-        }
-
-    @property
-    def not_sure(self) -> str | None:
-        """"not sure: 4 or 9" when the top probability is low (stages/core/calibration.py), else None."""
-        return unsure(self.probabilities, self.class_names, self.unlike_a_digit)
-
-    def as_text(self, count: int) -> str:
-        ranked = ", ".join(f"{entry['label']} {entry['probability']:.1%}" for entry in self.top(count))
-        confidence = float(self.probabilities[self.predicted])
-        answer = self.not_sure or self.class_names[self.predicted]
-        return f"{self.file}: {answer} ({confidence:.1%})  top {count}: {ranked}"
+EXIT_OK, EXIT_BAD_IMAGE, EXIT_BAD_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def prepare_files(
-    paths: Sequence[str | os.PathLike], dataset: str, max_pixels: int = MAX_IMAGE_PIXELS
-) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, str]]]:
-    """(file, model input) for each readable image and (file, reason) for each one that is not."""
-    prepared, failed = [], []
-    for path in paths:
-        try:
-            prepared.append((str(path), model_input(load_image(path, max_pixels), dataset)))
-        except ImageError as error:
-            failed.append((str(path), str(error)))
-    return prepared, failed
-
-
-def preprocessed_names(files: Sequence[str]) -> list[str]:
-    """One PNG name per input, `<stem>-28x28.png`, numbered where two inputs share a stem."""
-    names, used = [], set()
+def preprocessed_names(files: Sequence[str], used: set[str] | None = None) -> list[str]:
+    """One PNG name per input, `<stem>-28x28.png`, numbered where two inputs (or names in `used`) share a stem."""
+    names, used = [], set() if used is None else used
     for file in files:
         stem, name, number = Path(file).stem, f"{Path(file).stem}-28x28.png", 1
         while name in used:
@@ -126,12 +72,13 @@ def preprocessed_names(files: Sequence[str]) -> list[str]:
     return names
 
 
-def save_preprocessed(prepared: Sequence[tuple[str, np.ndarray]], directory: str | os.PathLike) -> list[Path]:
+def save_preprocessed(prepared, directory: str | os.PathLike, used: set[str] | None = None) -> list[Path]:
+    """Write each (file, 28x28 model input) as a PNG in `directory`."""
     directory = Path(directory)
     written = []
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        for (_, array), name in zip(prepared, preprocessed_names([file for file, _ in prepared]), strict=True):
+        for (_, array), name in zip(prepared, preprocessed_names([file for file, _ in prepared], used), strict=True):
             with atomic_path(directory / name) as temporary:
                 to_png_image(array).save(temporary, format="PNG")
             written.append(directory / name)
@@ -140,96 +87,73 @@ def save_preprocessed(prepared: Sequence[tuple[str, np.ndarray]], directory: str
     return written
 
 
-def predict_arrays(model, arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """Class probabilities for a batch of 28x28x1 arrays, in one predict call."""
-    return np.asarray(model.predict(np.stack(arrays), verbose=0), dtype=np.float64)
+def model_inputs(prepared, number: bool) -> list:
+    """(name, 28x28 input) of what the model sees: with --number each digit as <stem>-<position>."""
+    if not number:
+        return list(prepared)
+    return [(f"{Path(file).with_suffix('')}-{position}", digit.array)
+            for file, digits in prepared for position, digit in enumerate(digits, start=1)]
 
 
-def classify_prepared(model, prepared: list[tuple[str, np.ndarray]], save_dir) -> np.ndarray | None:
-    """Save what the model sees (when asked), then classify it in one call; None when nothing could be read."""
-    if not prepared:
-        return None
-    if save_dir is not None:
-        save_preprocessed(prepared, save_dir)
-    return predict_arrays(model, [array for _, array in prepared])
+class Batch:
+    """Files read CHUNK at a time: checked and decoded before the model is opened (a file that cannot be read never
+    waits for TensorFlow), answered, then shown or written to the CSV at once."""
 
+    def __init__(self, arguments: argparse.Namespace, open_model):
+        self.arguments, self.open_model, self.reader = arguments, open_model, None
+        self.read = self.not_sure = 0
+        self.failed: list[tuple[str, str]] = []
+        self.used: set[str] = set()
+        self.csv = CsvAnswers(arguments.csv) if arguments.csv else None
 
-def predict_files(
-    paths: Sequence[str | os.PathLike],
-    model,
-    class_names: list[str],
-    dataset: str,
-    save_dir: str | os.PathLike | None = None,
-    max_pixels: int = MAX_IMAGE_PIXELS,
-) -> tuple[list[Prediction], list[tuple[str, str]]]:
-    """The core of the CLI: predictions for the readable images, in input order, and (file, reason) for the rest."""
-    prepared, failed = prepare_files(paths, dataset, max_pixels)
-    probabilities = classify_prepared(model, prepared, save_dir)
-    if probabilities is None:
-        return [], failed
-    predictions = [
-        Prediction(file, row, class_names, unlike_a_digit(array))
-        for (file, array), row in zip(prepared, probabilities, strict=True)
-    ]
-    return predictions, failed
+    def chunk(self, files: Sequence[str]) -> None:
+        arguments = self.arguments
+        irregular = [(file, reason) for file in files if (reason := not_regular(file))]
+        regular = [file for file in files if file not in dict(irregular)]
+        prepared, failed = prepare_files(regular, arguments.dataset, arguments.number)
+        failed = sorted(failed + irregular, key=lambda entry: files.index(entry[0]))  # in the order given
+        answers = []
+        if prepared:
+            if self.reader is None:
+                self.reader = self.open_model()
+            if arguments.save_preprocessed is not None:
+                save_preprocessed(model_inputs(prepared, arguments.number), arguments.save_preprocessed, self.used)
+            answers = (self.reader.number_answers if arguments.number else self.reader.answers)(prepared)
+        self.read += len(answers)
+        self.not_sure += sum(answer.reason is not None for answer in answers)
+        self.failed += failed
+        if self.csv is not None:
+            self.csv.write([answer_row(answer) for answer in answers] + [error_row(*entry) for entry in failed])
+            return
+        for file, reason in failed:
+            print(f"error: {file}: {reason}", file=sys.stderr)
+        for answer in answers:
+            print(json.dumps(answer.as_json(arguments.top)) if arguments.json else answer.as_text(arguments.top))
 
+    def run(self, files: Sequence[str], progress: bool) -> bool:
+        """Read every file; False when interrupted (Ctrl-C or SIGTERM), with what was read written."""
+        from tqdm import tqdm
 
-# eq=False: a reading holds arrays.
-@dataclass(frozen=True, eq=False)
-class NumberReading:
-    """A written number: one Prediction per digit, left to right, and each digit's box (x, y, width, height)."""
-
-    file: str
-    digits: list[Prediction]
-    boxes: list[tuple[int, int, int, int]]
-
-    @property
-    def number(self) -> str:
-        return "".join(digit.class_names[digit.predicted] for digit in self.digits)
-
-    def as_json(self, count: int) -> dict:
-        digits = []
-        for digit, (x, y, width, height) in zip(self.digits, self.boxes, strict=True):
-            record = digit.as_json(count)
-            del record["file"]
-            digits.append({**record, "box": {"x": x, "y": y, "width": width, "height": height}})
-        return {"file": self.file, "number": self.number, "digits": digits}
-
-    def as_text(self, count: int) -> str:
-        ranked = ", ".join(
-            f"{digit.not_sure or digit.class_names[digit.predicted]} {float(digit.probabilities[digit.predicted]):.1%}"
-            for digit in self.digits)
-        return f"{self.file}: {self.number}  ({ranked})"
-
-
-def read_number_files(
-    paths: Sequence[str | os.PathLike],
-    model,
-    class_names: list[str],
-    dataset: str,
-    save_dir: str | os.PathLike | None = None,
-    max_pixels: int = MAX_IMAGE_PIXELS,
-) -> tuple[list[NumberReading], list[tuple[str, str]]]:
-    """`--number`: each image's digits, left to right, and (file, reason) for the images that cannot be read."""
-    found, failed = [], []
-    for path in paths:
+        bar = tqdm(total=len(files), unit="image", file=sys.stderr, disable=not (progress and sys.stderr.isatty()))
         try:
-            found.append((str(path), split_number(load_image(path, max_pixels), dataset)))
-        except ImageError as error:
-            failed.append((str(path), str(error)))
-    # Each digit is saved as <stem>-<position>-28x28.png.
-    prepared = [(f"{Path(file).with_suffix('')}-{position}", digit.array)
-                for file, digits in found for position, digit in enumerate(digits, start=1)]
-    probabilities = classify_prepared(model, prepared, save_dir)
-    if probabilities is None:
-        return [], failed
-    rows = iter(probabilities)
-    readings = [
-        NumberReading(file, [Prediction(file, next(rows), class_names, unlike_a_digit(d.array)) for d in digits],
-                      [d.box for d in digits])
-        for file, digits in found
-    ]
-    return readings, failed
+            for start in range(0, len(files), CHUNK):
+                self.chunk(files[start:start + CHUNK])
+                bar.update(len(files[start:start + CHUNK]))
+            return True
+        except KeyboardInterrupt:
+            return False
+        finally:
+            bar.close()
+            if self.csv is not None:
+                self.csv.close()
+
+    def summary(self) -> str:
+        where = f"; answers in {self.arguments.csv}" if self.arguments.csv else ""
+        return f"read {self.read}, not sure {self.not_sure}, unreadable {len(self.failed)}{where}"
+
+
+def interrupt_on_sigterm(signum, frame):
+    raise KeyboardInterrupt
 
 
 def own_paths_from_params(params_path: str | os.PathLike = "params.yaml") -> tuple[Path, Path]:
@@ -279,7 +203,7 @@ def params_for(arguments: argparse.Namespace):
     and valid, for what the export stage recorded of the model file."""
     from stages.core.schema import PARAMS_FILE
 
-    if arguments.model is None or arguments.dataset is None or str(arguments.model).startswith("models:/"):
+    if arguments.model in (None, CHAMPION) or arguments.dataset is None or str(arguments.model).startswith("models:/"):
         return read_params(PARAMS_FILE)
     try:
         return read_params(PARAMS_FILE) if Path(PARAMS_FILE).is_file() else None
@@ -295,10 +219,16 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Classify image files (your own handwriting, photos, drawings) with the trained model.",
         epilog="Exit codes: 0 all predicted; 1 some image could not be read; 2 model missing or unusable.",
     )
-    parser.add_argument("images", nargs="*", metavar="IMAGE", help="PNG, JPEG, BMP, GIF or WebP files")
+    parser.add_argument("images", nargs="*", metavar="IMAGE",
+                        help="PNG, JPEG, BMP, GIF or WebP files, folders (read recursively) or globs "
+                             "('scans/**/*.jpg')")
     parser.add_argument("--model", default=None,
-                        help="a .keras, .onnx or .tflite file, or an MLflow model URI such as "
-                             "models:/mnist-cnn@champion (default: paths.model from params.yaml)")
+                        help="a .keras, .onnx or .tflite file, an MLflow model URI such as "
+                             "models:/mnist-cnn@champion, or `champion`: the registry's champion for params.yaml's "
+                             "dataset (default: paths.model from params.yaml)")
+    parser.add_argument("--csv", type=Path, metavar="FILE",
+                        help="write one row per image (file, class, label, confidence, not_sure, error) to FILE as "
+                             "they are read, instead of printing them")
     parser.add_argument("--top", type=int, default=3, help="how many of the most likely classes to list (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per line per image")
     parser.add_argument("--save-preprocessed", type=Path, metavar="DIR",
@@ -334,8 +264,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if params is not None:
             arguments.model = arguments.model or params.paths.model
             arguments.dataset = arguments.dataset or params.data.dataset
-        names = class_names(arguments.dataset)
+        if arguments.model == CHAMPION:
+            arguments.model = champion_uri(params)
+        class_names(arguments.dataset)
         own_folder = own_paths = None
+        batch = any(is_batch(argument) for argument in arguments.images)
+        if batch and arguments.label is not None:
+            raise PipelineError("--label confirms the image files named on the command line, not a folder or a glob: "
+                                "name the files")
         if arguments.label is not None:
             from stages.reading import own
 
@@ -344,20 +280,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             (own.parse_number_label if arguments.number else own.parse_label)(arguments.label, arguments.dataset)
         elif arguments.serve and Path("params.yaml").is_file():
             own_paths = own_paths_from_params()  # the page stores confirmed digits there, and shows how they do
-        model, description = load_any(arguments.model, len(names), MODEL_ADVICE, params)
-        print(f"model: {description}", file=sys.stderr)
-        if params is not None and Path(arguments.model) == Path(params.paths.model):
-            # The temperature train fitted for this model (run.json); another model is read as it is.
-            model = CalibratedModel(model, trained_temperature(params.paths))
+
+        def open_model():
+            reader = open_reader(arguments.model, arguments.dataset, params, MODEL_ADVICE)
+            print(f"model: {reader.description}", file=sys.stderr)
+            return reader
+
         if arguments.serve:
             from stages.reading import drawing_page
 
-            drawing_page.serve(model, names, arguments.dataset, arguments.port, own_paths)
+            version_of = None
+            if str(arguments.model).startswith("models:/"):
+                from stages.core.tracking.versions import model_version
+
+                version_of = lambda: model_version(params, arguments.model)  # noqa: E731
+            drawing_page.serve(open_model, arguments.port, own_paths, follow=arguments.model, version_of=version_of)
             return EXIT_OK
-        read = read_number_files if arguments.number else predict_files
-        predictions, failed = read(arguments.images, model, names, arguments.dataset, arguments.save_preprocessed)
+        files = expand(arguments.images)
+        reading = Batch(arguments, open_model)
+        if batch:
+            signal.signal(signal.SIGTERM, interrupt_on_sigterm)
+        finished = reading.run(files, progress=batch)
+        if batch or arguments.csv:
+            print(reading.summary(), file=sys.stderr)
+        if not finished:
+            print("interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
         stored = []
-        if arguments.label is not None and not failed:
+        if arguments.label is not None and not reading.failed:
             stored = label_files(arguments.images, arguments.label, arguments.number, arguments.dataset, own_folder)
     except ModelFileError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -367,15 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_IMAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
-    for file, reason in failed:
-        print(f"error: {file}: {reason}", file=sys.stderr)
-    for prediction in predictions:
-        if arguments.json:
-            print(json.dumps(prediction.as_json(arguments.top)))
-        else:
-            print(prediction.as_text(arguments.top))
-    if arguments.label is not None and failed:
+        return EXIT_INTERRUPTED
+    if arguments.label is not None and reading.failed:
         print("error: nothing was stored: --label stores all the images or none", file=sys.stderr)
     if stored:
         new = sum(entry.new for entry in stored)
@@ -384,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stored {new} digit(s) as your own in {own_folder}{again}: run `dvc repro` next (not `dvc exp run`, "
               "which would drop digits dvc.lock does not record yet); with data.own: true it trains on them",
               file=sys.stderr if arguments.json else sys.stdout)
-    return EXIT_BAD_IMAGE if failed else EXIT_OK
+    return EXIT_BAD_IMAGE if reading.failed else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -257,7 +257,8 @@ def run(params: Params, extra_callbacks=()) -> dict:
             "kept_epoch": kept_epoch(params, history),
         }
         # run.json last: evaluate, plots and register attach to the MLflow run it names.
-        logged = run_handle.log_training(params, model, result, example=val[0][:5], data_info=data_info)
+        logged = run_handle.log_training(params, model, result, example=val[0][:5], data_info=data_info,
+                                         temperature=calibration["temperature"])
         write_run(paths, {**result, **split_sizes(data_info), **calibration, **logged})
         shutil.rmtree(resume_dir, ignore_errors=True)
     kept = f"kept epoch {result['kept_epoch']}" if result["kept_epoch"] else "kept the last epoch"

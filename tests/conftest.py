@@ -3,12 +3,15 @@ one: one PostgreSQL cluster, one team MLflow server, one sshd, one small trained
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from helpers import servers
 from helpers.digits import SPLIT_FILES, train_small_model
+from helpers.net import answers, free_port, wait_until
 from helpers.params import shrunk_params
 from helpers.project import ROOT, copy_project, run_data_stages
 
@@ -179,3 +182,31 @@ def sshd_server(tmp_path_factory):
     """sshd on 127.0.0.1 that lets the current user in with a throw-away key only."""
     with servers.sshd(tmp_path_factory.mktemp("sshd")) as server:
         yield server
+
+
+@pytest.fixture
+def model_server(tmp_path):
+    """Starts `mlflow models serve` for a model URI (`model_server(uri, tracking_uri)` -> its URL); stopped after."""
+    started = []
+
+    def start(model_uri: str, tracking_uri: str) -> str:
+        port = free_port()
+        log = tmp_path / "serve.log"
+        with open(log, "w") as output:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+                 "--host", "127.0.0.1", "--port", str(port)],
+                cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT,
+                # MLflow starts `uvicorn` by name: the environment's bin folder is on PATH, as in an activated venv.
+                env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                     "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true",
+                     "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ""},  # the model brings its own copy of `stages`
+            )
+        started.append(server)
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/ping"), 240, "mlflow models serve", server, log)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server in started:
+        server.terminate()
+        server.wait(timeout=60)

@@ -368,3 +368,24 @@ def test_the_page_shows_the_error_of_a_blank_drawing(page_server, browser):
     page.wait_for_function("() => document.querySelector('#status').className === 'error'", timeout=20_000)
     assert "blank image" in page.locator("#status").text_content()
     page.close()
+
+
+# A ladder: two rails, five rungs, four holes (a page-wide grid would be taken for notebook rules and erased)
+LADDER = [[(9, 3), (9, 25)], [(19, 3), (19, 25)]] + [[(9, y), (19, y)] for y in (3, 8, 13, 18, 25)]
+
+
+def test_a_doubtful_answer_names_its_reason_and_leaves_the_box_empty(page_server, browser):
+    """A ladder (more holes than any digit) reads "not sure ... (unlike a digit)"; the bars quote the probabilities
+    the answer gives; the confirm box starts empty, so one Enter never stores it as a digit."""
+    status, answer = page_server.post(png(drawn(LADDER, SCALE, PEN)))
+    assert status == 200 and answer["digits"][0]["reason"] == "unlike a digit", answer
+    page = browser.new_page(viewport={"width": 900, "height": 520})
+    page.goto(page_server.url)
+    draw(page, LADDER)
+    page.wait_for_function("() => !pending && !again && document.querySelectorAll('.digit .confirm input').length "
+                           "=== 1", timeout=20_000)
+    doubt = page.locator(".digit .not-sure").text_content()
+    assert doubt.startswith("not sure: ") and doubt.endswith("(unlike a digit)"), doubt
+    assert page.locator(".digit .confirm input").input_value() == ""
+    assert "answered in" in page.locator("#status").text_content() and "keras" in page.locator("#status").text_content()
+    page.close()

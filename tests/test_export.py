@@ -159,7 +159,7 @@ def test_predict_with_the_onnx_file_runs_without_tensorflow(exported, test_digit
         assert "imported " not in result.stderr and result.returncode == 0, result.stderr[-3000:]
         accuracy = report["files"][format]["test_accuracy"]
         assert result.stderr == (f"model: {path} (lenet, {format}, "
-                                 f"test accuracy {accuracy:.4f})\n")
+                                 f"test accuracy {accuracy:.4f}), uncalibrated\n")  # run.json names no temperature
         assert result.stdout.startswith("digit.png: ") and len(result.stdout.splitlines()) == 1
 
 
@@ -268,8 +268,11 @@ def test_a_missing_runtime_is_one_error_and_no_file(model, mnist_10k, tmp_path, 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_predict_refuses_an_unknown_model_format(tmp_path, capsys):
+def test_predict_refuses_an_unknown_model_format(tmp_path, capsys, test_digits):
+    from PIL import Image
+
     (tmp_path / "model.pt").write_bytes(b"torch")
+    Image.fromarray(255 - test_digits[0]).save(tmp_path / "digit.png")  # the images are read before the model
     assert predict.main([str(tmp_path / "digit.png"), "--model", str(tmp_path / "model.pt"), "--dataset",
                          "mnist"]) == predict.EXIT_BAD_MODEL
     error = capsys.readouterr().err

@@ -9,27 +9,29 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import shutil
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers.net import answers, free_port, wait_until
 from PIL import Image
 
 from stages.core.calibration import scaled
+from stages.core.datasets import class_names
 from stages.core.tracking import registry, store, versions
-from stages.predict import predict_arrays
 from stages.preprocess import normalize
 from stages.reading import image_model
 from stages.reading.image_model import ImageClassifier
+from stages.reading.reader import Reader
 
 DIGITS = 20
+
+
+def predict_arrays(model, arrays) -> np.ndarray:
+    """The model's own (uncalibrated) probabilities, through the one reader."""
+    return Reader(model, class_names("mnist"), "mnist", "the session's model").probabilities(list(arrays))
 
 
 def png_base64(image: Image.Image) -> str:
@@ -45,34 +47,6 @@ def log_image_model(params, dataset: str, temperature: float = 1.0):
     run = client.create_run(experiment_id)
     return registry.log_image_model(params, store.tracking_uri(params), ImageClassifier, dataset, temperature,
                                     run.info.run_id)
-
-
-@pytest.fixture
-def model_server(tmp_path):
-    """Starts `mlflow models serve` for a model URI (`model_server(uri, tracking_uri)` -> its URL); stopped after."""
-    started = []
-
-    def start(model_uri: str, tracking_uri: str) -> str:
-        port = free_port()
-        log = tmp_path / "serve.log"
-        with open(log, "w") as output:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-                 "--host", "127.0.0.1", "--port", str(port)],
-                cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT,
-                # MLflow starts `uvicorn` by name: the environment's bin folder is on PATH, as in an activated venv.
-                env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-                     "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true",
-                     "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ""},  # the model brings its own copy of `stages`
-            )
-        started.append(server)
-        wait_until(lambda: answers(f"http://127.0.0.1:{port}/ping"), 240, "mlflow models serve", server, log)
-        return f"http://127.0.0.1:{port}"
-
-    yield start
-    for server in started:
-        server.terminate()
-        server.wait(timeout=60)
 
 
 def test_the_served_image_model_answers_pngs(make_params, model_path, model, test_digits, tmp_path, monkeypatch,

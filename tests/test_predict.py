@@ -32,6 +32,7 @@ from stages import predict
 from stages.core.datasets import class_names
 from stages.preprocess import normalize
 from stages.reading import framing, loading, numbers
+from stages.reading.reader import Reader, prepare_files
 
 AGREEMENT_DIGITS = int(os.environ.get("PREDICT_AGREEMENT_DIGITS", "200"))
 MIN_AGREEMENT = 0.95
@@ -276,18 +277,29 @@ def test_defaults_come_from_params_yaml(tmp_path, monkeypatch, raw_params, digit
     assert len(error.splitlines()) == 1
 
 
+def predict_arrays(model, arrays) -> np.ndarray:
+    """The model's own (uncalibrated) probabilities, through the one reader."""
+    return Reader(model, class_names("mnist"), "mnist", "the session's model").probabilities(list(arrays))
+
+
+def read_files(paths, model) -> tuple[list, list]:
+    """The answers of the readable files and (file, reason) of the others, as predict reads them."""
+    prepared, failed = prepare_files(paths, "mnist")
+    return Reader(model, class_names("mnist"), "mnist", "the session's model").answers(prepared), failed
+
+
 # --- agreement with the model on real digits --------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def reference_predictions(model, test_digits) -> np.ndarray:
     """The model's classes for the original 28x28 arrays: what every rendered form must reproduce."""
-    return predict.predict_arrays(model, list(as_input(test_digits[:AGREEMENT_DIGITS]))).argmax(axis=1)
+    return predict_arrays(model, as_input(test_digits[:AGREEMENT_DIGITS])).argmax(axis=1)
 
 
 @pytest.mark.parametrize("form", list(FORMS))
 def test_agreement_with_the_original_digits(form, model, test_digits, reference_predictions, tmp_path):
     paths = render_files(form, test_digits[:AGREEMENT_DIGITS], tmp_path)
-    predictions, failed = predict.predict_files(paths, model, class_names("mnist"), "mnist")
+    predictions, failed = read_files(paths, model)
     assert failed == []
     assert [prediction.file for prediction in predictions] == [str(path) for path in paths]
     agreement = np.mean(np.array([prediction.predicted for prediction in predictions]) == reference_predictions)
@@ -310,7 +322,7 @@ def test_bad_inputs_are_reported_and_the_rest_predicted(tmp_path, digit_file, mo
     assert exit_code == 1
     assert len(output.out.splitlines()) == 1 and output.out.startswith(f"{digit_file}: ")
     named, *errors = output.err.strip().splitlines()
-    assert named == f"model: {model_path} (lenet, keras)"
+    assert named == f"model: {model_path} (lenet, keras), uncalibrated"
     assert len(errors) == len(bad)
     for error, (name, message) in zip(errors, bad.items(), strict=True):
         assert error.startswith(f"error: {tmp_path / name}: ") and message in error
@@ -318,7 +330,7 @@ def test_bad_inputs_are_reported_and_the_rest_predicted(tmp_path, digit_file, mo
 
 def test_text_output(digit_file, model_path, test_digits, model, capsys):
     assert predict.main([str(digit_file), "--model", str(model_path), "--top", "2"]) == 0
-    expected = predict.predict_arrays(model, list(as_input(test_digits[:1])))[0].argmax()
+    expected = predict_arrays(model, list(as_input(test_digits[:1])))[0].argmax()
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"{digit_file}: {expected} (") and "top 2: " in line and line.count("%") == 3
 
@@ -330,7 +342,7 @@ def test_json_output(digit_file, tmp_path, model_path, capsys):
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [record["file"] for record in records] == [str(digit_file), str(other)]
     for record in records:
-        assert set(record) == {"file", "predicted", "label", "confidence", "top", "not_sure"}
+        assert set(record) == {"file", "predicted", "label", "confidence", "top", "not_sure", "reason"}
         assert record["label"] == str(record["predicted"])
         assert len(record["top"]) == 4
         assert record["top"][0] == {"class": record["predicted"], "label": record["label"],
@@ -366,7 +378,7 @@ def number_file(tmp_path, test_digits, model) -> tuple[Path, str]:
     photo, _ = written_number(list(digits), np.random.default_rng(3))
     path = tmp_path / "number.jpg"
     photo.save(path)
-    expected = predict.predict_arrays(model, list(as_input(digits))).argmax(axis=1)
+    expected = predict_arrays(model, list(as_input(digits))).argmax(axis=1)
     return path, "".join(map(str, expected))
 
 
@@ -558,15 +570,15 @@ def not_digits() -> dict[str, Image.Image]:
 
 def test_a_scribble_a_letter_and_specks_are_not_sure(tmp_path, model, test_digits, test_labels):
     """With the model's temperature fitted on digits, as train does on the validation digits."""
-    from stages.core.calibration import CalibratedModel, fit_temperature
+    from stages.core.calibration import fit_temperature
+    from stages.core.shipping import inference_model
 
     temperature = fit_temperature(model.predict(normalize(test_digits[:500]), verbose=0), test_labels[:500])
     files = []
     for name, image in not_digits().items():
         image.save(tmp_path / f"{name}.png")
         files.append(str(tmp_path / f"{name}.png"))
-    predictions, failed = predict.predict_files(files, CalibratedModel(model, temperature), class_names("mnist"),
-                                                "mnist")
+    predictions, failed = read_files(files, inference_model(model, temperature))
     texts = {Path(prediction.file).stem: prediction.as_text(3) for prediction in predictions}
     print(f"T {temperature:.2f}", texts, failed)
     assert not failed

@@ -1,14 +1,17 @@
 """Confidence a user can trust: temperature scaling, the expected calibration error, and "not sure".
 
 train fits the temperature T on the validation digits and records it in {paths.run} (run.json: `temperature`,
-with the validation ECE before and after); predict and the drawing page divide the model's log-probabilities by T
-before reporting them, and say "not sure: 4 or 9" when the top calibrated probability is below UNSURE_BELOW.
+with the validation ECE before and after); the model's readers (stages/reading/reader.py) answer with the logits
+divided by T (folded into the model's last layer: stages/core/shipping.py `inference_model`), and say "not sure"
+when the top calibrated probability is below UNSURE_BELOW.
 NumPy and SciPy only: no TensorFlow.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from stages.core.errors import PipelineError
 
 # Below this calibrated top probability a reading is "not sure". Measured on mnist_10k's 2,000 held-out digits with
 # the default model (README, "Confidence"): it flags 0.85% of them, 47% of which are wrong (0.5 flags 0.2%, 0.9
@@ -57,27 +60,15 @@ def calibrate(probabilities: np.ndarray, labels: np.ndarray) -> dict:
             "val_ece_calibrated": round(expected_calibration_error(scaled(probabilities, temperature), labels), 4)}
 
 
-def unsure(probabilities: np.ndarray, class_names: list[str], unlike_a_digit: bool = False) -> str | None:
-    """"not sure: 4 or 9" when the top (calibrated) probability is below UNSURE_BELOW or the input is unlike a
-    digit (stages/reading/framing.py `unlike_a_digit`: a confident softmax says nothing about a page of specks),
-    else None."""
-    order = np.argsort(-probabilities, kind="stable")
-    if probabilities[order[0]] >= UNSURE_BELOW and not unlike_a_digit:
-        return None
-    return f"not sure: {class_names[order[0]]} or {class_names[order[1]]}"
-
-
-class CalibratedModel:
-    """A Keras model whose predictions are temperature-scaled; everything else is the model's own."""
-
-    def __init__(self, model, temperature: float):
-        self.model, self.temperature = model, temperature
-
-    def predict(self, *args, **kwargs) -> np.ndarray:
-        return scaled(self.model.predict(*args, **kwargs), self.temperature)
-
-    def predict_on_batch(self, *args, **kwargs) -> np.ndarray:
-        return scaled(np.asarray(self.model.predict_on_batch(*args, **kwargs)), self.temperature)
-
-    def __getattr__(self, name: str):
-        return getattr(self.model, name)
+def fold_temperature(model, temperature: float):
+    """`model` (a Keras model ending in a linear Dense layer and a softmax, as architectures.build makes it) with its
+    logits divided by `temperature`: that Dense layer's kernel and bias scaled by 1/T, in place. No custom layer,
+    so every file made from it answers calibrated and Keras' safe mode still loads it."""
+    *body, last = model.layers
+    logits = body[-1] if body else None
+    if (type(last).__name__, last.get_config().get("activation")) != ("Activation", "softmax") or \
+            type(logits).__name__ != "Dense" or logits.get_config().get("activation") != "linear":
+        raise PipelineError(f"model {model.name}: cannot fold the temperature into it: it does not end in a linear "
+                            "Dense layer and a softmax (stages/core/architectures.py builds that)")
+    logits.set_weights([weight / temperature for weight in logits.get_weights()])
+    return model

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from stages.core.architectures import ModelFileError, load_model
+from stages.core.calibration import fold_temperature
 from stages.core.datasets import INPUT_SHAPE
 from stages.core.errors import PipelineError
 from stages.core.files import atomic_path
@@ -33,6 +34,9 @@ from stages.core.records import read_export
 
 KERAS_SUFFIX = ".keras"
 INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
+# The metadata key (ONNX metadata_props, the registered tensor model's MLmodel metadata) naming the temperature
+# already folded into the model's weights: its probabilities are calibrated as they come out.
+TEMPERATURE_KEY = "temperature"
 
 
 class ExportError(ModelFileError):
@@ -47,9 +51,11 @@ def is_training_only(layer) -> bool:
     return type(layer).__name__.startswith("Random")
 
 
-def inference_model(model):
+def inference_model(model, temperature: float = 1.0):
     """A float32 functional copy of `model` without its training-only layers, each layer rebuilt from its config in
-    float32 and given the trained weights (BatchNormalization's moving statistics included).
+    float32 and given the trained weights (BatchNormalization's moving statistics included), calibrated: the logits
+    divided by `temperature` (train's, run.json; calibration.fold_temperature), so every file made from it answers
+    calibrated on its own.
 
     Exporters call the model without training=False, so an augmentation layer left in would be exported as random
     ops (ONNX Runtime has no StatelessRandomUniformV2); a mixed-precision model is shipped in float32.
@@ -64,7 +70,8 @@ def inference_model(model):
         twin = type(layer).from_config({**layer.get_config(), "dtype": "float32"})
         outputs = twin(outputs)
         twin.set_weights(layer.get_weights())
-    return keras.Model(inputs, outputs, name=model.name)
+    rebuilt = keras.Model(inputs, outputs, name=model.name)
+    return rebuilt if temperature == 1.0 else fold_temperature(rebuilt, temperature)
 
 
 def export_onnx(inference, path: str | os.PathLike, metadata: dict[str, str]) -> None:
@@ -321,10 +328,12 @@ def open_runtime(path: str | os.PathLike, format: str):
 
 
 class Loaded(NamedTuple):
-    """A model ready to predict, and the one line that names it: where from, architecture, format, test accuracy."""
+    """A model ready to predict, the one line that names it (where from, architecture, format, test accuracy), and
+    the temperature already folded into its weights (None: not known to be calibrated)."""
 
     model: Any
     description: str
+    temperature: float | None = None
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -404,7 +413,8 @@ def load_any(source: str | os.PathLike, num_classes: int, advice: str, params=No
         known, where = shipped_facts(Path(source), report), text
     format = getattr(model, "format", "keras")
     facts = {"architecture": model.metadata.get("architecture") if format != "keras" else model.name,
-             "format": format}
+             "format": format, "temperature": model.metadata.get(TEMPERATURE_KEY) if format != "keras" else None}
     facts.update({key: value for key, value in known.items()
-                  if key in ("architecture", "format", "test_accuracy") and value is not None})
-    return Loaded(model, describe(where, facts))
+                  if key in ("architecture", "format", "test_accuracy", "temperature") and value is not None})
+    temperature = facts["temperature"]
+    return Loaded(model, describe(where, facts), None if temperature is None else float(temperature))

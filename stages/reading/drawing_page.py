@@ -2,7 +2,10 @@
 
 The page (drawing_page.html, plain HTML and JavaScript) posts the canvas as a PNG to /predict while you draw; the
 answer is the number read, and per digit the top-3 classes and the 28x28 image the model saw. It goes through the
-same code as `python -m stages.predict --number` (stages/reading/numbers.py), with the model loaded once at start-up.
+same code as `python -m stages.predict --number` (stages/reading/numbers.py) and the same reader
+(stages/reading/reader.py): calibrated bars, "not sure" with its reason (the confirm box then starts empty), and
+the line naming the model that answered. The page follows its model: a changed model file (checked on each
+request) or a moved alias (`--model champion`, polled every few seconds) answers the next drawing.
 
 Under each digit a box holds the class read: Enter confirms it (or the class typed over it), and the page posts the
 same drawing to /confirm with the digit's position and class; the server reads the drawing again (the same code
@@ -22,9 +25,11 @@ Refusals are 403 and one line in the log.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import logging
+import os
 import threading
 import time
 from importlib import resources
@@ -36,10 +41,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from stages.core.calibration import unsure
 from stages.core.errors import PipelineError
 from stages.reading import own
-from stages.reading.framing import unlike_a_digit
 from stages.reading.loading import ImageError, load_image, to_png_image
 from stages.reading.numbers import split_number
 
@@ -50,6 +53,7 @@ MAX_DRAWING_PIXELS = 4_000_000
 # At most this many digits per drawing: a scribble that splits into dozens of marks is not a number.
 MAX_DIGITS = 20
 TOP = 3
+POLL_SECONDS = 5  # how often a page serving an alias (--model champion) asks the registry where it points
 HOST = "127.0.0.1"
 PAGE_NAMES = (HOST, "localhost")  # the names a browser reaches the page by; any other Host is refused
 UPLOAD_TYPE = "image/png"  # what the page posts; not CORS-safelisted, so another site's page cannot send it
@@ -92,12 +96,66 @@ def data_url(array: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-class Reader:
-    """The model, loaded once, reading drawings; one at a time (a Keras model is not made for concurrent calls)."""
+class Page:
+    """The drawings read by the page's model (stages/reading/reader.py), which follows its source: a model file that
+    changed (its size and mtime, checked on each request; then its sha256) or an alias that moved (asked at most
+    every POLL_SECONDS) is opened again, and the next answer comes from it; a request in flight keeps the reader it
+    started with."""
 
-    def __init__(self, model, class_names: list[str], dataset: str):
-        self.model, self.class_names, self.dataset = model, class_names, dataset
-        self.lock = threading.Lock()
+    def __init__(self, open_model, source: str = "", version_of=None):
+        self.open_model, self.source, self.version_of = open_model, str(source), version_of
+        self.swap = threading.Lock()
+        self.reader = open_model()
+        self.stamp, self.digest, self.asked = self.file_stamp(), self.file_digest(), time.monotonic()
+        self.version = version_of() if version_of else None
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.reader.class_names
+
+    @property
+    def dataset(self) -> str:
+        return self.reader.dataset
+
+    def file_stamp(self):
+        try:
+            found = os.stat(self.source)
+        except (OSError, ValueError):
+            return None
+        return found.st_size, found.st_mtime_ns
+
+    def file_digest(self) -> str | None:
+        try:
+            with open(self.source, "rb") as handle:
+                return hashlib.file_digest(handle, "sha256").hexdigest()
+        except (OSError, ValueError):
+            return None
+
+    def changed(self) -> bool:
+        if self.version_of is not None:
+            if time.monotonic() - self.asked < POLL_SECONDS:
+                return False
+            self.asked = time.monotonic()
+            version = self.version_of()
+            moved, self.version = version != self.version, version
+            return moved
+        stamp = self.file_stamp()
+        if stamp == self.stamp or stamp is None:  # unchanged, or mid-replacement: keep the model that answers
+            return False
+        self.stamp, digest = stamp, self.file_digest()
+        moved, self.digest = digest != self.digest, digest
+        return moved
+
+    def current(self):
+        """The reader to answer with now: opened again when its source changed."""
+        with self.swap:
+            if self.changed():
+                try:
+                    self.reader = self.open_model()
+                except PipelineError as error:  # a half-written or broken model: keep answering with the last one
+                    log.warning("the model changed but cannot be opened (%s); still answering with %s", error,
+                                self.reader.description)
+            return self.reader
 
     def warm_up(self) -> None:
         """Read one drawing before the first visitor does: the image libraries load, TensorFlow traces the model."""
@@ -120,23 +178,22 @@ class Reader:
         return image, digits
 
     def read(self, data: bytes) -> dict:
-        """The answer to one drawing; raises ImageError with the message for the page."""
+        """The answer to one drawing, and the model that gave it; raises ImageError with the message for the page."""
         started = time.perf_counter()
         _, digits = self.digits(data)
-        batch = np.stack([digit.array for digit in digits])
-        with self.lock:
-            probabilities = np.asarray(self.model.predict_on_batch(batch), dtype=np.float64)
-        answers = []
-        for digit, row in zip(digits, probabilities, strict=True):
-            order = np.argsort(-row, kind="stable")[:TOP]
-            answers.append({
-                "label": self.class_names[order[0]],
-                "not_sure": unsure(row, self.class_names, unlike_a_digit(digit.array)),  # "not sure: 4 or 9" or None
-                "top": [{"label": self.class_names[index], "probability": float(row[index])} for index in order],
+        reader = self.current()
+        [answer] = reader.number_answers([("drawing", digits)])
+        shown = []
+        for digit, read in zip(digits, answer.digits, strict=True):
+            shown.append({
+                "label": read.label,
+                "not_sure": read.not_sure,  # "not sure: 4 or 9" or None
+                "reason": read.reason,  # "low confidence", "unlike a digit" or None
+                "top": [{"label": entry["label"], "probability": entry["probability"]} for entry in read.top(TOP)],
                 "image": data_url(digit.array),
                 "box": dict(zip(("x", "y", "width", "height"), digit.box, strict=True)),
             })
-        return {"number": "".join(answer["label"] for answer in answers), "digits": answers,
+        return {"number": answer.number, "digits": shown, "model": reader.description,
                 "milliseconds": round(1000 * (time.perf_counter() - started), 1)}
 
 
@@ -158,7 +215,7 @@ class OwnDigits:
         return {"folder": str(self.folder), "classes": self.class_names, "counts": counts,
                 "own_test_accuracy": metrics.get("own_test_accuracy")}
 
-    def confirm(self, reader: Reader, data: bytes, position: int, label: str) -> dict:
+    def confirm(self, reader: Page, data: bytes, position: int, label: str) -> dict:
         """Store digit `position` (0 = leftmost) of the drawing as class `label`; PipelineError for the page."""
         if self.folder is None:
             raise PipelineError(self.summary()["error"])
@@ -173,7 +230,7 @@ class OwnDigits:
         return {"label": self.class_names[value], "new": stored.new, "file": stored.path.name, **self.summary()}
 
 
-def create_app(reader: Reader, own_digits: OwnDigits | None = None) -> FastAPI:
+def create_app(reader: Page, own_digits: OwnDigits | None = None) -> FastAPI:
     app = FastAPI(title="Draw a number", docs_url=None, redoc_url=None, openapi_url=None,
                   dependencies=[Depends(own_host)])
     page = resources.files("stages.reading").joinpath("drawing_page.html").read_text(encoding="utf-8")
@@ -240,12 +297,15 @@ def create_app(reader: Reader, own_digits: OwnDigits | None = None) -> FastAPI:
     return app
 
 
-def serve(model, class_names: list[str], dataset: str, port: int, own_paths: tuple[Path, Path] | None = None) -> None:
-    """Serve the page until Ctrl-C; `own_paths` (paths.own, paths.metrics) keeps confirmed digits."""
+def serve(open_model, port: int, own_paths: tuple[Path, Path] | None = None, follow: str = "",
+          version_of=None) -> None:
+    """Serve the page until Ctrl-C, answering with `open_model()` (a reader.Reader), opened again when the file
+    `follow` changes or `version_of()` (an alias's version) does; `own_paths` (paths.own, paths.metrics) keeps
+    confirmed digits."""
     import uvicorn
 
-    reader = Reader(model, class_names, dataset)
+    reader = Page(open_model, follow, version_of)
     reader.warm_up()
-    app = create_app(reader, OwnDigits(*(own_paths or (None, None)), class_names, dataset))
+    app = create_app(reader, OwnDigits(*(own_paths or (None, None)), reader.class_names, reader.dataset))
     print(f"drawing page on http://{HOST}:{port}/  (Ctrl-C to stop)", flush=True)
     uvicorn.run(app, host=HOST, port=port, log_level="warning")

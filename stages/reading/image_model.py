@@ -1,4 +1,5 @@
-"""The registered image model: base64 PNG or JPEG strings in, the class, its name and its probabilities out.
+"""The registered image model: base64 PNG or JPEG strings in, the class, its name, its calibrated confidence and
+probabilities and "not sure" (its reason, stages/reading/reader.py) out.
 
 `mlflow models serve -m models:/mnist-cnn-images@champion --env-manager local` answers images with this code:
 MLflow ships the modules SHIPPED names with the model (code_paths) and stages/core/tracking/registry.py wraps
@@ -19,9 +20,11 @@ import numpy as np
 from stages.core.datasets import IMAGE_SIZE, class_names
 from stages.reading.loading import ImageError, load_image
 from stages.reading.numbers import model_input
+from stages.reading.reader import Reader
 
 INPUT_COLUMN = "image"
-OUTPUT_COLUMNS = ["predicted", "label", "confidence", "probabilities", "error"]
+# not_sure: "" when sure, else the reason (reader.LOW_CONFIDENCE or reader.UNLIKE_A_DIGIT); probabilities calibrated.
+OUTPUT_COLUMNS = ["predicted", "label", "confidence", "not_sure", "probabilities", "error"]
 # An image in the request is at most this many pixels: a served model should not decode a 40-megapixel bomb.
 MAX_PIXELS = 25_000_000
 
@@ -40,24 +43,23 @@ def decode(encoded) -> bytes:
         raise ImageError("not base64: send each image as the base64 text of its PNG or JPEG file") from None
 
 
-def classify(model, encoded_images, dataset: str) -> list[dict]:
-    """One row per image: predicted class, its name, confidence and all probabilities, or -1 and the error."""
-    names = class_names(dataset)
+def classify(reader: Reader, encoded_images) -> list[dict]:
+    """One row per image: predicted class, its name, calibrated confidence, why it is not sure ("" when sure) and
+    all probabilities, or -1 and the error."""
     rows: list[dict] = []
-    arrays, positions = [], []
+    prepared, positions = [], []
     for position, encoded in enumerate(encoded_images):
         try:
-            arrays.append(model_input(load_image(decode(encoded), MAX_PIXELS), dataset))
+            prepared.append((str(position), model_input(load_image(decode(encoded), MAX_PIXELS), reader.dataset)))
             positions.append(position)
             rows.append({})
         except ImageError as error:
-            rows.append({"predicted": -1, "label": "", "confidence": 0.0, "probabilities": [], "error": str(error)})
-    if arrays:
-        probabilities = np.asarray(model.predict_on_batch(np.stack(arrays)), dtype=np.float64)
-        for position, row in zip(positions, probabilities, strict=True):
-            rows[position] = {"predicted": int(row.argmax()), "label": names[int(row.argmax())],
-                              "confidence": float(row.max()), "probabilities": [float(value) for value in row],
-                              "error": ""}
+            rows.append({"predicted": -1, "label": "", "confidence": 0.0, "not_sure": "", "probabilities": [],
+                         "error": str(error)})
+    for position, answer in zip(positions, reader.answers(prepared), strict=True):
+        rows[position] = {"predicted": answer.predicted, "label": answer.label, "confidence": answer.confidence,
+                          "not_sure": answer.reason or "",
+                          "probabilities": [float(value) for value in answer.probabilities], "error": ""}
     return rows
 
 
@@ -69,7 +71,7 @@ class ImageClassifier:
     # stage's deps; tests/test_imports.py keeps the list equal to the imports).
     SHIPPED = ("core/architectures.py", "core/architectures.yaml", "core/calibration.py", "core/datasets.py",
                "core/errors.py", "reading/framing.py", "reading/image_model.py", "reading/ink.py", "reading/loading.py",
-               "reading/numbers.py", "reading/paper.py")
+               "reading/numbers.py", "reading/paper.py", "reading/reader.py")
 
     @staticmethod
     def example(dataset: str):
@@ -83,19 +85,21 @@ class ImageClassifier:
         Image.fromarray(canvas).save(buffer, format="PNG")
         names = class_names(dataset)
         request = pd.DataFrame({INPUT_COLUMN: [base64.b64encode(buffer.getvalue()).decode("ascii")]})
-        answer = pd.DataFrame([{"predicted": 1, "label": names[1], "confidence": 0.9,
+        answer = pd.DataFrame([{"predicted": 1, "label": names[1], "confidence": 0.9, "not_sure": "",
                                 "probabilities": [0.1] * len(names), "error": ""}])
         return request, answer
 
     def load_context(self, context) -> None:
         from stages.core.architectures import load_model
-        from stages.core.calibration import CalibratedModel
+        from stages.reading.reader import folded
 
-        self.dataset = context.model_config["dataset"]
-        model = load_model(context.artifacts[self.ARTIFACT], len(class_names(self.dataset)),
-                           advice="log it again: `dvc repro train`")
+        dataset = context.model_config["dataset"]
+        names = class_names(dataset)
+        model = load_model(context.artifacts[self.ARTIFACT], len(names), advice="log it again: `dvc repro train`")
         # Models logged before calibration existed carry no temperature: their probabilities as they are.
-        self.model = CalibratedModel(model, float(context.model_config.get("temperature", 1.0)))
+        temperature = context.model_config.get("temperature")
+        self.reader = folded(model, None if temperature is None else float(temperature), names, dataset,
+                             "the image model")
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
@@ -109,4 +113,4 @@ class ImageClassifier:
             images = list(model_input.get(INPUT_COLUMN, []))
         else:
             images = list(np.asarray(model_input).ravel())
-        return pd.DataFrame(classify(self.model, images, self.dataset), columns=OUTPUT_COLUMNS)
+        return pd.DataFrame(classify(self.reader, images), columns=OUTPUT_COLUMNS)

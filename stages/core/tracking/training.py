@@ -171,7 +171,7 @@ class NullRun:
 
     check_heartbeat = raise_if_lost
 
-    def log_training(self, params, model, result, example, data_info=None) -> dict:
+    def log_training(self, params, model, result, example, data_info=None, temperature: float = 1.0) -> dict:
         return {"run_id": None}
 
 
@@ -252,7 +252,8 @@ class TrainingRun:
         for start in range(0, len(missed), 1000):  # MLflow's limit per batch
             self.client.log_batch(self.run_id, metrics=missed[start:start + 1000], synchronous=True)
 
-    def log_training(self, params: Params, model, result: dict, example, data_info: dict) -> dict:
+    def log_training(self, params: Params, model, result: dict, example, data_info: dict,
+                     temperature: float = 1.0) -> dict:
         """Log what the training produced: its missed epochs, the model (a LoggedModel of this run, registered by
         the register stage) with the kept epoch's accuracies linked to it, and the results; returns what run.json
         records of the run (with the LoggedModel's id, which evaluate links the test metrics to)."""
@@ -269,7 +270,16 @@ class TrainingRun:
             self.client.log_artifact(self.run_id, path, "model_outputs")
         if Path(PARAMS_FILE).exists():
             self.client.log_artifact(self.run_id, PARAMS_FILE)
-        info = log_tensor_model(model, result["architecture"], example, self.uri)
+        import keras
+
+        from stages.core.calibration import fold_temperature
+
+        # Logged calibrated (T folded into the logits layer, named in the metadata): `mlflow models serve` of the
+        # registered tensor model answers what predict answers.
+        shipped = keras.models.clone_model(model)
+        shipped.set_weights(model.get_weights())
+        fold_temperature(shipped, temperature)
+        info = log_tensor_model(shipped, result["architecture"], example, self.uri, temperature)
         self.link_kept_epoch(info.model_id, history, result["kept_epoch"], data_info)
         # After the model: MLflow copies the run's metrics logged so far onto the LoggedModel, whose page should
         # list the model's scores, not how long it trained.

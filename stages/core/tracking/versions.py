@@ -27,9 +27,10 @@ def registered_name(params: Params, dataset: str, kind: str = "") -> str:
     return f"{params.tracking.model_prefix}{dataset}-cnn" + (f"-{kind}" if kind else "")
 
 
-def log_tensor_model(model, architecture: str, example, uri: str):
+def log_tensor_model(model, architecture: str, example, uri: str, temperature: float | None = None):
     """The trained Keras model as a LoggedModel of the active (training) run, named after the architecture (the
-    name the UI shows), not registered: the register stage registers it once evaluated and exported."""
+    name the UI shows), not registered: the register stage registers it once evaluated and exported. `temperature`:
+    the one already folded into `model` (shipping.inference_model), named in the MLmodel metadata for the reader."""
     import keras
     import mlflow
     import tensorflow as tf
@@ -44,6 +45,7 @@ def log_tensor_model(model, architecture: str, example, uri: str):
         with store_lock(uri):
             return mlflow.tensorflow.log_model(
                 model, name=architecture, signature=signature, input_example=example,
+                metadata=None if temperature is None else {"temperature": temperature},
                 # Given explicitly: inferring them reloads the model in a subprocess (another TensorFlow start).
                 pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
                                   f"mlflow=={mlflow.__version__}"],
@@ -157,6 +159,21 @@ def unknown_name(client, name: str, alias: str) -> str | None:
     return None
 
 
+def model_version(params: Params, uri: str) -> str | None:
+    """The version `models:/NAME@ALIAS` points at now (None: nowhere, or the store cannot say); a URI naming a
+    version is that version. What the drawing page polls to follow `--model champion`."""
+    from mlflow.exceptions import MlflowException
+
+    name, _, alias = uri.removeprefix("models:/").partition("@")
+    if not alias:
+        return uri
+    try:
+        client, _ = connect(params)
+        return client.get_model_version_by_alias(name, alias).version
+    except (MlflowException, PipelineError):
+        return None
+
+
 @contextlib.contextmanager
 def downloaded_model(params: Params, uri: str) -> Iterator[tuple[Path, dict]]:
     """The model file behind a `models:/NAME@ALIAS` or `models:/NAME/VERSION` URI, downloaded to a temporary folder
@@ -186,7 +203,8 @@ def downloaded_model(params: Params, uri: str) -> Iterator[tuple[Path, dict]]:
         except MlflowException as error:
             raise PipelineError(f"{uri}: cannot download {name} version {version.version} "
                                 f"({error.message.splitlines()[0]})") from None
-        flavors = mlflow.models.Model.load(str(local)).flavors
+        logged = mlflow.models.Model.load(str(local))
+        flavors = logged.flavors
         if "onnx" in flavors:
             path, format = local / flavors["onnx"]["data"], "onnx"
         elif "tensorflow" in flavors or "keras" in flavors:
@@ -197,4 +215,6 @@ def downloaded_model(params: Params, uri: str) -> Iterator[tuple[Path, dict]]:
         run = client.get_run(version.run_id) if version.run_id else None
         yield path, {"version": f"{name} version {version.version}", "format": format,
                      "architecture": run.data.params.get("model.name") if run else None,
-                     "test_accuracy": version.tags.get("test_accuracy")}
+                     "test_accuracy": version.tags.get("test_accuracy"),
+                     # folded into the weights (shipping.inference_model); the ONNX file's own metadata says it too
+                     "temperature": (logged.metadata or {}).get("temperature")}
