@@ -29,7 +29,10 @@ def open_reader(source: str | os.PathLike, dataset: str, params=None,
         if record is not None and "temperature" in record.fields:
             temperature, where = record.temperature, f"from {params.paths.run}"
             model = inference_model(model, temperature)
-    description = f"{loaded.description}, {calibration_note(temperature, where)}"
+    note = calibration_note(temperature, where)
+    if temperature is None and getattr(model, "format", "") == "litert":  # no metadata in the file to say so
+        note = "calibration not recorded (export folds T into a .tflite file; its export.json names it)"
+    description = f"{loaded.description}, {note}"
     return Reader(model, names, dataset, description, str(source))
 
 
