@@ -27,11 +27,11 @@ def open_reader(source: str | os.PathLike, dataset: str, params=None,
             Path(str(source)).resolve() == Path(params.paths.model).resolve():
         record = read_run(params.paths, missing_ok=True)
         if record is not None and "temperature" in record.fields:
-            temperature, where = record.temperature, f"from {params.paths.run}"
+            temperature, where = record.temperature, "from the training's record"
             model = inference_model(model, temperature)
     note = calibration_note(temperature, where)
     if temperature is None and getattr(model, "format", "") == "litert":  # no metadata in the file to say so
-        note = "calibration not recorded (export folds T into a .tflite file; its export.json names it)"
+        note = "calibration not recorded (export folds T into a .tflite file; its export report names it)"
     description = f"{loaded.description}, {note}"
     return Reader(model, names, dataset, description, str(source))
 

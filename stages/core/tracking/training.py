@@ -276,7 +276,9 @@ class TrainingRun:
 
         # Logged calibrated (T folded into the logits layer, named in the metadata): `mlflow models serve` of the
         # registered tensor model answers what predict answers.
-        shipped = keras.models.clone_model(model)
+        # in float32, as export ships it (a mixed-precision model answers a little differently)
+        shipped = keras.models.clone_model(model, clone_function=lambda layer: type(layer).from_config(
+            {**layer.get_config(), "dtype": "float32"}))
         shipped.set_weights(model.get_weights())
         fold_temperature(shipped, temperature)
         info = log_tensor_model(shipped, result["architecture"], example, self.uri, temperature)
