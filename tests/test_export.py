@@ -146,6 +146,11 @@ def test_the_onnx_champion_follows_the_tensor_models_and_predict_takes_its_uri(e
     assert error.startswith(f"error: models:/{onnx_name}@nobody: ") and len(error.splitlines()) == 1
 
 
+# run.json names no temperature: the ONNX file says so in its metadata; a .tflite file carries none
+NO_TEMPERATURE = {"onnx": "uncalibrated", "litert": "calibration not recorded (export folds T into a .tflite file; its "
+                  "export report names it)"}
+
+
 def test_predict_with_the_onnx_file_runs_without_tensorflow(exported, test_digits):
     from PIL import Image
 
@@ -159,7 +164,7 @@ def test_predict_with_the_onnx_file_runs_without_tensorflow(exported, test_digit
         assert "imported " not in result.stderr and result.returncode == 0, result.stderr[-3000:]
         accuracy = report["files"][format]["test_accuracy"]
         assert result.stderr == (f"model: {path} (lenet, {format}, "
-                                 f"test accuracy {accuracy:.4f}), uncalibrated\n")  # run.json names no temperature
+                                 f"test accuracy {accuracy:.4f}), {NO_TEMPERATURE[format]}\n")
         assert result.stdout.startswith("digit.png: ") and len(result.stdout.splitlines()) == 1
 
 
