@@ -270,18 +270,7 @@ class TrainingRun:
             self.client.log_artifact(self.run_id, path, "model_outputs")
         if Path(PARAMS_FILE).exists():
             self.client.log_artifact(self.run_id, PARAMS_FILE)
-        import keras
-
-        from stages.core.calibration import fold_temperature
-
-        # Logged calibrated (T folded into the logits layer, named in the metadata): `mlflow models serve` of the
-        # registered tensor model answers what predict answers.
-        # in float32, as export ships it (a mixed-precision model answers a little differently)
-        shipped = keras.models.clone_model(model, clone_function=lambda layer: type(layer).from_config(
-            {**layer.get_config(), "dtype": "float32"}))
-        shipped.set_weights(model.get_weights())
-        fold_temperature(shipped, temperature)
-        info = log_tensor_model(shipped, result["architecture"], example, self.uri, temperature)
+        info = log_tensor_model(model, result["architecture"], example, self.uri, temperature)
         self.link_kept_epoch(info.model_id, history, result["kept_epoch"], data_info)
         # After the model: MLflow copies the run's metrics logged so far onto the LoggedModel, whose page should
         # list the model's scores, not how long it trained.

@@ -30,11 +30,20 @@ def registered_name(params: Params, dataset: str, kind: str = "") -> str:
 def log_tensor_model(model, architecture: str, example, uri: str, temperature: float | None = None):
     """The trained Keras model as a LoggedModel of the active (training) run, named after the architecture (the
     name the UI shows), not registered: the register stage registers it once evaluated and exported. `temperature`:
-    the one already folded into `model` (shipping.inference_model), named in the MLmodel metadata for the reader."""
+    train's, folded into the logged copy (float32, as export ships it) and named in its MLmodel metadata, so
+    `mlflow models serve` and the reader answer calibrated."""
     import keras
     import mlflow
     import tensorflow as tf
     from mlflow.models import infer_signature
+
+    from stages.core.calibration import fold_temperature
+
+    if temperature is not None:
+        original, model = model, keras.models.clone_model(model, clone_function=lambda layer: type(layer).from_config(
+            {**layer.get_config(), "dtype": "float32"}))
+        model.set_weights(original.get_weights())
+        fold_temperature(model, temperature)
 
     with quietly_logging_models():
         # predict_on_batch: model.predict on NumPy builds a tf.data pipeline, whose first use under op
