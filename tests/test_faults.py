@@ -24,6 +24,7 @@ import pandas as pd
 import psutil
 import pytest
 from helpers.net import answering
+from helpers.params import TINY
 from helpers.project import project_env, set_params, sh
 
 HOOK = Path(__file__).with_name("fault_hook")
@@ -40,7 +41,7 @@ LAYERS = [
     {"type": "Dense", "units": 10},
 ]
 SETTINGS = {
-    "preprocess.limit": 300,
+    **TINY,
     "model.layers": LAYERS,
     "train.epochs": EPOCHS,
     "train.batch_size": 16,

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers.params import TINY
 from PIL import Image
 
 from stages import collect
@@ -243,7 +244,7 @@ def test_a_store_killed_at_any_point_never_blocks_the_pipeline(tmp_path, model_p
 # the README's table holds this setup's numbers, measured by hand (train.own_weight 3: within 0.05 points).
 # Augmentation off: with it on (the default since train.augment), 3 epochs learn the long-flag 1 but not the slashed
 # 0, whatever train.own_weight (3 or 10): measured, see the README.
-PERSON = {"model.architecture": "lenet", "train.epochs": 3, "preprocess.limit": None, "data.own": True,
+PERSON = {**TINY, "model.architecture": "lenet", "train.epochs": 3, "preprocess.limit": None, "data.own": True,
           "tracking.enabled": False, "train.augment.enabled": False}
 SHEETS = 20  # calibration sheets, each 0-9 in a row: 20 digits per class
 MNIST_TOLERANCE = 0.01

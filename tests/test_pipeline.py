@@ -29,18 +29,13 @@ import numpy as np
 import pytest
 import yaml
 from helpers.net import LocalServer, QuietHandler, answers, free_port, wait_until
+from helpers.params import TINY
 from helpers.project import ROOT, project_env, project_paths, set_params, sh
 from helpers.servers import require
 
 from stages.core.datasets import FILE_NAMES, TEST_REGISTRY_ENV
 from stages.core.entry import EXP_RUN_RESTORE
 from stages.core.idx import write_idx
-
-QUICK = {  # data.source stays at its default, auto
-    "preprocess.limit": 600,
-    "model.architecture": "conv10",
-    "train.epochs": 1,
-}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +54,7 @@ def project(project_copy, tmp_path_factory, registry):
 
     An `mlflow server` on that store starts right after, for the browser test near the end of the module: its
     start-up (tens of seconds on a busy machine) overlaps the tests in between."""
-    path = project_copy(tmp_path_factory.mktemp("project"), QUICK)
+    path = project_copy(tmp_path_factory.mktemp("project"), TINY)  # data.source: its default, auto
     trace = path.parent / "params-trace.tsv"
     env = project_env([path], STAGES_TRACE_PARAMS=str(trace))
     del env["TF_CPP_MIN_LOG_LEVEL"]  # TensorFlow at its default verbosity, as a user runs it
@@ -99,7 +94,7 @@ def test_offline_first_run_trains_on_the_shipped_sample_and_every_record_says_so
     assert read_json(project_paths(project).source) == {"dataset": "mnist_10k", "source": "sample"}
     manifest = read_json(project_paths(project).raw / "mnist" / "manifest.json")
     assert (manifest["dataset"], manifest["sample_of"]) == ("mnist_10k", "mnist")
-    counts = {"dataset": "mnist_10k", "train_images": 480, "val_images": 120, "test_images": 2000}
+    counts = {"dataset": "mnist_10k", "train_images": 240, "val_images": 60, "test_images": 2000}
     metrics = read_json(project_paths(project).metrics)
     run_record = read_json(project_paths(project).run)
     assert metrics["dataset"] == "mnist_10k" and {key: run_record[key] for key in counts} == counts
@@ -144,8 +139,8 @@ def test_the_train_stage_on_says_what_trains_and_nothing_from_third_parties(proj
     precision = json.loads(project_paths(project).run.read_text())["precision"]  # what `auto` chose on this machine
     assert precision in ("float32", "mixed_bfloat16")
     announced = log[first_epoch - 1]
-    assert re.fullmatch(rf"training conv10 \([\d,]+ parameters, {precision}, 1 replica\) on mnist_10k: 480 training "
-                        r"and 120 validation images, 1 epochs of batch \d+, .*", announced), announced
+    assert re.fullmatch(rf"training single_conv \([\d,]+ parameters, {precision}, 1 replica\) on mnist_10k: 240 "
+                        r"training and 60 validation images, 1 epochs of batch \d+, .*", announced), announced
     assert all(EPOCH_LINE.fullmatch(line) for line in log if line.startswith("epoch ")), log
     assert any("cross-entropy" in line and "no label smoothing" in line for line in log)
     export = next(index for index, line in enumerate(log) if line == "Running stage 'export':")
@@ -309,7 +304,7 @@ def test_mlflow_pages_show_the_run_and_its_logged_model(project, tmp_path):
         page.get_by_text("Datasets used").first.wait_for(timeout=90_000)
         page.get_by_text("mnist_10k-held-out").first.wait_for(timeout=30_000)
         text = page.locator("body").inner_text()
-        assert "conv10" in text and "test_accuracy" in text
+        assert TINY["model.architecture"] in text and "test_accuracy" in text
         for split in ("train", "val", "held-out"):  # one metric row per split, each naming its dataset
             assert f"mnist_10k-{split} (#" in text, split
         assert "system/" not in text, "how long it trained is no score of the model"
@@ -370,7 +365,7 @@ def test_queued_experiments_land_in_the_project_store_and_compare_ranks_them(pro
     import mlflow
 
     names = []
-    for architecture in ("single_conv", "conv32"):  # not the baseline conv10, which the run-cache restores
+    for architecture in ("conv10", "conv32"):  # not the baseline, which the run-cache restores
         queued = sh(project, "dvc", "exp", "run", "--queue", "-S", f"model.architecture={architecture}")
         names.append(re.search(r"Queued experiment '([^']+)'", queued.stdout).group(1))
     def start_workers() -> None:

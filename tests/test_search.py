@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from helpers.params import TINY
 from helpers.project import ROOT, project_env, project_paths
 
 from stages import search
@@ -93,15 +94,6 @@ def test_values_become_dvc_set_arguments():
 
 
 STUDY = "ci-search"
-QUICK = {  # a trial is a whole `dvc exp run`: keep every stage tiny (data.source: the mnist_10k fixture)
-    "preprocess.limit": 300,
-    "model.architecture": "single_conv",
-    "train.epochs": 1,
-    "evaluate.activation_images": 1,
-    "plots.dpi": 30,
-    "plots.misclassified": 4,
-    "plots.feature_maps": 2,
-}
 SEARCH = {
     "study": STUDY, "n_trials": 6, "push": "origin", "heartbeat_interval": 1, "grace_period": 3, "max_retry": 2,
     "space": {"train.optimizer.name": {"choices": ["adam", "sgd"]},
@@ -151,18 +143,19 @@ def git(cwd: Path, *args: str) -> str:
                           text=True).stdout
 
 
-@pytest.mark.timeout(1800)  # 5 whole `dvc exp run`s, two at a time on 2 cores
+@pytest.mark.timeout(1800)  # 3 whole `dvc exp run`s, two at a time on 2 cores
 def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(project_copy, postgresql_server, mlflow_server,
                                                                        tmp_path, mnist_10k):
     import optuna
 
     storage = postgresql_server.create_database("optuna_ci_search")
     experiment = "ci-search"
-    base = project_copy(tmp_path / "base", {**QUICK, "data.source": str(mnist_10k), "tracking.uri": mlflow_server.uri,
+    base = project_copy(tmp_path / "base", {**TINY, "data.source": str(mnist_10k), "tracking.uri": mlflow_server.uri,
                                             "tracking.experiment": experiment,
                                             "tracking.model_prefix": "ci-search-"})
     spec = yaml.safe_load((base / "search.yaml").read_text())
-    spec.update(SEARCH, storage=storage, n_trials=4)  # 4 COMPLETE, the killed one and its retry among them
+    # The fewest trials that prove a kill and a retry: a's trial is killed; b runs its own and then the retry.
+    spec.update(SEARCH, storage=storage, n_trials=2)
     (base / "search.yaml").write_text(yaml.safe_dump(spec))
     git(base, "commit", "-qam", "tiny search")
     git(tmp_path, "clone", "-q", "--bare", str(base), "origin.git")
@@ -212,7 +205,7 @@ def test_two_workers_share_a_study_and_a_killed_workers_trial_is_retried(project
     study = optuna.load_study(study_name=STUDY, storage=search.storage_url(storage))
     trials = {trial.number: trial for trial in study.trials}
     complete = [trial for trial in trials.values() if trial.state.name == "COMPLETE"]
-    assert len(complete) == 4, "exactly n_trials"
+    assert len(complete) == 2, "exactly n_trials"
     assert trials[killed].state.name == "FAIL", "the stale trial of the killed worker is failed"
     retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == killed]
     assert [t.state.name for t in retries] == ["COMPLETE"], "and run again once, by the other worker"
@@ -436,7 +429,7 @@ def test_a_password_in_a_tracked_search_yaml_gets_a_warning(tmp_path, capsys):
 def search_clone(project_copy, tmp_path_factory, mnist_10k):
     """A project copy for one worker at a time on SQLite (the kill tests); each test names its own study."""
     folder = tmp_path_factory.mktemp("search-clone")
-    clone = project_copy(folder / "clone", {**QUICK, "data.source": str(mnist_10k), "tracking.enabled": False})
+    clone = project_copy(folder / "clone", {**TINY, "data.source": str(mnist_10k), "tracking.enabled": False})
     return clone
 
 

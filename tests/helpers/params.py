@@ -8,6 +8,20 @@ from pathlib import Path
 from stages.core.project_copy import paths_under
 from stages.core.schema import PARAMS_FILE, Params, parse_params, set_dotted
 
+# Every project copy's settings (dotted keys for params.yaml), one dict so that copies agree and DVC's run-cache can
+# serve one copy's stages to another: the smallest run that still learns something (300 images, one convolution,
+# one epoch), small plots, and one export format (the export tests, in-process, check every format).
+TINY = {
+    "preprocess.limit": 300,
+    "model.architecture": "single_conv",
+    "train.epochs": 1,
+    "evaluate.activation_images": 1,
+    "plots.dpi": 30,
+    "plots.misclassified": 4,
+    "plots.feature_maps": 2,
+    "export.formats": ["onnx"],
+}
+
 
 def shrunk_params(raw_params: dict, base: Path, mnist_10k: Path, **overrides) -> Params:
     """The real params.yaml with every path under `base`, shrunk for tests, plus dotted-key overrides.
