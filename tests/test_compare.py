@@ -96,7 +96,8 @@ def test_run_writes_the_table_and_the_chart_and_says_where(make_params, tmp_path
     import mlflow
 
     params = make_params(tracking__enabled=True, tracking__uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    client = mlflow.MlflowClient(params.tracking.uri)
+    # The registry too: an earlier test's connect() leaves MLflow's global registry URI on its own store.
+    client = mlflow.MlflowClient(params.tracking.uri, params.tracking.uri)
     experiment = client.create_experiment(params.tracking.experiment)
     client.create_registered_model("mnist_10k-cnn")
     for architecture, accuracy in (("lenet", 0.9), ("conv32", 0.95)):
