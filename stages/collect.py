@@ -13,6 +13,8 @@ added, `dvc status` shows the output modified; `dvc repro` reruns this stage, re
 
 from __future__ import annotations
 
+import stages.core.venv  # noqa: F401  (first: without the project's packages, one line, not a traceback)
+
 from stages.core.entry import stage_main
 from stages.core.schema import Params
 from stages.reading import own

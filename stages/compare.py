@@ -10,6 +10,8 @@ Run: python -m stages.compare  (not a DVC stage: it reads the tracking store, wh
 
 from __future__ import annotations
 
+import stages.core.venv  # noqa: F401  (first: without the project's packages, one line, not a traceback)
+
 import argparse
 from collections.abc import Sequence
 

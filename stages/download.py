@@ -19,6 +19,8 @@ nothing in `{paths.raw}`.
 
 from __future__ import annotations
 
+import stages.core.venv  # noqa: F401  (first: without the project's packages, one line, not a traceback)
+
 import gzip
 import hashlib
 import http.client

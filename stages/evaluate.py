@@ -19,6 +19,8 @@ Run alone with `python -m stages.evaluate` (after `dvc repro train`).
 
 from __future__ import annotations
 
+import stages.core.venv  # noqa: F401  (first: without the project's packages, one line, not a traceback)
+
 import time
 from pathlib import Path
 

@@ -23,6 +23,8 @@ are. Run alone with `python -m stages.export` (after `dvc repro train`).
 
 from __future__ import annotations
 
+import stages.core.venv  # noqa: F401  (first: without the project's packages, one line, not a traceback)
+
 from pathlib import Path
 
 import numpy as np

@@ -11,6 +11,8 @@ DVC reruns this stage on any edit of params.yaml, so a typo in a key that no sta
 
 from __future__ import annotations
 
+import stages.core.venv  # noqa: F401  (first: without the project's packages, one line, not a traceback)
+
 from stages.core.architectures import check_model
 from stages.core.entry import stage_main
 from stages.core.files import write_text

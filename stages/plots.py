@@ -18,6 +18,8 @@ Run alone with `python -m stages.plots` (after `dvc repro evaluate`).
 
 from __future__ import annotations
 
+import stages.core.venv  # noqa: F401  (first: without the project's packages, one line, not a traceback)
+
 import difflib
 import math
 from pathlib import Path

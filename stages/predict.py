@@ -34,6 +34,8 @@ keeps the rows of what was read).
 
 from __future__ import annotations
 
+import stages.core.venv  # noqa: F401  (first: without the project's packages, one line, not a traceback)
+
 import argparse
 import json
 import os

@@ -22,6 +22,8 @@ so that evaluate can depend on it; dataset.json lists the split only when `data.
 
 from __future__ import annotations
 
+import stages.core.venv  # noqa: F401  (first: without the project's packages, one line, not a traceback)
+
 from pathlib import Path
 
 import numpy as np

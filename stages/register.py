@@ -16,6 +16,8 @@ Run alone with `python -m stages.register` (after `dvc repro evaluate export`).
 
 from __future__ import annotations
 
+import stages.core.venv  # noqa: F401  (first: without the project's packages, one line, not a traceback)
+
 from stages.core.entry import KERAS_UNUSED_IMPORTS, stage_main
 from stages.core.formats import FORMATS
 from stages.core.records import (

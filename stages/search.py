@@ -24,6 +24,8 @@ leaves it behind. A copy left anyway (the whole machine lost) is removed by the 
 
 from __future__ import annotations
 
+import stages.core.venv  # noqa: F401  (first: without the project's packages, one line, not a traceback)
+
 import argparse
 import logging
 import re

@@ -24,6 +24,8 @@ Every user may read every experiment and model (`default_permission = READ`); wr
 
 from __future__ import annotations
 
+import stages.core.venv  # noqa: F401  (first: without the project's packages, one line, not a traceback)
+
 import argparse
 import contextlib
 import fcntl

@@ -19,6 +19,8 @@ change, not when the network comes back: `dvc exp run -S data.source=mirrors` mo
 
 from __future__ import annotations
 
+import stages.core.venv  # noqa: F401  (first: without the project's packages, one line, not a traceback)
+
 import sys
 
 from stages.core.datasets import dataset_spec, local_copy_advice, sample_of

@@ -26,6 +26,8 @@ Devices, precision and thread pools: stages/core/devices.py (STAGES_JOBS lives t
 
 from __future__ import annotations
 
+import stages.core.venv  # noqa: F401  (first: without the project's packages, one line, not a traceback)
+
 import contextlib
 import hashlib
 import json

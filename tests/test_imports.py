@@ -23,8 +23,9 @@ LEVELS = {"core": 0, "reading": 1}  # everything else in `stages` is a stage or 
 DATA_FILES = {"stages/core/architectures.py": ["stages/core/architectures.yaml"],
               "stages/reading/drawing_page.py": ["stages/reading/drawing_page.html"]}
 # Code that changes no byte of any output, left out of every stage's deps on purpose (dvc.yaml says so): editing the
-# console's quieting must rerun nothing. It imports no other module of the project.
-NO_OUTPUT_CHANGES = {"stages/core/quiet.py"}
+# console's quieting, the environment's check or MLflow's saved view must rerun nothing. They import no other module
+# of the project.
+NO_OUTPUT_CHANGES = {"stages/core/quiet.py", "stages/core/venv.py", "stages/core/tracking/views.py"}
 
 
 def module_file(module: str):

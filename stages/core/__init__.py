@@ -19,4 +19,5 @@
   search/       the search tool's spec, trials and report (`python -m stages.search` is the entry)
   tracking/     MLflow, and the only code that imports it
   next_steps    what `make run` prints after `dvc repro`: the test accuracy and what to do next
+  venv          every stage's and tool's first import: without the project's packages, one line, not a traceback
 """
