@@ -105,11 +105,15 @@ def test_mlflow_gets_the_onnx_model_registered_and_the_litert_file(exported):
     assert version.run_id == run_id
     assert float(version.tags["test_accuracy"]) == pytest.approx(report["files"]["onnx"]["test_accuracy"])
     assert "litert/model.tflite" in [item.path for item in client.list_artifacts(run_id, "litert")]
-    metrics = client.get_run(run_id).data.metrics
-    assert metrics["export.onnx_bytes"] == report["files"]["onnx"]["bytes"]
-    assert metrics["export.litert_agreement"] == 1.0
+    assert "reports/export.json" in [item.path for item in client.list_artifacts(run_id, "reports")]
+    # The run's metrics are the trained model's; each exported model carries its own figures, and no run metric.
+    assert list(client.get_run(run_id).data.metrics) == ["system/train_seconds"]
     logged = client.get_logged_model(version.source.removeprefix("models:/"))
     assert logged.experiment_id == client.get_run(run_id).info.experiment_id  # not in "Default"
+    assert (logged.name, logged.source_run_id, logged.metrics or []) == ("onnx_model", run_id, [])
+    assert logged.tags["export.bytes"] == str(report["files"]["onnx"]["bytes"])
+    assert float(logged.tags["export.agreement"]) == report["onnx"]["agreement"] == 1.0
+    assert logged.model_id in [output.model_id for output in client.get_run(run_id).outputs.model_outputs]
 
 
 def test_the_onnx_champion_follows_the_tensor_models_and_predict_takes_its_uri(exported, test_digits, capsys):

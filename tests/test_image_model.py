@@ -45,6 +45,7 @@ def log_image_model(params, dataset: str, temperature: float = 1.0):
     `dataset`; returns the version."""
     client, experiment_id = store.connect(params)
     run = client.create_run(experiment_id)
+    client.log_metric(run.info.run_id, "test_accuracy", 0.9)  # evaluate's, before registration: not the image model's
     return registry.log_image_model(params, store.tracking_uri(params), ImageClassifier, dataset, temperature,
                                     run.info.run_id)
 
@@ -116,6 +117,9 @@ def test_a_fashion_mnist_image_model_frames_items_as_fashion_mnist_and_names_the
     path = tmp_path / "item.png"
     Image.fromarray(item).save(path)
     name = versions.registered_name(params, 'fashion_mnist', 'images')
+    registered = mlflow.MlflowClient(params.tracking.uri).get_model_version(name, version)
+    logged = mlflow.MlflowClient(params.tracking.uri).get_logged_model(registered.source.removeprefix("models:/"))
+    assert (logged.name, logged.source_run_id, logged.metrics or []) == ("image_model", registered.run_id, [])
     served = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     answer = served.predict(pd.DataFrame({"image": [png_base64(Image.open(path))]}))
 

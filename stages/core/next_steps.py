@@ -61,7 +61,7 @@ def lines(status: int, root: Path) -> list[str]:
              + (f" ({trained})" if trained else ""),
              f"Next, in a shell where `{ACTIVATE}` has run (the project's environment):"]
     if params.tracking.enabled:
-        found += mlflow_lines(tracking_uri(params), fields.get("experiment_id"))
+        found += mlflow_lines(tracking_uri(params), run and run.experiment_id)
     else:
         found.append("MLflow is off (tracking.enabled: false): dvc metrics show, dvc plots show have the results")
     found.append("Read your handwriting: python -m stages.predict my_digit.png  (--serve: a page to draw on)")

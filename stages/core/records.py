@@ -198,6 +198,7 @@ class Run:
     kept_epoch: int | None = None
     temperature: float = 1.0  # the model's own probabilities, uncalibrated
     run_id: str | None = None  # the MLflow run, None with tracking off
+    experiment_id: str | None = None  # its experiment's id (MLflow's pages are addressed by it)
     model_id: str | None = None  # the LoggedModel of the tensor model
     model_uri: str | None = None
     fields: dict = field(default_factory=dict, repr=False)  # everything, as written

@@ -58,9 +58,10 @@ def log_image_model(params: Params, uri: str, behaviour: type, dataset: str, tem
     python_model = type("ImagePythonModel", (behaviour, mlflow.pyfunc.PythonModel), {})()
     example, output = behaviour.example(dataset)
     with quietly_logging_models(), tempfile.TemporaryDirectory() as staging, store_lock(uri):
-        # Model.log, as mlflow.pyfunc.log_model does, but into the finished training's run without reopening it.
+        # Model.log, as mlflow.pyfunc.log_model does, into a LoggedModel of the finished training's run.
         info = Model.log(
-            artifact_path=None, name="image_model", flavor=mlflow.pyfunc, run_id=run_id, python_model=python_model,
+            artifact_path=None, name="image_model", flavor=mlflow.pyfunc, python_model=python_model,
+            model_id=run_output(mlflow.MlflowClient(uri), run_id, "image_model"),
             artifacts={behaviour.ARTIFACT: str(params.paths.model)},
             model_config={"dataset": dataset, "temperature": float(temperature)},
             code_paths=[str(shipped_package(Path(staging), behaviour.SHIPPED))],
@@ -72,6 +73,21 @@ def log_image_model(params: Params, uri: str, behaviour: type, dataset: str, tem
                               f"pandas=={pd.__version__}"],
         )
     return str(info.registered_model_version)
+
+
+def run_output(client, run_id: str, name: str, tags: dict[str, str] | None = None) -> str:
+    """A new LoggedModel `name` of the run `run_id`, listed among the run's outputs, with `tags`; returns its id.
+
+    Logging a model into a run (a log_model with run_id) links every metric the run holds at the model's step to
+    the new model: the run page's Models column would show onnx_model beside system/train_seconds and the test
+    metrics. A model logged into this LoggedModel (log_model with model_id, no run) is linked to no metric."""
+    from mlflow.entities import LoggedModelOutput
+
+    run = client.get_run(run_id)
+    model = client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id, tags=tags,
+                                       params={key: str(value) for key, value in run.data.params.items()})
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+    return model.model_id
 
 
 def shipped_package(staging: Path, modules: tuple[str, ...]) -> Path:
@@ -158,20 +174,12 @@ def score_version(params: Params, name: str, version: str, images, labels) -> fl
 def log_exports(params: Params, client, run_id: str, files: dict[str, Path], report: dict, example,
                 dataset: str, test_sha256: str) -> dict[str, str]:
     """Attach the exported files (format name -> file) to the training's run: a format with an MLflow flavour
-    (stages/core/formats.py) as a model, registered as `registered_name(params, dataset, kind)` and tagged with its
-    test accuracy (export's `report`) on the test set `test_sha256`; any other as an artifact under `<format>/`;
-    and each file's size and check figures as `export.*` metrics. Returns the versions registered, by name.
-    `example`: a few input images, for the signature."""
-    import mlflow
-
-    # A model logged by run id alone would land in the default experiment: name the run's.
-    mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
-    metrics = {f"export.{name}_bytes": entry["bytes"] for name, entry in report["files"].items()}
-    for format in files:
-        metrics |= {f"export.{format}_{key}": report[format][key] for key in ("max_abs_diff", "agreement")
-                    if key in report[format]}
-    for key, value in metrics.items():
-        client.log_metric(run_id, key, float(value))
+    (stages/core/formats.py) as a model of its own, its size and check figures as the model's tags (`export.*`),
+    registered as `registered_name(params, dataset, kind)` and tagged with its test accuracy (export's `report`) on
+    the test set `test_sha256`; any other as an artifact under `<format>/`; the report itself under `reports/`. The
+    run's metrics stay the trained model's. Returns the versions registered, by name. `example`: a few input
+    images, for the signature."""
+    client.log_artifact(run_id, str(params.paths.export), "reports")
     versions = {}
     for format, path in files.items():
         spec = FORMATS[format]
@@ -179,15 +187,21 @@ def log_exports(params: Params, client, run_id: str, files: dict[str, Path], rep
             client.log_artifact(run_id, str(path), format)
             continue
         name = registered_name(params, dataset, spec.kind)
+        entry = report["files"][format]
+        figures = {"file": path.name, "bytes": entry["bytes"], "sha256": entry["sha256"],
+                   "test_accuracy": entry["test_accuracy"], **report.get(format, {})}
         with store_lock(tracking_uri(params)), quietly_logging_models():
-            version = FLAVOURS[spec.flavour](path, run_id, name, example)
-            tag_version(client, name, version, report["files"][format]["test_accuracy"], test_sha256)
+            model_id = run_output(client, run_id, f"{format}_model",
+                                  {f"export.{key}": str(value) for key, value in figures.items()})
+            version = FLAVOURS[spec.flavour](path, model_id, name, example)
+            tag_version(client, name, version, entry["test_accuracy"], test_sha256)
         versions[name] = version
     return versions
 
 
-def log_onnx(path: Path, run_id: str, name: str, example) -> str:
-    """The ONNX file with MLflow's onnx flavour, registered as a version of `name`; returns the version."""
+def log_onnx(path: Path, model_id: str, name: str, example) -> str:
+    """The ONNX file with MLflow's onnx flavour, into the LoggedModel `model_id`, registered as a version of `name`;
+    returns the version."""
     try:  # before anything is logged: mlflow.onnx needs it to save the model
         import onnx
         import onnxruntime
@@ -200,7 +214,7 @@ def log_onnx(path: Path, run_id: str, name: str, example) -> str:
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     output = session.run(None, {session.get_inputs()[0].name: example})[0]
     info = mlflow.onnx.log_model(
-        onnx.load(str(path)), name="onnx_model", run_id=run_id,
+        onnx.load(str(path)), name=path.stem, model_id=model_id,
         signature=infer_signature({"image": example}, output), input_example={"image": example},
         registered_model_name=name, save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"],
         pip_requirements=[f"onnxruntime=={onnxruntime.__version__}", f"onnx=={onnx.__version__}"],

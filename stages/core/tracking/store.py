@@ -23,6 +23,7 @@ from stages.core.errors import DISK_FULL, PipelineError
 from stages.core.files import disk_full_message, project_root
 from stages.core.records import read_run
 from stages.core.schema import Params
+from stages.core.tracking.views import view_tag
 
 SQLITE_TIMEOUT_SECONDS = 60
 HEALTH_TIMEOUT_SECONDS = 10  # a busy server's first request opens its store
@@ -289,25 +290,27 @@ def connect(params: Params):
 
 
 def experiment_id(client, name: str, uri: str) -> str:
-    """The experiment's id, created (or tagged with its kind) when needed; another process may do either first."""
+    """The experiment's id, created when needed, with the tags the project sets on it (its kind, its saved view),
+    added or brought up to date where missing or old; another process may do either first."""
     from mlflow.exceptions import MlflowException
 
+    wanted = dict([(EXPERIMENT_KIND_TAG, EXPERIMENT_KIND), view_tag()])
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = (project_root() / "mlartifacts").as_uri() if _is_local_sqlite(uri) else None
         try:
-            return client.create_experiment(name, artifact_location=location,
-                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            return client.create_experiment(name, artifact_location=location, tags=wanted)
         except MlflowException:
             experiment = client.get_experiment_by_name(name)  # another process created it first
-    if EXPERIMENT_KIND_TAG in experiment.tags:
-        return experiment.experiment_id
-    try:  # made before the project set it, or by hand
-        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-    except MlflowException:
-        # Two runs setting it at once collide on the tag's key in the server's database; one wins.
-        if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment.experiment_id).tags:
-            raise
+    for key, value in wanted.items():
+        if experiment.tags.get(key) == value:
+            continue
+        try:  # made before the project set it, or by hand
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+        except MlflowException:
+            # Two runs setting it at once collide on the tag's key in the server's database; one wins.
+            if client.get_experiment(experiment.experiment_id).tags.get(key) != value:
+                raise
     return experiment.experiment_id
 
 

@@ -54,24 +54,10 @@ def view_state() -> dict:
 
 
 def view_tag() -> tuple[str, str]:
-    """(key, value) of the experiment tag that saves the view; the value is the same on every call."""
+    """(key, value) of the experiment tag that saves the view (store.experiment_id sets it); the same on every
+    call."""
     envelope = {"name": VIEW_NAME, "createdAt": 0, "updatedAt": 0, "state": json.dumps(view_state())}
     return VIEW_TAG_PREFIX + TEST_FIRST_VIEW, json.dumps(envelope)
-
-
-def ensure_view(client, experiment) -> None:
-    """Save the view in `experiment` (an MLflow Experiment) where it is missing or older than this code."""
-    from mlflow.exceptions import MlflowException
-
-    key, value = view_tag()
-    if experiment.tags.get(key) == value:
-        return
-    try:
-        client.set_experiment_tag(experiment.experiment_id, key, value)
-    except MlflowException:
-        # Two runs setting it at once collide on the tag's key in the server's database; one wins.
-        if client.get_experiment(experiment.experiment_id).tags.get(key) != value:
-            raise
 
 
 def page_url(base: str, experiment_id: str) -> str:
