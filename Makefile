@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup system run test test-fast mutants lint bench lock clean
+.PHONY: setup system run test test-fast mutants lint bench docs lock clean
 
 # What the team-server, SSH-remote and drawing-page tests start for real. Installed from Debian only when missing
 # and when running as root; otherwise the tests that need them fail under CI=true and say what is missing.
@@ -54,6 +54,10 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.benchmark
+
+# The measured numbers in README.md and docs/, rewritten from their snapshots in docs/numbers/ (docs/numbers.md).
+docs: setup
+	$(BIN)/python -m benchmarks.docs
 
 # Re-pin every dependency after editing pyproject.toml. Only what the project and its dev extra require is pinned:
 # an optional extra installed beside them (bench: PyTorch) stays out of the lock.

@@ -19,7 +19,7 @@ and SIGHUP to it and removes the file when it exits. Killed with SIGKILL, it tak
 signal, as the search's trials have): no orphan keeps serving or keeps PGPASSWORD in its environment, and the next
 start removes the file left behind, never one a live server still holds (an flock shared with its server).
 Every user may read every experiment and model (`default_permission = READ`); writing needs a grant
-(README: "A shared tracking server for a team").
+(docs/team.md: "A shared tracking server").
 """
 
 from __future__ import annotations

@@ -241,9 +241,9 @@ def test_a_store_killed_at_any_point_never_blocks_the_pipeline(tmp_path, model_p
 
 # The smallest honest setup: the 8,000 training digits of the shipped sample, LeNet, 3 epochs. Its held-out accuracy
 # moves by up to about a point from one training to the next (a different shuffle), so that is what is checked here;
-# the README's table holds this setup's numbers, measured by hand (train.own_weight 3: within 0.05 points).
+# docs/own-digits.md's table holds this setup's numbers, measured by hand (train.own_weight 3: within 0.05 points).
 # Augmentation off: with it on (the default since train.augment), 3 epochs learn the long-flag 1 but not the slashed
-# 0, whatever train.own_weight (3 or 10): measured, see the README.
+# 0, whatever train.own_weight (3 or 10): measured, see docs/own-digits.md.
 PERSON = {**TINY, "model.architecture": "lenet", "train.epochs": 3, "preprocess.limit": None, "data.own": True,
           "tracking.enabled": False, "train.augment.enabled": False}
 SHEETS = 20  # calibration sheets, each 0-9 in a row: 20 digits per class

@@ -50,7 +50,9 @@ def registry(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def project(project_copy, tmp_path_factory, registry):
-    """The project after one traced `dvc repro` offline with MLflow on (store in the copy's own mlflow.db).
+    """The project after one traced `make run` offline with MLflow on (store in the copy's own mlflow.db), its
+    environment this Python's (`-o setup`: nothing installed): `dvc repro`'s output in repro.log and repro.err, the
+    lines `make run` prints after it in next-steps.log.
 
     An `mlflow server` on that store starts right after, for the browser test near the end of the module: its
     start-up (tens of seconds on a busy machine) overlaps the tests in between."""
@@ -58,9 +60,14 @@ def project(project_copy, tmp_path_factory, registry):
     trace = path.parent / "params-trace.tsv"
     env = project_env([path], STAGES_TRACE_PARAMS=str(trace))
     del env["TF_CPP_MIN_LOG_LEVEL"]  # TensorFlow at its default verbosity, as a user runs it
-    result = sh(path, "dvc", "repro", env=env)
-    (path.parent / "repro.log").write_text(result.stdout)
+    result = sh(path, "make", "-o", "setup", "run", f"VENV={Path(sys.executable).parents[1]}", env=env)
+    echo, _, output = result.stdout.partition("\n")  # make's own line, the command it runs
+    assert echo.endswith("/dvc repro"), echo
+    repro, last, next_steps = output.partition(DVC_LAST_LINE + "\n")
+    assert last, f"`dvc repro` did not end with {DVC_LAST_LINE!r}:\n{output[-3000:]}"
+    (path.parent / "repro.log").write_text(repro + last)
     (path.parent / "repro.err").write_text(result.stderr)
+    (path.parent / "next-steps.log").write_text(next_steps)
     port = free_port()
     with open(path.parent / "mlflow-server.log", "w") as log:
         server = subprocess.Popen(
@@ -79,6 +86,7 @@ def project(project_copy, tmp_path_factory, registry):
 
 
 MLFLOW_UI: dict = {}  # the project's `mlflow server`: url, process, log
+DVC_LAST_LINE = "Use `dvc push` to send your updates to remote storage."  # after every `dvc repro` that ran a stage
 
 
 def read_json(path: Path) -> dict:
@@ -229,9 +237,25 @@ def test_second_repro_has_nothing_to_do(project):
     assert "Running stage" not in result.stdout
 
 
+def test_make_run_ends_with_what_to_do_next(project):
+    """At most six lines after DVC's: the test accuracy as metrics.json has it, the MLflow link to the experiment
+    (its id as run.json records it), predict, and committing dvc.lock, which the copy has not done yet."""
+    shown = (project.parent / "next-steps.log").read_text().splitlines()
+    assert 1 <= len(shown) <= 6, shown
+    accuracy = read_json(project_paths(project).metrics)["test_accuracy"]
+    assert shown[0].startswith(f"Test accuracy {accuracy:.4f} on 2,000 held-out mnist_10k digits "
+                               f"({TINY['model.architecture']}, 1 epoch)"), shown[0]
+    experiment = read_json(project_paths(project).run)["experiment_id"]
+    assert any(line.startswith(f"  http://127.0.0.1:5000/#/experiments/{experiment}/runs?") for line in shown), shown
+    assert any("python -m stages.predict" in line for line in shown)
+    assert any("git add dvc.lock && git commit" in line for line in shown)
+
+
 def test_dvc_metrics_and_plots_render(project):
     metrics = sh(project, "dvc", "metrics", "show", "--json").stdout
     assert "test_accuracy" in metrics
+    table = sh(project, "dvc", "metrics", "show", COLUMNS="120").stdout.splitlines()
+    assert "test_accuracy" in table[0] and max(map(len, table)) <= 120, "\n".join(table)
     accuracy = json.loads((project_paths(project).metrics).read_text())["test_accuracy"]
     assert 0.3 < accuracy <= 1.0
     out = project.parent / "plots-html"
@@ -317,6 +341,61 @@ def test_mlflow_pages_show_the_run_and_its_logged_model(project, tmp_path):
         browser.close()
 
 
+def visible_in(page, locator, width: int, height: int) -> bool:
+    """Whether the element lies inside the window as it is, the page not scrolled (bounding_box never scrolls)."""
+    box = locator.bounding_box()
+    scrolled = page.evaluate("[window.scrollX, window.scrollY]")
+    return (box is not None and scrolled == [0, 0] and box["x"] >= 0 and box["y"] >= 0
+            and box["x"] + box["width"] <= width and box["y"] + box["height"] <= height)
+
+
+def test_mlflow_leads_with_the_test_accuracy_in_a_1280x800_window(project, tmp_path):
+    """Chromium in a 1280x800 window on the page `make run` printed (the experiment's runs through the saved view,
+    as charts and as a table) and on the run's page: each shows test_accuracy's value, as metrics.json has it,
+    without scrolling. Set here as a user sets it once, since MLflow leaves it to the browser: the assistant panel
+    MLflow opens on a first visit, closed. Screenshots in the test's tmp_path (mlflow-*.png)."""
+    require("/usr/bin/chromium", "Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    url, server = MLFLOW_UI["url"], MLFLOW_UI["process"]
+    wait_until(lambda: answers(f"{url}/api/2.0/mlflow/experiments/search?max_results=1"), 180,
+               f"mlflow server on {url}", server, MLFLOW_UI["log"])
+    accuracy = read_json(project_paths(project).metrics)["test_accuracy"]
+    record = read_json(project_paths(project).run)
+    printed = next(line.strip() for line in (project.parent / "next-steps.log").read_text().splitlines()
+                   if line.strip().startswith("http://127.0.0.1:5000/#/experiments/"))
+    charts = printed.replace("http://127.0.0.1:5000", url)
+    width, height = 1280, 800
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        context = browser.new_context(viewport={"width": width, "height": height})
+        context.add_init_script("localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true')")
+        page = context.new_page()
+
+        page.goto(charts)  # no workflowType stored: the link itself opens the training view
+        card = page.get_by_test_id("experiment-view-compare-runs-chart-area").locator(
+            "div", has=page.get_by_text("test_accuracy", exact=True)).filter(has_text=f"{accuracy:.2f}").last
+        card.wait_for(timeout=90_000)
+        page.wait_for_timeout(1000)  # the charts draw after the data arrives
+        page.screenshot(path=tmp_path / "mlflow-charts.png")
+        assert visible_in(page, card, width, height), "the test_accuracy chart is out of view"
+
+        page.goto(charts.replace("compareRunsMode=CHART", "compareRunsMode=TABLE"))
+        cell = page.get_by_role("gridcell", name=f"{accuracy:.4f}").first
+        cell.wait_for(timeout=90_000)
+        page.screenshot(path=tmp_path / "mlflow-table.png")
+        assert visible_in(page, cell, width, height), "the test_accuracy column is out of view"
+
+        page.goto(f"{url}/#/experiments/{record['experiment_id']}/runs/{record['run_id']}")
+        row = page.get_by_role("row").filter(has=page.get_by_text("test_accuracy", exact=True)).first
+        row.wait_for(timeout=90_000)
+        page.screenshot(path=tmp_path / "mlflow-run.png")
+        assert f"{accuracy:.4f}" in row.inner_text()
+        assert visible_in(page, row, width, height), "the run page's test_accuracy is out of view"
+        browser.close()
+
+
 def test_only_stages_whose_params_changed_rerun(project):
     try:
         set_params(project, {"plots.dpi": 60})
@@ -340,15 +419,25 @@ def test_typo_on_the_command_line_fails_with_did_you_mean(project):
     # DVC 3.6x refuses a plain unknown key itself; `+key=value` (Hydra's append) writes it into params.yaml,
     # and then only the schema stands between the typo and a run with the default.
     # The README's two examples, with the lines it shows.
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "configuration.md").read_text()
     plain = sh(project, "dvc", "exp", "run", "-S", "preprocess.val_fraktion=0.1", check=False)
     assert plain.returncode != 0
     refusal = "To append to your config use +preprocess.val_fraktion=0.1: Key 'val_fraktion' is not in struct"
     assert refusal in plain.stdout + plain.stderr and refusal in " ".join(readme.split())
     assert "val_fraktion" not in (project / "params.yaml").read_text()
     try:
+        # What the docs say `dvc exp run -S` does to params.yaml: the comments stay, an inline list is unrolled
+        # (the shipped params.yaml writes export.formats inline; the copy's TINY settings wrote it one per line).
+        assert "  formats: [onnx, litert]" in (ROOT / "params.yaml").read_text()
+        text = (project / "params.yaml").read_text()
+        inline = re.sub(r"^  formats:( +# .*)\n  - onnx\n", r"  formats: [onnx]\1\n", text, flags=re.MULTILINE)
+        assert inline != text
+        (project / "params.yaml").write_text(inline)
         result = sh(project, "dvc", "exp", "run", "-S", "+preprocess.val_fraktion=0.1", check=False)
-        assert "val_fraktion" in (project / "params.yaml").read_text(), "DVC added the key"
+        written = (project / "params.yaml").read_text()
+        assert "val_fraktion" in written, "DVC added the key"
+        assert re.search(r"^  formats: +# .*\n  - onnx\n", written, re.MULTILINE), written
+        assert "`formats: [onnx, litert]` becomes `formats:`, `- onnx`, `- litert`" in " ".join(readme.split())
         assert result.returncode != 0
         output = result.stdout + result.stderr
         for line in ("error: params.yaml is invalid:\n", f"{EXP_RUN_RESTORE}\n",

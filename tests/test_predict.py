@@ -583,3 +583,25 @@ def test_a_scribble_a_letter_and_specks_are_not_sure(tmp_path, model, test_digit
     print(f"T {temperature:.2f}", texts, failed)
     assert not failed
     assert all(" not sure: " in text for text in texts.values()), texts
+
+
+def test_an_unknown_registered_name_or_alias_gets_a_did_you_mean(tmp_path, monkeypatch, raw_params, digit_file,
+                                                                 capsys):
+    """After an offline run the model is mnist_10k-cnn: `--model models:/mnist-cnn@champion` names the one there is."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    write_params(tmp_path, {**raw_params, "tracking": {**raw_params["tracking"], "uri": store}})
+    client = mlflow.MlflowClient(store, store)
+    for name in ("mnist_10k-cnn", "mnist_10k-cnn-onnx"):
+        client.create_registered_model(name)
+    capsys.readouterr()  # the new store's own INFO lines
+    expected = {"models:/mnist-cnn@champion": "no registered model 'mnist-cnn'; did you mean 'mnist_10k-cnn'? "
+                                              "(registered: mnist_10k-cnn, mnist_10k-cnn-onnx)",
+                "models:/mnist_10k-cnn@champoin": "mnist_10k-cnn has no alias 'champoin' (aliases: none)"}
+    for uri, reason in expected.items():
+        assert predict.main([str(digit_file), "--model", uri]) == predict.EXIT_BAD_MODEL
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {uri}: {reason} (store {store})"), error
+        assert len(error.splitlines()) == 1

@@ -1,6 +1,6 @@
-"""README's "you edit X → these stages rerun" table, checked by DVC itself: in a scratch copy of the project whose
-dvc.lock records every stage as up to date, each edit is made in turn and `dvc status` names the stages it
-changes (what their new outputs feed reruns after them, as `dvc repro` goes)."""
+"""docs/design.md's "you edit X → these stages rerun" table, checked by DVC itself: in a scratch copy of the
+project whose dvc.lock records every stage as up to date, each edit is made in turn and `dvc status` names the
+stages it changes (what their new outputs feed reruns after them, as `dvc repro` goes)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from helpers.project import ROOT, sh
 
-# The README's section holds a Markdown table: | you edit | these stages rerun |.
-TABLE_HEADING = "### You edit X: these stages rerun"
+# docs/design.md's section holds a Markdown table: | you edit | these stages rerun |.
+TABLE_HEADING = "## You edit X: these stages rerun"
 
 
 def readme_table() -> dict[str, set[str]]:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "design.md").read_text()
     section = text[text.index(TABLE_HEADING):].split("\n\n", 2)[1]
     rows = {}
     for line in section.splitlines()[2:]:

@@ -109,7 +109,7 @@ def test_a_read_only_user_cannot_write_and_is_refused_before_training(auth_serve
 
     uri = auth_server.uri
     as_admin(monkeypatch)
-    # The README's recipe: a user, READ on the experiment and on its registered models; EDIT for a writer.
+    # docs/team.md's recipe: a user, READ on the experiment and on its registered models; EDIT for a writer.
     admin, client = get_app_client("basic-auth", tracking_uri=uri), mlflow.MlflowClient(uri, uri)
     experiment_id = client.create_experiment("readonly")
     model = versions.registered_name(make_params(tracking__model_prefix="readonly-"), "mnist_10k")
@@ -467,7 +467,7 @@ def test_queued_runs_and_a_teammate_train_on_one_server_at_once(clones):
 
 
 def test_a_teammate_reuses_queued_runs_instead_of_retraining(clones):
-    """The README's two commands after the queue above: A pushes its experiments with the run-cache, and B's
+    """docs/team.md's two commands after the queue above: A pushes its experiments with the run-cache, and B's
     `dvc exp run --pull` with the params of one of them restores every stage from it, training nothing."""
     queued = {name: metrics for name, metrics in exp_metrics(clones.a).items() if "test_accuracy" in metrics}
     run_sh(clones.a, "dvc", "exp", "push", "origin", "--all-commits", "--run-cache")

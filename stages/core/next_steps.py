@@ -54,8 +54,9 @@ def lines(status: int, root: Path) -> list[str]:
     metrics = read_metrics(params.paths)
     run = read_run(params.paths, missing_ok=True)
     fields = run.fields if run else {}
-    trained = ", ".join(str(part) for part in (run and run.architecture,
-                                                fields.get("epochs_run") and f"{fields['epochs_run']} epochs") if part)
+    epochs = fields.get("epochs_run")
+    trained = ", ".join(part for part in (run and run.architecture, epochs and f"{epochs} epoch{'s' * (epochs != 1)}")
+                        if part)
     held_out = f"{fields['test_images']:,} held-out " if "test_images" in fields else ""
     found = [f"Test accuracy {metrics['test_accuracy']:.4f} on {held_out}{metrics.get('dataset', '')} digits"
              + (f" ({trained})" if trained else ""),

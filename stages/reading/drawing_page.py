@@ -15,7 +15,7 @@ gives the same 28x28 image) and stores that digit as one of your own (stages/rea
 
 FastAPI and uvicorn come with MLflow (this module is imported only to serve the page). The server listens on
 127.0.0.1 only: it is a tool for the person at this machine, not a service (MLflow's `mlflow models serve` is the
-service; see the README). Another site open in the same browser can still send it requests, so every route answers
+service; see docs/tracking.md). Another site open in the same browser can still send it requests, so every route answers
 only the Host 127.0.0.1:PORT or localhost:PORT (a name of theirs rebound to 127.0.0.1 is refused), and /confirm,
 the one write, takes only the page's own request: Content-Type image/png (a cross-site form or script cannot send it
 without a preflight, which this server never allows) from the page's Origin, or Sec-Fetch-Site same-origin.

@@ -278,8 +278,7 @@ class TrainingRun:
             self.client.log_metric(self.run_id, SYSTEM_METRICS[key], float(result[key]))
         self.client.log_metric(self.run_id, "best_val_accuracy", float(result["best_val_accuracy"]))
         return {"run_id": self.run_id, "experiment": params.tracking.experiment, "model_uri": info.model_uri,
-                "model_id": info.model_id,  # the experiment's id: the link to its runs (next_steps, views.page_url)
-                "experiment_id": self.client.get_run(self.run_id).info.experiment_id}
+                "model_id": info.model_id, "experiment_id": self.client.get_run(self.run_id).info.experiment_id}
 
     def link_kept_epoch(self, model_id: str, history, kept_epoch: int | None, data_info: dict) -> None:
         """The kept epoch's training and validation accuracy on the LoggedModel, each with its split's dataset:
