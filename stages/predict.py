@@ -9,8 +9,9 @@ image (`--json`: one JSON object per line), all from the one reader (stages/read
 is read recursively (stages/reading/folders.py); `--csv FILE` writes a row per file as it goes. Every file is
 checked before any model loads. `--save-preprocessed DIR` writes the 28x28 images the model saw.
 
-`--number` reads each image as a written number: its digits left to right, each with its probability (`--json`
-adds each digit's box in the image's pixels).
+`--number` reads each image as a written number: its digits left to right, each with its probability, a decimal
+point, comma or space between them shown as written, and how sure the cut between digits that touch was (`--json`
+adds each digit's box in the image's pixels and its `split`). A page with no digit on it (specks only) is an error.
 
 `--label 4` confirms (or corrects) what the images are: after the predictions are printed, each image is stored as
 one of your own digits of class 4 under `paths.own` (stages/reading/own.py), for the pipeline to learn from with

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.handwriting import drawn, pen_strokes
+from helpers.handwriting import drawn, pen_strokes, written_number
 from helpers.net import answers, free_port, wait_until
 from helpers.params import write_params
 from helpers.project import ROOT
@@ -122,6 +122,21 @@ def test_a_number_is_read_digit_by_digit(page_server, drawings):
     status, answer = page_server.post(png(canvas))
     assert status == 200 and answer["number"] == "".join(str(label) for label, _ in drawings[:2])
     assert answer["digits"][0]["box"]["x"] < answer["digits"][1]["box"]["x"]
+
+
+def test_a_number_of_touching_digits_is_read(page_server, test_digits, model):
+    """Two digits whose ink touches, rendered as a photo and sent as a PNG: both are read, the cut said unsure."""
+    from stages.preprocess import normalize
+
+    right = 0
+    for first in (0, 2, 4):
+        pair = test_digits[first:first + 2]
+        photo, _ = written_number(list(pair), np.random.default_rng(first), touching=1.0)
+        status, answer = page_server.post(png(photo))
+        assert status == 200, answer
+        expected = "".join(map(str, model.predict(normalize(pair), verbose=0).argmax(axis=1)))
+        right += answer["number"] == expected and all(digit["split"] < 1 for digit in answer["digits"])
+    assert right >= 2
 
 
 def test_response_time(page_server, drawings):

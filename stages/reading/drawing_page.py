@@ -192,6 +192,8 @@ class Page:
                 "top": [{"label": entry["label"], "probability": entry["probability"]} for entry in read.top(TOP)],
                 "image": data_url(digit.array),
                 "box": dict(zip(("x", "y", "width", "height"), digit.box, strict=True)),
+                "split": digit.split,  # how sure the cut from a touching neighbour was (1.0: none touched)
+                "before": digit.before,  # the separator written before it: "", ".", "," or " "
             })
         return {"number": answer.number, "digits": shown, "model": reader.description,
                 "milliseconds": round(1000 * (time.perf_counter() - started), 1)}

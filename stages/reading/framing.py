@@ -26,6 +26,9 @@ STROKE_LIMIT, STROKE_WIDTH = 3.5, 3.0
 # has (over MAX_MARKS of 3 pixels or more) or more enclosed holes (over MAX_HOLES). On mnist_10k's 2,000 held-out
 # digits at most 1% have 3 marks and 0.45% more than 3 holes; a page of specks has many marks, a scribble many holes.
 MAX_MARKS, MAX_HOLES = 2, 3
+# ... or strokes wider than this, in 28x28 pixels: a blob (a speck, a dot, a patch of shadow), not a pen's line. On
+# mnist_10k's training digits the widest strokes are 9 pixels (99.9% at most 6); a filled dot is 20.
+MAX_STROKE = 11
 
 
 def ink_bounding_box(ink: np.ndarray, threshold: float = INK_THRESHOLD) -> tuple[slice, slice]:
@@ -119,7 +122,8 @@ def frame(ink: np.ndarray, dataset: str) -> np.ndarray:
 
 
 def unlike_a_digit(array: np.ndarray) -> bool:
-    """Whether a model input (28x28x1) has more separate marks or enclosed holes than handwritten digits have."""
+    """Whether a model input (28x28x1) has more separate marks, enclosed holes or wider strokes than handwritten
+    digits have."""
     from skimage import measure
 
     ink = array[..., 0] if array.ndim == 3 else array
@@ -127,4 +131,9 @@ def unlike_a_digit(array: np.ndarray) -> bool:
     strong_marks = int((np.bincount(marks.ravel())[1:] >= 3).sum())
     stroke = ink > 0.3
     holes = measure.label(stroke, connectivity=2).max() - measure.euler_number(stroke, connectivity=2)
-    return strong_marks > MAX_MARKS or holes > MAX_HOLES
+    return strong_marks > MAX_MARKS or holes > MAX_HOLES or a_blob(ink)
+
+
+def a_blob(array: np.ndarray) -> bool:
+    """Whether a model input's strokes are wider than a pen's (a speck, a dot, a patch of shadow framed)."""
+    return stroke_width(array[..., 0] if array.ndim == 3 else array) > MAX_STROKE

@@ -16,9 +16,9 @@ from PIL import Image
 from stages.reading.framing import INK_THRESHOLD
 from stages.reading.loading import BLANK, ImageError, image_to_arrays, shrink
 from stages.reading.paper import (
+    DARKEST_PAPER,
     MIN_CONTRAST,
     SMALL_IMAGE,
-    edge_paper,
     light_on_dark,
     noise_deviation,
     paper_level,
@@ -91,6 +91,7 @@ class Ink:
     labels: np.ndarray  # each kept mark's label on its pixels and its rim; 0 elsewhere
     marks: list  # skimage RegionProperties of the kept marks (bounding boxes in working-image pixels)
     scale: float  # original pixels per working pixel
+    origin: tuple[int, int] = (0, 0)  # the working-image pixel (row, column) of strength[0, 0]
 
 
 def find_ink(image: Image.Image, reach: float = DIGIT_REACH) -> Ink:
@@ -99,8 +100,9 @@ def find_ink(image: Image.Image, reach: float = DIGIT_REACH) -> Ink:
 
     working = shrink(image)
     array = light_on_dark(*image_to_arrays(working))
-    ink = array - paper_level(array)
-    edge = edge_paper(ink)
+    level, edge = paper_level(array)
+    # The ink's share of the paper's light, not the difference: a shadow dims the ink as much as the paper.
+    ink = (array - level) / np.maximum(1 - level, DARKEST_PAPER)
     ink -= float(np.median(paper_values(ink, edge)))
     small = max(ink.shape) <= SMALL_IMAGE
     grain = noise_deviation(paper_values(ink, edge))
@@ -151,7 +153,7 @@ def find_ink(image: Image.Image, reach: float = DIGIT_REACH) -> Ink:
         floor = PAPER_FLOOR * grain
         ink = (ink - floor) / max(float(np.percentile(ink[kept], 99)) - floor, 1e-6)
     strength = np.clip(np.where(labels > 0, ink, 0), 0, 1).astype(np.float32)
-    return Ink(strength, labels, marks, max(image.size) / max(working.size))
+    return Ink(strength, labels, marks, max(image.size) / max(working.size), (top, left))
 
 
 def nearby(marks: list, reach: float) -> list:

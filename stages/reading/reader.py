@@ -16,7 +16,8 @@ A model with no known calibration reads as it is, and its model line says `uncal
 
 An Answer is one image's class, label, calibrated confidence, top-k and `not_sure` with its reason: `low
 confidence` (the top probability below calibration.UNSURE_BELOW) or `unlike a digit` (framing.unlike_a_digit).
-A NumberAnswer is a written number's digits, each an Answer.
+A NumberAnswer is a written number's digits, each an Answer, with the separators written between them and how
+sure each cut between touching digits was (`split`).
 """
 
 from __future__ import annotations
@@ -92,15 +93,27 @@ class Answer:
 # eq=False: an answer holds arrays.
 @dataclass(frozen=True, eq=False)
 class NumberAnswer:
-    """A written number: one Answer per digit, left to right, and each digit's box (x, y, width, height)."""
+    """A written number: one Answer per digit, left to right, each digit's box (x, y, width, height), how sure its
+    cut from a touching neighbour was (numbers.Digit.split: 1.0 where no digits touched) and the separator written
+    before it ("", ".", "," or " ")."""
 
     file: str
     digits: list[Answer]
     boxes: list[tuple[int, int, int, int]]
+    splits: list[float] = field(default_factory=list)
+    separators: list[str] = field(default_factory=list)
+
+    def before(self, position: int) -> str:
+        return self.separators[position] if position < len(self.separators) else ""
 
     @property
     def number(self) -> str:
-        return "".join(digit.label for digit in self.digits)
+        return "".join(self.before(position) + digit.label for position, digit in enumerate(self.digits))
+
+    @property
+    def split(self) -> float:
+        """How sure the least sure cut between touching digits was; 1.0 where no digits touched."""
+        return min(self.splits, default=1.0)
 
     @property
     def reason(self) -> str | None:
@@ -109,15 +122,18 @@ class NumberAnswer:
 
     def as_json(self, count: int) -> dict:
         digits = []
-        for digit, (x, y, width, height) in zip(self.digits, self.boxes, strict=True):
+        for position, (digit, (x, y, width, height)) in enumerate(zip(self.digits, self.boxes, strict=True)):
             record = digit.as_json(count)
             del record["file"]
-            digits.append({**record, "box": {"x": x, "y": y, "width": width, "height": height}})
-        return {"file": self.file, "number": self.number, "digits": digits}
+            split = self.splits[position] if position < len(self.splits) else 1.0
+            digits.append({**record, "box": {"x": x, "y": y, "width": width, "height": height}, "split": split,
+                           "before": self.before(position)})
+        return {"file": self.file, "number": self.number, "split": self.split, "digits": digits}
 
     def as_text(self, count: int) -> str:
         ranked = ", ".join(f"{digit.not_sure or digit.label} {digit.confidence:.1%}" for digit in self.digits)
-        return f"{self.file}: {self.number}  ({ranked})"
+        touching = f"  touching digits cut, {self.split:.0%} sure" if self.split < 1 else ""
+        return f"{self.file}: {self.number}  ({ranked}){touching}"
 
 
 def calibration_note(temperature: float | None, where: str) -> str:
@@ -151,7 +167,8 @@ class Reader:
     def number_answers(self, found: Sequence[tuple[str, list]]) -> list[NumberAnswer]:
         """One NumberAnswer per (file, its digits from numbers.split_number)."""
         answers = iter(self.answers([(file, digit.array) for file, digits in found for digit in digits]))
-        return [NumberAnswer(file, [next(answers) for _ in digits], [digit.box for digit in digits])
+        return [NumberAnswer(file, [next(answers) for _ in digits], [digit.box for digit in digits],
+                             [digit.split for digit in digits], [digit.before for digit in digits])
                 for file, digits in found]
 
 

@@ -6,4 +6,5 @@
   params       the real params.yaml shrunk for a test, written where a stage runs
   digits       real MNIST digits from the shipped sample, and one small trained model
   handwriting  digits rendered as photos, scans and drawings
+  framing      the oracle of the reader: a framed 28x28 input against the MNIST digit it was made from
 """

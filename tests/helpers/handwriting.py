@@ -2,7 +2,8 @@
 
 Every form starts from a digit of mnist-10k (white on black, 28x28), enlarged and laid on a page with Pillow and
 NumPy; what the form adds (grey grainy paper, a lighting gradient, a shadow, faint pencil, a thick marker, a small
-digit on a large page, a few degrees of rotation, ruled or squared paper) is the only difference from the original.
+digit on a large page, a few degrees of rotation, ruled or squared paper, a hard-edged shadow over part of a phone
+photo, coloured ink, digits that touch) is the only difference from the original.
 """
 
 from __future__ import annotations
@@ -98,6 +99,95 @@ def thick_marker(digit, rng):
     return as_photo(page + grain(rng, page.shape, 0.01))
 
 
+def marker_coverage(digit: np.ndarray, height: int, share: float) -> np.ndarray:
+    """Ink coverage of the digit redrawn with a round marker `share` of its height wide, `height` pixels tall: the
+    digit's skeleton (at 4x) widened by the marker's radius, cropped to its ink."""
+    from scipy import ndimage
+    from skimage.morphology import skeletonize
+
+    skeleton = skeletonize(enlarged(digit, 4 * 28) > 0.5)
+    rows = np.flatnonzero(skeleton.any(axis=1))
+    radius = share * (rows[-1] - rows[0] + 1) / (2 * (1 - share))  # the widened digit is `share` of its height
+    skeleton = np.pad(skeleton, int(np.ceil(radius)) + 2)
+    coverage = np.clip(radius + 0.5 - ndimage.distance_transform_edt(~skeleton), 0, 1).astype(np.float32)
+    top, left, bottom, right = ink_box(coverage, 0.5)
+    coverage = coverage[top:bottom, left:right]
+    size = (max(1, round(coverage.shape[1] * height / coverage.shape[0])), height)
+    return np.clip(np.asarray(Image.fromarray(coverage, mode="F").resize(size, Image.Resampling.BOX)), 0, 1)
+
+
+def marker(digit, rng, share: float = 0.2, tight: bool = True):
+    """A thick marker digit, its strokes `share` of its height: cropped to the ink (0-2 pixels of paper), or on a
+    page."""
+    coverage = marker_coverage(digit, int(rng.integers(90, 160)) if tight else 120, share)
+    if tight:
+        margin = int(rng.integers(0, 3))
+        page = np.full((coverage.shape[0] + 2 * margin, coverage.shape[1] + 2 * margin), 0.92, np.float32)
+        top, left = margin, margin
+    else:
+        page = np.full((360, 480), 0.93, dtype=np.float32)
+        top = int(rng.integers(20, 340 - coverage.shape[0]))
+        left = int(rng.integers(20, 460 - coverage.shape[1]))
+    paste_ink(page, coverage, top, left, ink=0.05)
+    return as_photo(page + grain(rng, page.shape, 0.01))
+
+
+def shadow_mask(shape: tuple[int, int], rng: np.random.Generator, kind: str, corner: int) -> np.ndarray:
+    """How much of a hard-edged shadow (0-1) each pixel is under: a "wedge" cut off a corner (0-3, clockwise from
+    the top left) by a straight edge, a "band" along one side, or an elliptical "blob" over the corner."""
+    height, width = shape
+    rows, columns = np.indices(shape, dtype=np.float32)
+    if corner in (1, 2):
+        columns = width - 1 - columns
+    if corner in (2, 3):
+        rows = height - 1 - rows
+    if kind == "wedge":
+        across, down = rng.uniform(0.3, 0.8) * width, rng.uniform(0.3, 0.8) * height
+        inside = (1 - columns / across - rows / down) * min(across, down)
+    elif kind == "band":
+        tilt = rng.normal(0, 0.1)
+        inside = (rng.uniform(0.15, 0.35) * width - columns + tilt * rows if rng.random() < 0.5
+                  else rng.uniform(0.15, 0.35) * height - rows + tilt * columns)
+    else:
+        centre = rng.uniform(-0.1, 0.15, 2) * (width, height)
+        radii = rng.uniform(0.3, 0.55, 2) * (width, height)
+        inside = (1 - np.hypot((columns - centre[0]) / radii[0], (rows - centre[1]) / radii[1])) * radii.min()
+    # An edge 1-3 pixels soft: the shadow of a hand or a phone close to the page.
+    return 1 / (1 + np.exp(-np.clip(inside / rng.uniform(0.7, 2.5), -50, 50)))
+
+
+def shadowed(digit, rng, strength: float = 0.5, kind: str = "wedge", corner: int | None = None):
+    """A phone photo of a page (1200x900) with a small digit near the middle and a hard-edged shadow taking
+    `strength` of the light over a corner or a side."""
+    corner = int(rng.integers(0, 4)) if corner is None else corner
+    page = np.full((900, 1200), 0.92, dtype=np.float32)
+    coverage = enlarged(digit, int(rng.integers(60, 100)))
+    top = (900 - coverage.shape[0]) // 2 + int(rng.integers(-40, 40))
+    left = (1200 - coverage.shape[1]) // 2 + int(rng.integers(-40, 40))
+    paste_ink(page, coverage, top, left)
+    light = 1 - strength * shadow_mask(page.shape, rng, kind, corner)
+    return as_photo(page * light + grain(rng, page.shape, 0.015))
+
+
+# Pen colours (RGB) and what their lightness is on white: blue and green are darker than their colour suggests.
+PEN_COLOURS = {"blue": (0.1, 0.2, 0.75), "red": (0.8, 0.1, 0.15), "green": (0.1, 0.5, 0.2), "purple": (0.45, 0.15, 0.6)}
+
+
+def coloured(digit, rng, colour: str | None = None):
+    """The digit in a coloured pen on cream paper, an RGB JPEG."""
+    colour = list(PEN_COLOURS)[int(rng.integers(0, len(PEN_COLOURS)))] if colour is None else colour
+    page = np.ones((360, 480, 3), dtype=np.float32) * np.array([0.95, 0.93, 0.86]) * rng.uniform(0.85, 1.0)
+    coverage = enlarged(digit, 120)[..., np.newaxis]
+    top, left = int(rng.integers(0, 240)), int(rng.integers(0, 360))
+    region = page[top:top + 120, left:left + 120]
+    region[...] = region * (1 - coverage) + np.array(PEN_COLOURS[colour]) * coverage
+    image = Image.fromarray(np.round(np.clip(page + rng.normal(0, 0.015, page.shape), 0, 1) * 255).astype(np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    buffer.seek(0)
+    return Image.open(buffer)
+
+
 def small_on_large_page(digit, rng):
     page = digit_on_page(digit, rng, size=(1600, 1200), height=int(rng.integers(60, 90)), place="random")
     return as_photo(page + grain(rng, page.shape, 0.02))
@@ -142,6 +232,9 @@ FORMS = {
     "rotated": rotated,
     "ruled_paper": lambda digit, rng: on_rules(digit, rng, vertical=False),
     "squared_paper": lambda digit, rng: on_rules(digit, rng, vertical=True),
+    "marker_tight": marker,
+    "shadow_wedge": shadowed,
+    "coloured_ink": coloured,
 }
 
 
@@ -153,10 +246,12 @@ def ink_box(coverage: np.ndarray, threshold: float = 0.05) -> tuple[int, int, in
     return int(rows[0]), int(columns[0]), int(rows[-1]) + 1, int(columns[-1]) + 1
 
 
-def written_number(digits: list[np.ndarray], rng: np.random.Generator) -> tuple[Image.Image, list[tuple]]:
+def written_number(digits: list[np.ndarray], rng: np.random.Generator,
+                   touching: float = 0.0) -> tuple[Image.Image, list[tuple]]:
     """Digits written side by side on paper: unequal heights, a wavy baseline, spacing from slight box overlap to a
-    gap; the ink of two digits never touches (a pixel of paper at least between them). Returns the photo and each
-    digit's ink box (x, y, width, height)."""
+    gap. With probability `touching` a digit's ink touches the one before (their cores meet and overlap by 1-3
+    pixels, or a short joining stroke meets both), else a pixel of paper at least stays between them. Returns the
+    photo and each digit's ink box (x, y, width, height)."""
     height = 90
     pieces = []
     for digit in digits:
@@ -168,20 +263,50 @@ def written_number(digits: list[np.ndarray], rng: np.random.Generator) -> tuple[
     boxes, x = [], 60
     for piece in pieces:
         y = int(canvas.shape[0] / 2 - piece.shape[0] / 2 + rng.uniform(-8, 8))
-        gap = int(round(rng.uniform(-0.15, 0.35) * height * 0.6))
-        start = max(60, x + gap) if boxes else x
-        # Move right until the new ink keeps one pixel of paper from the ink already laid (8-neighbourhood).
-        while True:
-            grown = np.asarray(Image.fromarray(canvas).filter(ImageFilter.MaxFilter(5)))
-            if not (grown[y:y + piece.shape[0], start:start + piece.shape[1]] > 0.05).__and__(piece > 0.05).any():
-                break
-            start += 1
+        if boxes and rng.random() < touching:
+            # Move left from a gap until the strokes' cores meet, then 1-3 pixels further; where they do not meet
+            # before the boxes overlap by a tenth, a joining stroke (a ligature) makes them touch.
+            start, furthest = x + 5, x - min(piece.shape[1], boxes[-1][2]) // 10
+            while start > furthest and apart(canvas, piece, y, start, grow=1, level=0.5):
+                start -= 1
+            start -= int(rng.integers(1, 4))
+            if apart(canvas, piece, y, start, grow=1, level=0.5):
+                ligature(canvas, piece, y, start)
+        else:
+            gap = int(round(rng.uniform(-0.15, 0.35) * height * 0.6))
+            start = max(60, x + gap) if boxes else x
+            # Move right until the new ink keeps one pixel of paper from the ink already laid (8-neighbourhood).
+            while not apart(canvas, piece, y, start, grow=5):
+                start += 1
         canvas[y:y + piece.shape[0], start:start + piece.shape[1]] = np.maximum(
             canvas[y:y + piece.shape[0], start:start + piece.shape[1]], piece)
         boxes.append((start, y, piece.shape[1], piece.shape[0]))
-        x = start + piece.shape[1]
+        x = max(x, start + piece.shape[1])
     page = 0.93 * (1 - canvas) + INK * canvas
     return as_photo(page + grain(rng, page.shape, 0.015)), boxes
+
+
+def ligature(canvas: np.ndarray, piece: np.ndarray, y: int, x: int) -> None:
+    """A short horizontal stroke from the canvas's ink to the piece's (laid at y, x), where they are closest."""
+    best = None
+    for row in range(piece.shape[0]):
+        ink = np.flatnonzero(piece[row] > 0.5)
+        laid = np.flatnonzero(canvas[y + row, :x + piece.shape[1]] > 0.5)
+        if ink.size and laid.size and laid[laid < x + ink[0]].size:
+            gap = x + ink[0] - laid[laid < x + ink[0]][-1]
+            if best is None or gap < best[0]:
+                best = (gap, row, laid[laid < x + ink[0]][-1], x + ink[0])
+    if best is not None:
+        _, row, start, end = best
+        thickness = max(2, round(piece.shape[0] / 12))
+        canvas[y + row - thickness // 2:y + row + thickness - thickness // 2, start:end + 1] = 1.0
+
+
+def apart(canvas: np.ndarray, piece: np.ndarray, y: int, x: int, grow: int, level: float = 0.05) -> bool:
+    """Whether the piece's ink, laid at (y, x), stays clear of the canvas's ink grown by a `grow`-pixel square (ink:
+    coverage above `level`)."""
+    grown = np.asarray(Image.fromarray(canvas).filter(ImageFilter.MaxFilter(grow))) if grow > 1 else canvas
+    return not ((grown[y:y + piece.shape[0], x:x + piece.shape[1]] > level) & (piece > level)).any()
 
 
 # --- strokes: a digit as a pen would draw it -----------------------------------------------------------------------
