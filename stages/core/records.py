@@ -229,12 +229,6 @@ def read_run(paths, missing_ok: bool = False) -> Run | None:
         raise not_found(path, "train") from None
 
 
-def trained_temperature(paths) -> float:
-    """The temperature train fitted for the model at paths.model; 1 (its own probabilities) before any training."""
-    record = read_run(paths, missing_ok=True)
-    return record.temperature if record else 1.0
-
-
 def write_history(paths, frame) -> None:
     write_csv(paths.history, frame)
 
@@ -295,6 +289,11 @@ def remove_exports(paths, names: list[str]) -> None:
     """Remove the files `names` from the export folder: formats dropped since (DVC empties it, a run by hand not)."""
     for name in names:
         export_file(paths, name).unlink(missing_ok=True)
+
+
+def export_report_file(paths) -> Path:
+    """Where export's report is, for a copy of it (an MLflow artifact)."""
+    return Path(paths.export)
 
 
 def write_export(paths, report: dict[str, Any]) -> None:

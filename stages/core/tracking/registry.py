@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.core import records
 from stages.core.errors import PipelineError
 from stages.core.formats import FORMATS, registered_kinds
 from stages.core.quiet import quietly_logging_models
@@ -179,7 +180,7 @@ def log_exports(params: Params, client, run_id: str, files: dict[str, Path], rep
     the test set `test_sha256`; any other as an artifact under `<format>/`; the report itself under `reports/`. The
     run's metrics stay the trained model's. Returns the versions registered, by name. `example`: a few input
     images, for the signature."""
-    client.log_artifact(run_id, str(params.paths.export), "reports")
+    client.log_artifact(run_id, str(records.export_report_file(params.paths)), "reports")
     versions = {}
     for format, path in files.items():
         spec = FORMATS[format]
