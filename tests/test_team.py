@@ -511,8 +511,6 @@ def test_champion_ends_on_the_best_version_when_evaluations_race(mlflow_server, 
     assert float(champion.tags["test_accuracy"]) == max(accuracies)
 
 
-@pytest.mark.xfail(reason="stop 27: noticed in 6 s as required, but failed after that in the lead's fresh-clone run; "
-                          "cause not found before the stop (closing note, #29)", strict=False)
 def test_a_database_stopped_mid_epoch_ends_the_training_in_seconds_and_it_resumes(
         mlflow_server, postgresql_server, make_params, processed_dir, monkeypatch, capsys):
     """PostgreSQL stops under a training whose epoch lasts minutes (each batch waits once the database is down):

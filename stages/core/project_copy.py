@@ -15,8 +15,11 @@ from stages.core.schema import set_dotted
 
 
 def project_env(pythonpath: list[Path], **extra: str) -> dict[str, str]:
-    """The environment of a process run on a copy: the venv first on PATH, no inherited MLflow or DVC settings."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))}
+    """The environment of a process run on a copy: the venv first on PATH, no inherited MLflow or DVC settings, and
+    no outer make's (under `make test`, MAKELEVEL would turn a copy's `make run` into a sub-make that prints
+    "Entering directory" first)."""
+    inherited = ("MLFLOW_", "DVC_", "MAKEFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "MFLAGS")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(inherited)}
     env.update({
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         "PYTHONPATH": os.pathsep.join(str(path) for path in pythonpath),

@@ -367,6 +367,9 @@ def _training_run(params: Params, architecture: str, data_hash: str, data_info: 
     resumed = _resumable_run(client, uri, resume_dir)
     mark_orphans_killed(client, experiment_id, keep=resumed)
     if resumed:
+        # start_run refuses a run of another experiment than this process's last set_experiment (one process may
+        # have trained against another store before: a search's trials, the tests).
+        mlflow.set_experiment(experiment_id=experiment_id)
         run = mlflow.start_run(run_id=resumed, log_system_metrics=False)
         # This process owns it now: the orphan check of other trainings looks at these two tags.
         client.set_tag(resumed, "host", socket.gethostname())
