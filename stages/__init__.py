@@ -4,7 +4,7 @@
   preprocess train export evaluate plots register) and the 4 tools (predict compare search server), and nothing
   else; none imports another;
 - `core/` is what they share (errors, files, records, entry, schema, datasets, idx, mirrors, architectures, devices,
-  callbacks, augment, calibration, formats, shipping, quiet, project_copy, next_steps, venv, search/,
+  callbacks, augment, calibration, card, formats, shipping, quiet, project_copy, next_steps, venv, search/,
   tracking/) and imports nothing above it;
 - `reading/` is handwriting in (images, the image model, the drawing page, your own digits) and imports only core.
 """

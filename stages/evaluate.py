@@ -31,7 +31,17 @@ from stages.core.architectures import load_model
 from stages.core.datasets import class_names, split_sizes
 from stages.core.entry import KERAS_UNUSED_IMPORTS, stage_main
 from stages.core.files import require_files, save_npz, write_csv
-from stages.core.records import metrics_file, read_dataset_info, read_split, split_files, write_metrics
+from stages.core.records import (
+    confusion_file,
+    metrics_file,
+    per_class_file,
+    read_dataset_info,
+    read_split,
+    split_files,
+    write_confusion,
+    write_metrics,
+    write_per_class,
+)
 from stages.core.tracking import store, training
 
 # Keras clips probabilities to [epsilon, 1 - epsilon] before the log (keras.config.epsilon()); the same clip here
@@ -211,15 +221,15 @@ def run(params) -> dict[str, float | int]:
     filters, activations = conv_activations(model, images[:count])
 
     write_csv(paths.predictions, predictions_table(labels, probabilities))
-    write_csv(paths.confusion, confusion_table(confusion, names))
-    write_csv(paths.per_class, per_class_table(confusion, names))
+    write_confusion(paths, confusion_table(confusion, names))
+    write_per_class(paths, per_class_table(confusion, names))
     save_npz(paths.activations, filters=filters, images=images[:count, :, :, 0],
              labels=labels[:count], activations=activations)
     # metrics.json last: its presence means every other report of this run is complete.
     write_metrics(paths, metrics)
     with store.refused_is_an_error(store.tracking_uri(params), params.tracking.experiment):
-        training.log_evaluation(params, metrics, [metrics_file(paths), *(Path(path) for path in (
-                                    paths.predictions, paths.confusion, paths.per_class))], data_info=info)
+        training.log_evaluation(params, metrics, [metrics_file(paths), Path(paths.predictions), confusion_file(paths),
+                                                  per_class_file(paths)], data_info=info)
     # Training's loss may include label smoothing, which lifts it well above this one for the same model.
     print(f"test accuracy {metrics['test_accuracy']:.4f}, cross-entropy {metrics['test_loss']:.4f} (no label "
           f"smoothing), macro F1 {metrics['macro_f1']:.4f} on {test_images:,} {data['dataset']} images; "

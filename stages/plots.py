@@ -34,7 +34,7 @@ from stages.core.datasets import class_names
 from stages.core.entry import stage_main
 from stages.core.errors import PipelineError
 from stages.core.files import atomic_path, load_npz, require_files
-from stages.core.records import Run, read_history, read_run, read_split, split_files
+from stages.core.records import Run, read_confusion, read_history, read_run, read_split, split_files
 from stages.core.tracking import store
 
 HISTORY_CURVES = {"loss": ("loss", "val_loss"), "accuracy": ("accuracy", "val_accuracy")}
@@ -264,10 +264,9 @@ def run(params) -> list[Path]:
     store.check_writes(params)  # before any work
     paths = params.paths
     [test_path] = split_files(paths, "test")
-    predictions_path, confusion_path = Path(paths.predictions), Path(paths.confusion)
+    predictions_path = Path(paths.predictions)
     activations_path = Path(paths.activations)
-    require_files({test_path: "preprocess", predictions_path: "evaluate", confusion_path: "evaluate",
-                   activations_path: "evaluate"})
+    require_files({test_path: "preprocess", predictions_path: "evaluate", activations_path: "evaluate"})
     settings = params.plots
     figsize, dpi, cmap = (settings.width, settings.height), settings.dpi, settings.cmap
     check_colormap(cmap)
@@ -277,11 +276,10 @@ def run(params) -> list[Path]:
     model = read_run(paths)
     title = model_title(model)
     predictions = read_table(predictions_path, PREDICTION_COLUMNS, "evaluate")
-    confusion = read_table(confusion_path, ["actual", *names], "evaluate")[names].to_numpy()
+    confusion = read_confusion(paths, names)
     images = read_split(paths, "test", ("x",))["x"]
-    if predictions["index"].max() >= len(images) or len(confusion) != len(names):
-        raise PipelineError(f"{predictions_path} and {confusion_path} do not match {test_path} and the "
-                            f"{params.data.dataset} classes; rerun `dvc repro evaluate`")
+    if predictions["index"].max() >= len(images):
+        raise PipelineError(f"{predictions_path} does not match {test_path}; rerun `dvc repro evaluate`")
     activation_arrays = load_npz(activations_path, ("filters", "images", "labels", "activations"), writer="evaluate")
 
     mistakes = most_confident_mistakes(predictions, settings.misclassified)

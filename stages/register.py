@@ -3,14 +3,16 @@
 Reads `{paths.run}` (the training's MLflow run and its LoggedModel), `{paths.model}`, `{paths.processed}/dataset.json`,
 `test.npz` (a few digits: the ONNX model's input example) and `own_test.npz` (your held-out digits: the champion is
 re-scored on them), `{paths.metrics}` (test and own_test accuracy) and `{paths.export}` with the files in
-`{paths.export_dir}`; params `tracking.*`, `champion.*` (the rule, stages/core/tracking/champion.py).
+`{paths.export_dir}`, `{paths.per_class}` and `{paths.confusion}` (the model card's figures); params `tracking.*`,
+`champion.*` (the rule, stages/core/tracking/champion.py).
 Registers, as versions of `<prefix><dataset>-cnn[-images|-<format kind>]` (stages/core/tracking/registry.py):
 the tensor model train logged, the image model (stages/reading/image_model.py, shipping only the modules it
 imports) and each exported format with an MLflow flavour (formats without one become artifacts of the run); tags
 each version with its test accuracy and test set, then moves `champion` by the rule (tensor model; the image model
 and each export's champion follow to the same run's version), all in this one stage, so no alias is ever left
 half-moved; prints one line saying who is champion and why, and tags a refused version with the rule and numbers.
-Writes `{paths.registered}`: the versions registered, by name (empty with tracking off).
+Writes `{paths.registered}`: the versions registered, by name (empty with tracking off), and `{paths.model_card}`
+(stages/core/card.py), which is also each registered version's description and an artifact of the tensor model's.
 Run alone with `python -m stages.register` (after `dvc repro evaluate export`).
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import stages.core.venv  # noqa: F401  (first: without the project's packages, one line, not a traceback)
 
+from stages.core.card import model_card
 from stages.core.entry import KERAS_UNUSED_IMPORTS, stage_main
 from stages.core.formats import FORMATS
 from stages.core.records import (
@@ -27,6 +30,7 @@ from stages.core.records import (
     read_metrics,
     read_run,
     read_split,
+    write_model_card,
     write_registered,
 )
 from stages.core.schema import Params
@@ -42,8 +46,12 @@ def run(params: Params) -> dict[str, str]:
     trained, metrics, report = read_run(paths), read_metrics(paths), read_export(paths)
     registered: dict[str, str] = {}
     attached = store.attached_run(params)
+    name = versions.registered_name(params, info["dataset"])
+    # Read before anything is registered: a damaged figure fails the stage with nothing half-written.
+    card = model_card(paths, f"`{name}`, MLflow run `{attached[1]}`" if attached else "not registered (tracking off)")
     if attached is None:
         print("register: tracking is off (or train recorded no MLflow run): nothing to register")
+        write_model_card(paths, card)
     else:
         from stages.reading.image_model import ImageClassifier  # its image code only when logged (PIL, skimage)
 
@@ -52,14 +60,14 @@ def run(params: Params) -> dict[str, str]:
         files = {format: export_file(paths, FORMATS[format].file) for format in report["files"] if format in FORMATS}
         example = read_split(paths, "test", ("x",))["x"][:EXAMPLE_IMAGES]
         with store.full_store_is_an_error(uri), store.refused_is_an_error(uri, params.tracking.experiment):
-            registered[versions.registered_name(params, dataset)] = versions.register_logged_model(
-                trained.model_uri, versions.registered_name(params, dataset), uri)
+            registered[name] = versions.register_logged_model(trained.model_uri, name, uri)
             registered[versions.registered_name(params, dataset, "images")] = registry.log_image_model(
                 params, uri, ImageClassifier, dataset, trained.temperature, run_id)
             registered |= registry.log_exports(params, client, run_id, files, report, example, dataset, test_sha256)
             verdict = registry.crown(client, params, run_id, dataset, float(metrics["test_accuracy"]), test_sha256,
                                      own_test(paths, info, metrics))
-        print(f"register: {', '.join(f'{name} version {version}' for name, version in registered.items())} "
+            registry.attach_card(client, write_model_card(paths, card), registered, trained.model_id)
+        print(f"register: {', '.join(f'{model} version {version}' for model, version in registered.items())} "
               f"(MLflow run {run_id})")
         if verdict:
             print(verdict)

@@ -204,6 +204,14 @@ def announcement(architecture: str, parameters: int, precision: str, replicas: i
             f"{settings.optimizer.name} at learning rate {settings.optimizer.learning_rate:g} ({settings.lr_schedule})")
 
 
+def settings_record(settings) -> dict:
+    """The training settings a reader of the model card weighs (run.json's `settings`; every knob: MLflow's params)."""
+    return {"optimizer": settings.optimizer.name, "learning_rate": settings.optimizer.learning_rate,
+            "lr_schedule": settings.lr_schedule, "epochs": settings.epochs, "batch_size": settings.batch_size,
+            "label_smoothing": settings.label_smoothing, "augment": settings.augment.enabled,
+            "own_weight": settings.own_weight}
+
+
 def summary_text(model) -> str:
     lines: list[str] = []
     model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line), line_length=100)
@@ -261,7 +269,8 @@ def run(params: Params, extra_callbacks=()) -> dict:
         # run.json last: evaluate, plots and register attach to the MLflow run it names.
         logged = run_handle.log_training(params, model, result, example=val[0][:5], data_info=data_info,
                                          temperature=calibration["temperature"])
-        write_run(paths, {**result, **split_sizes(data_info), **calibration, **logged})
+        write_run(paths, {**result, **split_sizes(data_info), **calibration, **logged,
+                          "settings": settings_record(params.train)})
         shutil.rmtree(resume_dir, ignore_errors=True)
     kept = f"kept epoch {result['kept_epoch']}" if result["kept_epoch"] else "kept the last epoch"
     print(f"trained {result['architecture']} for {result['epochs_run']} epochs in {seconds:.1f} s; {kept}, "

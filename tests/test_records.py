@@ -17,7 +17,8 @@ from stages.core.errors import PipelineError
 # The handed files by name, and the paths.* keys that locate them: found in stages/core/records.py only.
 HANDED_NAMES = ("registered.json", "run.json", "dataset.json", "source.json", "manifest.json", "metrics.json",
                 "history.csv", "export.json", "train.npz", "val.npz", "test.npz", "own_test.npz")
-HANDED_KEYS = ("run", "processed", "source", "raw", "metrics", "history", "export", "export_dir", "registered")
+HANDED_KEYS = ("run", "processed", "source", "raw", "metrics", "history", "export", "export_dir", "registered",
+               "per_class", "confusion", "model_card")
 HOME = "stages/core/records.py"
 # Not handed: train's own copy of its history rows in its resume folder (paths.resume), which only train reads.
 PRIVATE = {"stages/core/callbacks.py": {"history.csv"}}
@@ -74,12 +75,15 @@ class Paths:
         self.source, self.run, self.metrics = folder / "source.json", folder / "run.json", folder / "metrics.json"
         self.history, self.export, self.processed, self.raw = (folder / "history.csv", folder / "export.json",
                                                                folder / "processed", folder / "raw")
+        self.per_class, self.confusion = folder / "per_class.csv", folder / "confusion.csv"
 
 
 @pytest.mark.parametrize(("reader", "file", "writer"), [
     (records.read_source, "source", "source"), (records.read_run, "run", "train"),
     (records.read_metrics, "metrics", "evaluate"), (records.read_history, "history", "train"),
     (records.read_export, "export", "export"), (records.read_dataset_info, "processed", "preprocess"),
+    (records.read_per_class, "per_class", "evaluate"), (lambda paths: records.read_confusion(paths, ["0", "1"]),
+                                                       "confusion", "evaluate"),
 ])
 def test_a_missing_or_malformed_file_is_one_line_naming_it_and_its_stage(tmp_path, reader, file, writer):
     paths = Paths(tmp_path)

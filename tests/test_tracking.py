@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.card import check_card
 from helpers.net import answering, free_port
 
 from stages import evaluate, export, plots, register, train
 from stages.core import calibration, records
+from stages.core import card as card_module
 from stages.core.errors import PipelineError
 from stages.core.schema import flatten
 from stages.core.tracking import registry, versions
@@ -31,18 +33,33 @@ def only_run(client, experiment: str = "mnist"):
     return runs[0]
 
 
-def test_pipeline_run_is_recorded_completely(make_params, processed_dir, store):
+@pytest.fixture(scope="module")
+def recorded(raw_params, tmp_path_factory, mnist_10k, processed_dir):
+    """One small pipeline run, train to register, MLflow on in the default store (tmp root as the project root, as
+    the `store` fixture makes it): (params, metrics, registered versions, the root)."""
+    from helpers.params import shrunk_params
+
+    root = tmp_path_factory.mktemp("recorded")
+    params = shrunk_params(raw_params, root, mnist_10k, paths__processed=str(processed_dir),
+                           model__architecture="conv10", train__epochs=2, tracking__enabled=True,
+                           train__precision="float32")  # float32: the .keras file compared below
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.setenv("DVC_ROOT", str(root))
+        patch.delenv("DVC_EXP_NAME", raising=False)
+        train.run(params)
+        metrics = evaluate.run(params)
+        plots.run(params)
+        export.run(params)
+        registered = register.run(params)
+        yield params, metrics, registered, root
+
+
+def test_pipeline_run_is_recorded_completely(recorded, processed_dir):
     import keras
     import mlflow
 
-    params = make_params(paths__processed=str(processed_dir), model__architecture="conv10", train__epochs=2,
-                         tracking__enabled=True, train__precision="float32")  # float32: the .keras file compared below
-    train.run(params)
-    metrics = evaluate.run(params)
-    plots.run(params)
-    export.run(params)
-    registered = register.run(params)
-
+    params, metrics, registered, store = recorded
     client = client_for(store)
     run = only_run(client)
     assert run.info.status == "FINISHED"
@@ -229,3 +246,33 @@ def test_each_dataset_and_test_set_keeps_its_own_champion_and_a_dead_run_never_w
     changed = evaluated("mnist", 0.95, "new-test")
     assert champion("mnist") == changed
     assert versions.registered_name(params, "mnist", "onnx") == "mnist-cnn-onnx"
+
+
+def test_the_model_card_shows_the_runs_own_numbers_and_every_registered_version_carries_it(recorded, tmp_path):
+    import shutil
+
+    params, _, registered, store = recorded
+    card = Path(params.paths.model_card).read_text()
+    print(card)
+    check_card(card, params.paths)
+    assert len(card) < 5000  # MLflow's registry keeps a version's description in a 5,000-character column
+    client = client_for(store)
+    for name, version in registered.items():
+        assert client.get_model_version(name, version).description == card
+    model_id = records.read_run(params.paths).model_id
+    assert "model_card.md" in {artifact.path for artifact in client.list_logged_model_artifacts(model_id)}
+
+    # With your own digits held out (the run's files as they would read): the card shows them, the oracle agrees.
+    copy = params.paths.model_copy(update={key: str(tmp_path / Path(value).name) for key, value in
+                                           params.paths.model_dump().items()})
+    processed = Path(copy.processed)
+    shutil.copytree(params.paths.processed, processed)
+    for key in ("run", "metrics", "per_class", "confusion", "export"):
+        shutil.copy(getattr(params.paths, key), getattr(copy, key))
+    info = json.loads((processed / "dataset.json").read_text())
+    info["splits"]["own_test"] = {"images": 9, "sha256": "own"}
+    info["splits"]["train"]["own_images"] = 21
+    (processed / "dataset.json").write_text(json.dumps(info))
+    Path(copy.metrics).write_text(json.dumps({**json.loads(Path(copy.metrics).read_text()),
+                                              "own_test_accuracy": 0.8888889}))
+    check_card(card_module.model_card(copy, "copy"), copy)

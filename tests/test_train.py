@@ -74,7 +74,11 @@ def test_one_epoch_lowers_the_loss_and_writes_outputs(make_params, processed_dir
     # and the temperature calibrating its probabilities on the validation digits, with the error it leaves
     calibration = {key: recorded[key] for key in ("temperature", "val_ece", "val_ece_calibrated")}
     assert calibration["temperature"] > 0 and 0 <= calibration["val_ece_calibrated"] <= 1
-    assert recorded == {**result, **data, **calibration, "run_id": None} and recorded["epochs_run"] == len(history) == 1
+    # and the settings a model card shows, as params.yaml's train section says them
+    settings = {"optimizer": "adam", "learning_rate": 2e-3, "lr_schedule": "cosine", "epochs": 1, "batch_size": 128,
+                "label_smoothing": 0.1, "augment": True, "own_weight": 3.0}
+    assert recorded == {**result, **data, **calibration, "run_id": None, "settings": settings}
+    assert recorded["epochs_run"] == len(history) == 1
     assert not any(Path(paths.model).parent.glob(".*tmp*")), "no temp files left behind"
 
 

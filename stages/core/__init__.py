@@ -12,6 +12,7 @@
   callbacks     the training's Keras callbacks and its resume state
   augment       train.augment: the training images' augmentation, applied in train's input pipeline
   calibration   temperature scaling, the calibration error, and "not sure"
+  card          the model card: a run's data, accuracy, calibration, exports and limits, from its files
   formats       the export formats by name (data only): file, MLflow flavour, registered kind, packages
   shipping      the inference model, its ONNX and LiteRT files and runtimes, and the loader of any model file
   quiet         the console's quieting (known harmless lines, progress bars): no stage's output depends on it

@@ -13,9 +13,12 @@ stage's output by hand). A missing or malformed file is one PipelineError naming
   {paths.run}                   train       the training: architecture, kept epoch, temperature, MLflow run and model
   {paths.history}               train       one row per epoch
   {paths.metrics}               evaluate    the test metrics
+  {paths.per_class}             evaluate    precision, recall, f1 and support per class
+  {paths.confusion}             evaluate    the confusion counts, rows = actual class, columns = predicted class
   {paths.export_dir}/<file>     export      the exported model files, one per export.formats (core/formats.py)
   {paths.export}                export      per shipped file its format, size, sha256 and test accuracy
   {paths.registered}            register    the model versions registered in MLflow, by registered name
+  {paths.model_card}            register    the run's model card (stages/core/card.py)
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import numpy as np
 
 from stages.core.datasets import FILE_NAMES, dataset_spec
 from stages.core.errors import PipelineError
-from stages.core.files import load_npz, save_npz, write_csv, write_json
+from stages.core.files import load_npz, save_npz, write_csv, write_json, write_text
 
 SPLITS = ("train", "val", "test", "own_test")
 MANIFEST = "manifest.json"  # in {paths.raw}/<dataset>/, beside the four IDX files
@@ -272,6 +275,53 @@ def read_metrics(paths) -> dict[str, Any]:
     return read_json(paths.metrics, "evaluate")
 
 
+PER_CLASS_COLUMNS = ("class", "name", "precision", "recall", "f1", "support")
+
+
+def read_table(path: str | os.PathLike, writer: str, columns: tuple[str, ...]):
+    """A CSV holding `columns` as a pandas DataFrame, or the one error naming `path` and its `writer`."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path)
+    except FileNotFoundError:
+        raise not_found(path, writer) from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise damaged(path, writer, str(error).splitlines()[0]) from None
+    if absent := [column for column in columns if column not in table.columns]:
+        raise damaged(path, writer, f"no column {', '.join(absent)}")
+    return table
+
+
+def write_per_class(paths, frame) -> None:
+    write_csv(paths.per_class, frame)
+
+
+def read_per_class(paths):
+    """per_class.csv: one row per class, PER_CLASS_COLUMNS."""
+    return read_table(paths.per_class, "evaluate", PER_CLASS_COLUMNS)
+
+
+def write_confusion(paths, frame) -> None:
+    write_csv(paths.confusion, frame)
+
+
+def read_confusion(paths, names: list[str]) -> np.ndarray:
+    """confusion.csv as counts, rows = actual class, columns = predicted class, for the classes `names`."""
+    table = read_table(paths.confusion, "evaluate", ("actual", *names))
+    if len(table) != len(names):
+        raise damaged(paths.confusion, "evaluate", f"{len(table)} rows for {len(names)} classes")
+    return table[list(names)].to_numpy()
+
+
+def confusion_file(paths) -> Path:
+    return Path(paths.confusion)
+
+
+def per_class_file(paths) -> Path:
+    return Path(paths.per_class)
+
+
 def metrics_file(paths) -> Path:
     """Where the latest metrics are, for a tool that shows them as they change (the drawing page)."""
     return Path(paths.metrics)
@@ -323,3 +373,15 @@ def write_registered(paths, versions: dict[str, str]) -> None:
 
 def read_registered(paths) -> dict[str, str]:
     return read_json(paths.registered, "register", ("versions",))["versions"]
+
+
+def write_model_card(paths, text: str) -> Path:
+    write_text(paths.model_card, text)
+    return Path(paths.model_card)
+
+
+def read_model_card(paths) -> str:
+    try:
+        return Path(paths.model_card).read_text()
+    except FileNotFoundError:
+        raise not_found(paths.model_card, "register") from None

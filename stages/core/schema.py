@@ -68,6 +68,7 @@ class Paths(Section):
     export_dir: str
     export: str
     registered: str
+    model_card: str
     tensorboard: str
     resume: str
     metrics: str

@@ -151,6 +151,16 @@ def crown(client, params: Params, run_id: str, dataset: str, accuracy: float, te
     return champion.line(name, entry, before, verdict)
 
 
+def attach_card(client, card: Path, registered: dict[str, str], model_id: str | None) -> None:
+    """The model card on each version just registered (`registered`: name -> version) as its description, and as an
+    artifact of the tensor model's LoggedModel `model_id` (the files of its registered version)."""
+    text = card.read_text()
+    for name, version in registered.items():
+        client.update_model_version(name, version, description=text)
+    if model_id:
+        client.log_model_artifact(model_id, str(card))
+
+
 @dataclass(frozen=True)
 class OwnTest:
     """A run's own_test digits (the split's sha256 in dataset.json) and its accuracy on them (metrics.json)."""
