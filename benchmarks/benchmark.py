@@ -67,6 +67,7 @@ FASHION_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 MNIST_10K_SOURCE = DATASETS["mnist_10k"].folder  # the sample shipped in stages/mnist_10k
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 SECTIONS = ("throughput", "e2e", "mnist", "sweep", "predict", "handwriting", "accuracy")
+FOLDER_IMAGES = 2000  # held-out digits as PNGs, read by `predict FOLDER --csv`
 PREDICT_RUNS = 3  # fresh processes per model file; the median counts
 # The latency table's model: LeNet, 3 epochs on the 8,000 mnist-10k training digits, as tests/test_export.py's:
 # int8 needs a model sure of its classes (bn_cnn after 2 epochs: 5 digits in 2,000 changed class, gate refused)
@@ -547,6 +548,11 @@ def measure_predict(work: Path) -> dict:
     files |= {name: project / paths["export_dir"] / FORMATS[name].file for name in latency.FORMATS_MEASURED[1:]}
     table = latency.measure(files, project / paths["processed"] / "test.npz", project / "digit.png", project, env,
                             PREDICT_RUNS)
+    folder = project / "held-out-pngs"
+    folder.mkdir()
+    for index, digit in enumerate(read_idx(MNIST_10K_SOURCE / TEST_IMAGES)[:FOLDER_IMAGES]):
+        Image.fromarray(255 - digit).save(folder / f"{index:04d}.png")
+    table["folder"] = latency.folder_reading({name: files[name] for name in ("keras", "onnx")}, folder, project, env)
     for row in table["rows"]:
         measured = check(run_measured([sys.executable, "-m", "stages.predict", "--model", str(files[row["format"]]),
                                        "digit.png"], project, env, logs / f"{row['format']}.log"),

@@ -81,6 +81,38 @@ def cold_start(path: Path, image: Path, cwd: Path, env: dict[str, str], runs: in
     return {"cold_wall_s": statistics.median(walls), "cold_cpu_s": statistics.median(cpus)}
 
 
+def timed_predict(arguments: list[str], cwd: Path,
+                  env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float, float]:
+    """One fresh `python -m stages.predict ARGUMENTS`: the process, its wall seconds and its CPU seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "stages.predict", *arguments], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=1800)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return result, wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def folder_reading(files: dict[str, Path], folder: Path, cwd: Path, env: dict[str, str]) -> dict:
+    """`predict --model FILE FOLDER --csv` per format of `files`, end to end from a fresh process (start-up,
+    opening each PNG, framing, the model): images per second of wall time; and `predict README.md`, refused
+    before any runtime loads."""
+    images = sum(1 for _ in folder.glob("*.png"))
+    rows = []
+    for format, path in files.items():
+        result, wall, cpu = timed_predict(["--model", str(path), str(folder), "--csv", str(cwd / f"{format}.csv")],
+                                          cwd, env)
+        if result.returncode != 0:
+            raise RuntimeError(f"predict of a folder with {path} failed: {result.stderr.strip()[-500:]}")
+        rows.append({"format": format, "images": images, "wall_s": wall, "cpu_s": cpu,
+                     "images_per_s": images / wall, "load": os.getloadavg()[0]})
+        print(f"  folder of {images}: {format} {images / wall:,.0f} images/s ({wall:.1f} s wall)", flush=True)
+    refused, wall, cpu = timed_predict(["README.md"], cwd, env)
+    if refused.returncode == 0:
+        raise RuntimeError("predict README.md did not refuse a file that is not an image")
+    return {"rows": rows, "not_an_image": {"wall_s": wall, "cpu_s": cpu, "line": refused.stderr.strip()}}
+
+
 def measure(files: dict[str, Path], test_npz: Path, image: Path, cwd: Path, env: dict[str, str], runs: int) -> dict:
     """The table's rows, one per format of `files` (format -> file), Keras first: its classes are the reference."""
     labels = np.load(test_npz)["labels"].astype(np.int64)
@@ -132,7 +164,19 @@ def markdown(latency: dict) -> list[str]:
               f"{row['cpu_p50_ms']:.3f} ms | "
               f"{row['batch_images_per_s']:,.0f} | {row['cold_wall_s']:.2f} s | {row['cold_cpu_s']:.2f} s | "
               f"{row['load']:.1f} |" for row in latency["rows"]]
-    return lines + [""] + [f"- {line}" for line in latency["verdicts"]]
+    lines += [""] + [f"- {line}" for line in latency["verdicts"]]
+    if latency.get("folder"):
+        folder = latency["folder"]
+        lines += ["", "### A folder in one command", "",
+                  "`python -m stages.predict --model FILE FOLDER --csv answers.csv` on PNGs of the held-out digits, "
+                  "from a fresh process (start-up, reading and framing each file, the model, the CSV):", "",
+                  "| format | images | wall | CPU | images/s | load |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {row['format']} | {row['images']:,} | {row['wall_s']:.1f} s | {row['cpu_s']:.1f} s | "
+                  f"{row['images_per_s']:,.0f} | {row['load']:.1f} |" for row in folder["rows"]]
+        refused = folder["not_an_image"]
+        lines += ["", f"`predict README.md` refuses in {refused['wall_s']:.2f} s wall ({refused['cpu_s']:.2f} s CPU), "
+                  f"no runtime loaded: `{refused['line']}`"]
+    return lines
 
 
 def main(argv: list[str]) -> None:

@@ -22,3 +22,27 @@ def test_the_table_says_when_int8_is_not_faster():
     expected = "| onnx_int8 | onnx_int8.file | 1.00 MB | 0.9900 | 100.00% | 0.150 ms | 0.300 ms |"
     assert sum(line.startswith(expected) for line in table) == 1
     assert f"- {onnx}" in table
+
+
+def test_a_folder_is_read_in_one_fresh_predict_and_a_text_file_is_refused(model_path, test_digits, tmp_path):
+    from PIL import Image
+
+    from stages.core.project_copy import project_env
+
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for index, digit in enumerate(test_digits[:12]):
+        Image.fromarray(255 - digit).save(folder / f"{index:02d}.png")
+    (tmp_path / "README.md").write_text("# not an image\n")
+    root = latency.Path(__file__).parents[1]
+    (tmp_path / "params.yaml").write_text((root / "params.yaml").read_text())  # predict's dataset, as in a project
+    env = project_env([root])
+    measured = latency.folder_reading({"keras": model_path}, folder, tmp_path, env)
+    (row,) = measured["rows"]
+    assert row["format"] == "keras" and row["images"] == 12 and row["images_per_s"] == 12 / row["wall_s"]
+    answers = (tmp_path / "keras.csv").read_text().splitlines()
+    assert len(answers) == 1 + 12  # a header and one row per image
+    assert "README.md" in measured["not_an_image"]["line"]
+    table = latency.markdown({"rows": [], "runs": 1, "warm_up": 1, "timed": 1, "batch": 1, "verdicts": [],
+                              "folder": measured})
+    assert sum(line.startswith("| keras | 12 |") for line in table) == 1
