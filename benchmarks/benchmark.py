@@ -15,7 +15,8 @@ Measures, in one run on the machine it runs on, and writes reports/benchmark.md 
 - `dvc repro` with nothing changed, and after changing one `plots.*` key (only plots may run, without TensorFlow);
 - the default model on the mnist-10k digits;
 - handwriting: the default against augmentation off on held-out digits redrawn in other writers' styles, and
-  the calibration error before and after temperature scaling (benchmarks/handwriting.py);
+  the calibration error before and after temperature scaling (benchmarks/handwriting.py); the default through the
+  reader on digits rendered as photos, single and as numbers (benchmarks/photos.py);
 - time to accuracy: recipes (today's default, in float32 too) trained by the stage on mnist-10k, 3 seeds each:
   held-out accuracy, training seconds and CPU-seconds, validation accuracy per epoch, seconds to 99.0% and 99.3%
   (benchmarks/time_to_accuracy.py);
@@ -465,6 +466,8 @@ def measure_handwriting(config: argparse.Namespace, params, overrides: dict[str,
                             "overrides": run_overrides}, work, name)
         section[way] = handwriting.measure(Path(run_paths["paths.model"]), Path(run_paths["paths.run"]),
                                            processed / "test.npz", MNIST_10K_SOURCE, section["digits"])
+    # The default model through the reader, on digits rendered as photos (benchmarks/photos.py).
+    section["photos"] = handwriting.photos_of(Path(run_paths["paths.model"]), MNIST_10K_SOURCE, config.quick)
     return section
 
 

@@ -78,10 +78,26 @@ def tests_times(tests: dict) -> str:
                      f"{duration(tests['full']['seconds'])}{fast_part}, on {tests['machine']}.")
 
 
+# What the reader aims at on the photo forms (issue 34): every single-digit form, and numbers read exactly.
+DIGIT_TARGET, NUMBER_TARGET = 0.97, 0.93
+
+
+def photo_forms(snapshot: dict) -> str:
+    """benchmarks/photos.py's table: each form's accuracy before and after, against its target."""
+    before = snapshot.get("before", {}).get("forms", {})
+    lines = ["| form | before | after | target |", "|---|---|---|---|"]
+    for form, after in snapshot["forms"].items():
+        target = NUMBER_TARGET if form.startswith(("numbers", "two digits")) else DIGIT_TARGET
+        was = f"{before[form]:.1%}" if form in before else "-"
+        lines.append(f"| {form} | {was} | {after:.1%} | {target:.0%} {'met' if after >= target else 'missed'} |")
+    return "\n".join(lines) + "\n"
+
+
 VIEWS: dict[str, Callable[[dict], str]] = {
     "first-run.times": first_run_times,
     "first-run.console": first_run_console,
     "tests.times": tests_times,
+    "photo-forms.table": photo_forms,
 }
 
 

@@ -4,7 +4,8 @@ Both are trained by the train stage on mnist-10k (run_child "stage"); each is th
 as they are and redrawn in other styles (benchmarks/styles.py: slanted, rotated, squashed or stretched,
 thickened, thinned, blurred low-resolution, sloppy; inside and beyond the training ranges), and its calibration is
 measured: the expected calibration error (15 bins) of the held-out digits before and after the temperature train
-fitted on the validation digits, and how many held-out digits "not sure" flags.
+fitted on the validation digits, and how many held-out digits "not sure" flags. The default model is then read
+through the reader on digits rendered as photos (benchmarks/photos.py).
 """
 
 from __future__ import annotations
@@ -43,6 +44,20 @@ def measure(model_path: Path, run_json: Path, test_npz: Path, mnist_10k: Path, c
             "train_seconds": run.fields["train_seconds"]}
 
 
+def photos_of(model_path: Path, mnist_10k: Path, quick: bool) -> dict[str, float]:
+    """The default model through this checkout's reader on the photo forms (benchmarks/photos.py)."""
+    import keras
+
+    from benchmarks import photos
+    from stages.core.datasets import TEST_IMAGES, TEST_LABELS
+    from stages.core.idx import read_idx
+
+    digits, labels = read_idx(mnist_10k / TEST_IMAGES), read_idx(mnist_10k / TEST_LABELS)
+    model = keras.models.load_model(model_path, compile=False)
+    return photos.photo_table(model, digits, labels, *photos.reader(), 50 if quick else photos.PHOTO_DIGITS,
+                              20 if quick else photos.PHOTO_NUMBERS)
+
+
 def markdown(section: dict[str, Any]) -> list[str]:
     """The per-style table, augmentation off and on side by side, then calibration."""
     off, on = section["off"], section["on"]
@@ -58,6 +73,10 @@ def markdown(section: dict[str, Any]) -> list[str]:
                        ("ece_calibrated", "ECE after temperature scaling"), ("not_sure_share", "flagged not sure"),
                        ("not_sure_wrong", "of which wrong"), ("wrong_and_sure", "wrong and not flagged")):
         lines.append(f"| {label} | {format_value(off[key])} | {format_value(on[key])} |")
+    if "photos" in section:
+        lines += ["", "| the default through the reader (benchmarks/photos.py) | accuracy or numbers read exactly |",
+                  "|---|---|"]
+        lines += [f"| {form} | {value:.1%} |" for form, value in section["photos"].items()]
     return lines
 
 

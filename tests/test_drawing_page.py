@@ -22,12 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.handwriting import drawn, pen_strokes, written_number
+from helpers.handwriting import drawn, pen_strokes
 from helpers.net import answers, free_port, wait_until
 from helpers.params import write_params
 from helpers.project import ROOT
 from helpers.servers import require
 from PIL import Image
+
+from benchmarks.photo_forms import written_number
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

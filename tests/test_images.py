@@ -2,7 +2,7 @@
 
 Two oracles, neither of them the reader: the MNIST digit each image was made from (tests/helpers/framing.py: the
 framed 28x28 input must be that digit again), and the model on the original digits: each digit of mnist-10k,
-rendered the way people capture handwriting (tests/helpers/handwriting.py), must be classified about as well as
+rendered the way people capture handwriting (benchmarks/photo_forms.py), must be classified about as well as
 the original 28x28 array. The model is the session's small LeNet (conftest.py). `pytest tests/test_images.py -s -k
 "forms or numbers"` prints the accuracy per form and the exact-number accuracy (IMAGES_FORM_DIGITS=<n> for another
 digit count than 200).
@@ -15,10 +15,10 @@ import os
 import numpy as np
 import pytest
 from helpers.framing import assert_frames_like, frame_correlation
-from helpers.handwriting import FORMS, as_photo, marker, ruled, shadowed, written_number
 from PIL import Image
 from scipy import ndimage
 
+from benchmarks.photo_forms import FORMS, as_photo, marker, ruled, shadowed, written_number
 from stages.core.datasets import class_names
 from stages.preprocess import normalize
 from stages.reading.ink import Ink, find_ink

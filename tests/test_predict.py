@@ -372,7 +372,7 @@ def test_save_preprocessed_writes_what_the_model_saw(tmp_path, test_digits, mode
 @pytest.fixture
 def number_file(tmp_path, test_digits, model) -> tuple[Path, str]:
     """A photo of a number written with four test digits, and the number the model reads in the original digits."""
-    from helpers.handwriting import written_number
+    from benchmarks.photo_forms import written_number
 
     digits = test_digits[:4]
     photo, _ = written_number(list(digits), np.random.default_rng(3))
@@ -424,7 +424,7 @@ def test_number_of_touching_digits_is_read(tmp_path, test_digits, model, model_p
     """Pairs of digits whose ink touches are cut apart and read (75% of pairs are cut right: two narrow digits
     touching look like one; the session's small model reads 95% of single digits); each cut is said unsure. Read
     as one mark, before cuts, none was. A page of specks has no digits (exit 1, one line)."""
-    from helpers.handwriting import written_number
+    from benchmarks.photo_forms import written_number
 
     files, numbers_read = [], []
     for first in range(0, 12, 2):

@@ -5,6 +5,6 @@
   project      the checkout (ROOT), commands in a project copy, the data stages, made-up stage inputs
   params       the real params.yaml shrunk for a test, written where a stage runs
   digits       real MNIST digits from the shipped sample, and one small trained model
-  handwriting  digits rendered as photos, scans and drawings
+  handwriting  digits drawn as a pen draws them (the drawing page), one person's handwriting
   framing      the oracle of the reader: a framed 28x28 input against the MNIST digit it was made from
 """

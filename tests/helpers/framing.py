@@ -1,6 +1,6 @@
 """An oracle for the reader that is not the model: a framed 28x28 input against the MNIST digit it was made from.
 
-Every form in tests/helpers/handwriting.py starts from an MNIST digit, which MNIST itself framed (fit 20x20, centre
+Every form in benchmarks/photos.py starts from an MNIST digit, which MNIST itself framed (fit 20x20, centre
 of mass at the centre): read back from its photo, the digit must come out as that digit again.
 """
 
