@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import stages.core.venv  # noqa: F401  (first: without the project's packages, one line, not a traceback)
 
+from functools import partial
+
 from stages.core.card import model_card
 from stages.core.entry import KERAS_UNUSED_IMPORTS, stage_main
 from stages.core.formats import FORMATS
@@ -65,7 +67,7 @@ def run(params: Params) -> dict[str, str]:
                 params, uri, ImageClassifier, dataset, trained.temperature, run_id)
             registered |= registry.log_exports(params, client, run_id, files, report, example, dataset, test_sha256)
             verdict = registry.crown(client, params, run_id, dataset, float(metrics["test_accuracy"]), test_sha256,
-                                     own_test(paths, info, metrics))
+                                     own_test(params, info, metrics))
             registry.attach_card(client, write_model_card(paths, card), registered, trained.model_id)
         print(f"register: {', '.join(f'{model} version {version}' for model, version in registered.items())} "
               f"(MLflow run {run_id})")
@@ -75,15 +77,19 @@ def run(params: Params) -> dict[str, str]:
     return registered
 
 
-def own_test(paths, info: dict, metrics: dict) -> registry.OwnTest | None:
+def own_test(params: Params, info: dict, metrics: dict) -> registry.OwnTest | None:
     """The run's own_test digits and its accuracy on them; None without any (data.own off, or none held out)."""
     if "own_test" not in info["splits"] or "own_test_accuracy" not in metrics:
         return None
-    arrays = read_split(paths, "own_test", empty_ok=True, info=info)
+    arrays = read_split(params.paths, "own_test", empty_ok=True, info=info)
     if not len(arrays["labels"]):
         return None
+    from stages.reading.opening import accuracy  # the reader's image code only with own digits
+
     return registry.OwnTest(info["splits"]["own_test"]["sha256"], arrays["x"], arrays["labels"],
-                            float(metrics["own_test_accuracy"]))
+                            float(metrics["own_test_accuracy"]),
+                            partial(accuracy, dataset=info["dataset"], params=params, images=arrays["x"],
+                                    labels=arrays["labels"]))
 
 
 def main() -> None:

@@ -1,12 +1,16 @@
 """The champion rule (params.yaml `champion:`): real tiny Keras models in a real SQLite MLflow store, crowned by the
-register stage's core (registry.crown), the current champion re-scored on the candidate's own_test digits."""
+register stage's core (registry.crown), the current champion re-scored on the candidate's own_test digits through
+the one reader (stages/reading/opening.py), as the register stage does."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 
 from stages.core.tracking import champion, registry, versions
 from stages.core.tracking import store as tracking_store
+from stages.reading.opening import accuracy
 
 DATASET, TEST_SET = "mnist_10k", "held-out-sha"
 
@@ -22,6 +26,12 @@ def always(label: int):
     bias[label] = 5
     model.layers[-1].set_weights([np.zeros_like(weights), bias])
     return model
+
+
+def own_test(params, sha256: str, images, labels) -> registry.OwnTest:
+    """Digits the candidate read all right, the champion re-scored on them through the one reader, as register does."""
+    return registry.OwnTest(sha256, images, labels, 1.0,
+                            partial(accuracy, dataset=DATASET, params=params, images=images, labels=labels))
 
 
 def registered(params, model, held_out: float, own: registry.OwnTest | None = None) -> tuple[str, str]:
@@ -48,7 +58,7 @@ def test_own_digits_read_better_win_within_tolerance_and_a_worse_held_out_is_ref
     assert line == f"champion: {name} v{first} (the first): held-out 0.9925"
 
     # Reads the nine zeros (the champion, fetched and re-scored, reads them as 8), 0.25 points below: takes it.
-    taught, line = registered(params, always(0), 0.9900, registry.OwnTest("own-sha", *own_zeros, accuracy=1.0))
+    taught, line = registered(params, always(0), 0.9900, own_test(params, "own-sha", *own_zeros))
     print(line)
     assert line == (f"champion: {name} v{taught} (was v{first}): own_test 1.000 vs 0.000 on 9 digits, "
                     "held-out 0.9900 vs 0.9925 within 0.3")
@@ -65,7 +75,7 @@ def test_own_digits_read_better_win_within_tolerance_and_a_worse_held_out_is_ref
 
     # Reads them better but gives up too much held-out: refused, by the tolerance.
     threes = np.zeros((4, 28, 28, 1), np.float32), np.full(4, 3, np.uint8)
-    sloppy, line = registered(params, always(3), 0.9800, registry.OwnTest("own-sha-2", *threes, accuracy=1.0))
+    sloppy, line = registered(params, always(3), 0.9800, own_test(params, "own-sha-2", *threes))
     print(line)
     assert line == (f"champion stays v{taught}: own_test 1.000 vs 0.000 on 4 digits, held-out 0.9800 vs 0.9900 "
                     "beyond 0.3")

@@ -1,6 +1,7 @@
 """Opening a trained model for the reader: `open_reader` takes a .keras, .onnx or .tflite file or an MLflow URI
 (models:/NAME@ALIAS, the tensor or the ONNX model) through shipping.load_any, with its calibration (where T lives
-in each form: stages/reading/reader.py), and `champion_uri` names the registry's champion for params.yaml's data.
+in each form: stages/reading/reader.py), `accuracy` scores it on labelled model inputs, and `champion_uri` names the
+registry's champion for params.yaml's data.
 Kept apart from reader.py so the image model, which ships reader.py, ships none of this.
 """
 
@@ -34,6 +35,15 @@ def open_reader(source: str | os.PathLike, dataset: str, params=None,
         note = "calibration not recorded (export folds T into a .tflite file; its export report names it)"
     description = f"{loaded.description}, {note}"
     return Reader(model, names, dataset, description, str(source))
+
+
+def accuracy(source: str, dataset: str, params, images, labels) -> float:
+    """The share of `images` (28x28x1 model inputs) the model at `source` reads as `labels`, through the reader:
+    the register stage re-scores the champion on a candidate's own_test digits with it."""
+    import numpy as np
+
+    reader = open_reader(source, dataset, params, "it is a registered model")
+    return float(np.mean(reader.probabilities(list(images)).argmax(axis=1) == np.asarray(labels)))
 
 
 def champion_uri(params) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,6 @@ from stages.core.tracking.store import store_lock, tracking_uri
 from stages.core.tracking.versions import (
     TEST_SET_TAG,
     alias_version,
-    downloaded_model,
     follow_champion,
     registered_name,
     tag_version,
@@ -127,7 +127,7 @@ def crown(client, params: Params, run_id: str, dataset: str, accuracy: float, te
     if own is not None and holder not in (None, str(candidate)):
         tags = client.get_model_version(name, holder).tags
         if champion.own_tag(own.sha256) not in tags and tags.get(TEST_SET_TAG) == test_sha256:
-            score = score_version(params, name, holder, own.images, own.labels)
+            score = own.score(f"models:/{name}/{holder}")
             client.set_model_version_tag(name, holder, champion.own_tag(own.sha256), f"{score:.6f}")
     verdict, before = None, None
     held = client.get_model_version(name, holder) if holder not in (None, str(candidate)) else None
@@ -163,23 +163,14 @@ def attach_card(client, card: Path, registered: dict[str, str], model_id: str | 
 
 @dataclass(frozen=True)
 class OwnTest:
-    """A run's own_test digits (the split's sha256 in dataset.json) and its accuracy on them (metrics.json)."""
+    """A run's own_test digits (the split's sha256 in dataset.json), its accuracy on them (metrics.json), and how
+    to score a registered model (its `models:/` URI) on them: through the one reader, which core may not import."""
 
     sha256: str
     images: np.ndarray
     labels: np.ndarray
     accuracy: float
-
-
-def score_version(params: Params, name: str, version: str, images, labels) -> float:
-    """Accuracy of registered `name` version `version` (a tensor model) on `images`, fetched from the registry."""
-    from stages.core.architectures import load_model
-    from stages.core.datasets import class_names
-
-    with downloaded_model(params, f"models:/{name}/{version}") as (path, _):
-        model = load_model(path, len(class_names(params.data.dataset)), advice="it is a registered tensor model")
-        predicted = np.argmax(model.predict_on_batch(images), axis=1)
-    return float(np.mean(predicted == labels))
+    score: Callable[[str], float]
 
 
 def log_exports(params: Params, client, run_id: str, files: dict[str, Path], report: dict, example,
