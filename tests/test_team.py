@@ -154,6 +154,16 @@ def test_a_read_only_user_cannot_write_and_is_refused_before_training(auth_serve
         training.check_tracking(params, "mnist_10k")
 
 
+def test_checking_a_users_grants_prints_nothing(auth_server):
+    """Train's output carries no StarletteDeprecationWarning: MLflow's auth client, which the check uses, imports
+    starlette.middleware.wsgi (deprecated upstream). A fresh process: a module imports and warns once."""
+    code = "import sys; from stages.core.tracking import store; store.check_write_access(sys.argv[1], 'readonly', [])"
+    env = {**os.environ, "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "team-admin-secret"}
+    result = subprocess.run([sys.executable, "-c", code, auth_server.uri], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
+
+
 def test_evaluate_plots_and_register_refuse_a_read_only_user_before_any_work(auth_server, make_params, processed_dir,
                                                                              model_path, monkeypatch):
     """The check train makes (store.check_writes), made first by every stage that writes to MLflow; a 403 that

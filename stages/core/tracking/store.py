@@ -16,6 +16,7 @@ import logging
 import os
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -224,8 +225,13 @@ def check_write_access(uri: str, experiment: str, models: list[str]) -> None:
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.server import get_app_client
+    from starlette.exceptions import StarletteDeprecationWarning
 
-    client, auth = mlflow.MlflowClient(uri, uri), get_app_client("basic-auth", tracking_uri=uri)
+    with warnings.catch_warnings():
+        # MLflow's auth package imports its FastAPI app, which imports starlette.middleware.wsgi: deprecated since
+        # Starlette 1.0 (upstream's to move to a2wsgi), news to no one who trains; any other warning still shows.
+        warnings.filterwarnings("ignore", category=StarletteDeprecationWarning, module=r"mlflow\.server\.fastapi_app")
+        client, auth = mlflow.MlflowClient(uri, uri), get_app_client("basic-auth", tracking_uri=uri)
     resources = []
     with contextlib.suppress(MlflowException):
         found = client.get_experiment_by_name(experiment)
