@@ -180,3 +180,11 @@ def test_the_parameter_counts_are_the_built_models():
     assert set(documented) == set(presets()), "every preset, and only the presets, with a parameter count"
     for name, layers in presets().items():
         assert build_model(layers, name).count_params() == documented[name], name
+
+
+def test_the_model_cards_known_limits_are_what_the_docs_say():
+    """The card quotes the docs verbatim (stages/core/card.py): rewording a page means requoting it there."""
+    from stages.core.card import LIMITS
+
+    unsaid = [quote for page, quote in LIMITS if quote not in " ".join((ROOT / page).read_text().split())]
+    assert not unsaid, f"docs no longer say what the model card quotes (stages/core/card.py LIMITS): {unsaid}"

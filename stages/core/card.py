@@ -16,7 +16,8 @@ CONFIDENCE = 0.95
 LIMITS = (
     ("docs/handwriting.md", "A file that cannot be read (missing, not an image, blank, over 40 megapixels) gets one "
                             "line on stderr, the others are still read (exit code 1)."),
-    ("docs/handwriting.md", "A blank page or a page of noise is still refused."),
+    ("docs/handwriting.md", "A blank page, a page of noise, a page under a lamp's gradient or a dark margin round "
+                            "the paper is still refused"),
     ("docs/handwriting.md", "A softmax is sure of itself even on a scribble."),
     ("docs/handwriting.md", "`not_sure` with its reason, `low confidence` (top probability below 0.7) or `unlike a "
                             "digit` (the 28x28 input has more separate marks or enclosed holes than handwritten digits "
