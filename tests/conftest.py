@@ -4,6 +4,7 @@ one: one PostgreSQL cluster, one team MLflow server, one sshd, one small trained
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,14 @@ def slow_because(fixture_names) -> str | None:
     `*_server` or `browser`. Every other test is in the fast layer (`make test-fast`)."""
     return next((name for name in fixture_names
                  if name in ("project_copy", "browser") or name.endswith("_server")), None)
+
+
+def pytest_configure(config):
+    # Started as a background job (`make test &`, nohup), the suite inherits SIGINT ignored, and so would every
+    # process it starts (a stage keeps an ignored SIGINT ignored, as a background job should): the tests press
+    # Ctrl-C as a terminal does, so the suite takes SIGINT back (a handler, which exec resets to the default).
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items):
