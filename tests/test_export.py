@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from helpers.digits import mnist_digits
-from helpers.project import REFUSE_TENSORFLOW, ROOT, project_paths, sh
+from helpers.project import REFUSE_TENSORFLOW, ROOT, project_env, project_paths, sh
 
 from stages import predict
 from stages.core import shipping
@@ -275,6 +275,39 @@ def test_a_missing_runtime_is_one_error_and_no_file(model, mnist_10k, tmp_path, 
         shipping.export_checked(inference, "onnx", tmp_path / "model.onnx", images,
                                 shipping.float_gate(inference.predict(images, verbose=0), 1e-4), {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_is_the_projects_one_line_and_the_rerun_ships(raw_params, mnist_10k, model_path, processed_dir,
+                                                                  tmp_path):
+    """Export on a full disk says what every stage says of one (docs/faults.md), not that a format is at fault;
+    nothing is left half-written, and with space again the same export ships."""
+    import shutil
+
+    from helpers.disk import fill, small_disk
+    from helpers.params import shrunk_params, write_params
+
+    from stages import export
+    from stages.core.files import write_json
+
+    with small_disk(tmp_path / "models" / "export", 8) as disk:
+        params = shrunk_params(raw_params, tmp_path, mnist_10k, export__formats=["onnx"], paths__export_dir=str(disk))
+        write_params(tmp_path, params)
+        shutil.copy(model_path, params.paths.model)
+        shutil.copytree(processed_dir, params.paths.processed)
+        write_json(params.paths.run, {"run_id": "by-hand"})
+        filler = fill(disk, 0)
+        full = subprocess.run([sys.executable, "-m", "stages.export"], cwd=tmp_path, env=project_env([ROOT]),
+                              capture_output=True, text=True, timeout=600)
+        output = full.stdout + full.stderr
+        assert full.returncode == 1 and "Traceback" not in output, output[-4000:]
+        assert [line for line in output.splitlines() if line.startswith("error")] == [
+            f"error: cannot write {disk / 'model.onnx'}: No space left on device; free space (or raise the file-size "
+            "limit), then rerun `dvc repro`"], output[-4000:]
+        assert [path.name for path in disk.iterdir()] == ["filler"] and not Path(params.paths.export).exists()
+
+        filler.unlink()  # space again
+        report = export.run(params)
+        assert report["files"]["onnx"]["sha256"] == shipping.file_sha256(disk / "model.onnx")
 
 
 def test_predict_refuses_an_unknown_model_format(tmp_path, capsys, test_digits):

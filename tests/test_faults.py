@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
+from helpers.disk import fill, small_disk
 from helpers.net import answering
 from helpers.params import TINY
 from helpers.project import project_env, set_params, sh
@@ -194,31 +195,6 @@ def test_a_training_killed_while_writing_its_resume_state_resumes_to_the_same_mo
     # MLflow leaves the killed runs RUNNING; the next training marks them KILLED.
     assert sorted(new_runs(project, before)) == ["FINISHED", "KILLED", "KILLED"]
     assert_recovers(project)
-
-
-@contextlib.contextmanager
-def small_disk(folder: Path, megabytes: int):
-    """A tmpfs of `megabytes` mounted on `folder` (root only), unmounted afterwards whatever happens."""
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        if os.environ.get("CI") == "true":
-            pytest.fail("a full-disk test needs root to mount a tmpfs")
-        pytest.skip("a full-disk test needs root to mount a tmpfs")
-    folder.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(folder)], check=True)
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=True)
-
-
-def fill(folder: Path, leave_megabytes: float) -> Path:
-    """A file taking all but `leave_megabytes` of the file system under `folder`."""
-    filler = folder / "filler"
-    free = shutil.disk_usage(folder).free - int(leave_megabytes * 2**20)
-    with open(filler, "wb") as handle:
-        handle.truncate(0)
-        handle.write(b"\0" * max(free, 0))
-    return filler
 
 
 def test_a_full_disk_while_saving_the_resume_state_is_one_line_and_the_rerun_continues(project):

@@ -20,7 +20,7 @@ import numpy as np
 from stages.core.architectures import ModelFileError, load_model
 from stages.core.calibration import fold_temperature
 from stages.core.datasets import INPUT_SHAPE
-from stages.core.errors import PipelineError
+from stages.core.errors import DISK_FULL, PipelineError
 from stages.core.files import atomic_path
 from stages.core.formats import FORMATS, by_suffix
 from stages.core.quiet import (
@@ -232,6 +232,8 @@ def export_checked(inference, format: str, path: str | os.PathLike, images: np.n
             raise ExportError(f"the {format} exporter needs {error.name or error}, which is not installed: "
                               "`pip install -r requirements.lock`, or drop it from export.formats") from None
         except Exception as error:  # whatever the converter raises: one line, and no file
+            if isinstance(error, OSError) and error.errno in DISK_FULL:
+                raise  # atomic_path's line, the project's one for a full disk: no format is at fault
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise ExportError(f"exporting the model to {format} failed ({reason}); drop {format} from "
                               "export.formats to ship the others") from None

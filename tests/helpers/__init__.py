@@ -6,5 +6,6 @@
   params       the real params.yaml shrunk for a test, written where a stage runs
   digits       real MNIST digits from the shipped sample, and one small trained model
   handwriting  digits drawn as a pen draws them (the drawing page), one person's handwriting
+  disk         a full disk: a small tmpfs on a folder, filled
   framing      the oracle of the reader: a framed 28x28 input against the MNIST digit it was made from
 """
