@@ -3,18 +3,22 @@ collect stage on a project folder."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from helpers.card import check_card
+from helpers.net import answers, free_port, wait_until
 from helpers.params import TINY
 from PIL import Image
 
@@ -244,14 +248,48 @@ def test_a_store_killed_at_any_point_never_blocks_the_pipeline(tmp_path, model_p
 # docs/own-digits.md's table holds this setup's numbers, measured by hand (train.own_weight 3: within 0.05 points).
 # Augmentation off: with it on (the default since train.augment), 3 epochs learn the long-flag 1 but not the slashed
 # 0, whatever train.own_weight (3 or 10): measured, see docs/own-digits.md.
-PERSON = {**TINY, "model.architecture": "lenet", "train.epochs": 3, "preprocess.limit": None, "data.own": True,
-          "tracking.enabled": False, "train.augment.enabled": False}
-SHEETS = 20  # calibration sheets, each 0-9 in a row: 20 digits per class
 MNIST_TOLERANCE = 0.01
+# MLflow on (the project's own mlflow.db): the champion rule, with its tolerance at MNIST_TOLERANCE (in points).
+PERSON = {**TINY, "model.architecture": "lenet", "train.epochs": 3, "preprocess.limit": None, "data.own": True,
+          "tracking.enabled": True, "champion.tolerance": MNIST_TOLERANCE * 100, "train.augment.enabled": False}
+SHEETS = 20  # calibration sheets, each 0-9 in a row: 20 digits per class
 
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+class Page:
+    def __init__(self, url: str, process: subprocess.Popen, log: Path):
+        self.url, self.process, self.log = url, process, log
+
+
+def serving_the_champion(project: Path, log: Path) -> Page:
+    """`python -m stages.predict --serve --model champion` in `project`, up and answering."""
+    from helpers.project import project_env
+
+    port = free_port()
+    with open(log, "w") as output:
+        process = subprocess.Popen([sys.executable, "-m", "stages.predict", "--serve", "--model", "champion", "--port",
+                                    str(port)], cwd=project, stdout=output, stderr=subprocess.STDOUT,
+                                   env=project_env([project]))
+    page = Page(f"http://127.0.0.1:{port}/", process, log)
+    try:
+        wait_until(lambda: answers(page.url), 240, "the drawing page", process, log)
+    except BaseException:
+        process.terminate()
+        raise
+    return page
+
+
+def page_answer(url: str, data: bytes) -> dict:
+    """The page's JSON answer to one drawing (the last one kept, to print)."""
+    import urllib.request
+
+    request = urllib.request.Request(url + "predict", data=data, headers={"Content-Type": "image/png"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        page_answer.last = json.loads(response.read())
+    return page_answer.last
 
 
 def ran(output: str) -> set[str]:
@@ -268,7 +306,7 @@ def own_test_accuracy_per_class(model_path: Path, own_test: Path) -> np.ndarray:
 
 
 def test_a_person_teaches_the_pipeline_their_handwriting(project_copy, tmp_path, mnist_10k):
-    from helpers.handwriting import QUIRKY, person_sheet
+    from helpers.handwriting import QUIRKY, person_drawing, person_sheet
     from helpers.project import project_paths, sh
 
     origin, storage, a = tmp_path / "origin.git", tmp_path / "storage", tmp_path / "a"
@@ -288,6 +326,15 @@ def test_a_person_teaches_the_pipeline_their_handwriting(project_copy, tmp_path,
     assert read_json(paths.processed / "dataset.json")["splits"]["own_test"]["images"] == 0
     assert "own_test_accuracy" not in before
     shutil.copy(paths.model, tmp_path / "before.keras")
+
+    # The drawing page serves the champion (the model just trained) while the person teaches it.
+    name = "mnist_10k-cnn"
+    first_version = read_json(paths.registered)["versions"][name]
+    page = serving_the_champion(a, tmp_path / "page.log")
+    drawing = io.BytesIO()
+    person_drawing(0, np.random.default_rng(1)).save(drawing, format="PNG")
+    answer = page_answer(page.url, drawing.getvalue())
+    assert f"= {name} version {first_version} " in answer["model"], answer["model"]
 
     # The person fills calibration sheets and confirms what they wrote, from files.
     rng = np.random.default_rng(0)
@@ -320,6 +367,20 @@ def test_a_person_teaches_the_pipeline_their_handwriting(project_copy, tmp_path,
     for label in QUIRKY:
         assert old[label] <= 0.8 and new[label] >= old[label] + 0.15, table
     assert abs(after["test_accuracy"] - before["test_accuracy"]) <= MNIST_TOLERANCE
+
+    # The rule gave the taught model the alias and said why; the page answers with it, not restarted.
+    taught = read_json(paths.registered)["versions"][name]
+    [line] = [line for line in second.splitlines() if line.startswith("champion")]
+    print(line)
+    assert line.startswith(f"champion: {name} v{taught} (was v{first_version}): own_test "), line
+    try:
+        wait_until(lambda: f"= {name} version {taught} " in page_answer(page.url, drawing.getvalue())["model"], 300,
+                   "the page answering with the taught champion", page.process, page.log)
+    finally:
+        page.process.terminate()
+        page.process.wait(timeout=30)
+    print(page_answer.last)
+    check_card(paths.model_card.read_text(), paths)  # its own_test section too
     shown = sh(a, "dvc", "metrics", "show", "--json").stdout + sh(a, "dvc", "exp", "show", "--json").stdout
     assert shown.count("own_test_accuracy") >= 2
 
