@@ -367,9 +367,7 @@ def _training_run(params: Params, architecture: str, data_hash: str, data_info: 
     resumed = _resumable_run(client, uri, resume_dir)
     mark_orphans_killed(client, experiment_id, keep=resumed)
     if resumed:
-        # start_run refuses a run of another experiment than this process's last set_experiment (one process may
-        # have trained against another store before: a search's trials, the tests).
-        mlflow.set_experiment(experiment_id=experiment_id)
+        mlflow.set_experiment(experiment_id=experiment_id)  # else start_run refuses it after another store's run
         run = mlflow.start_run(run_id=resumed, log_system_metrics=False)
         # This process owns it now: the orphan check of other trainings looks at these two tags.
         client.set_tag(resumed, "host", socket.gethostname())
@@ -401,9 +399,8 @@ def _training_run(params: Params, architecture: str, data_hash: str, data_info: 
     finally:
         handle.stopped.set()
         if handle.lost_after is None:
-            # The status first: on a server, MLflow prints the run's URL before it writes the status, and that
-            # print raises once nobody reads our output (a search worker killed mid-trial), which would leave it
-            # RUNNING.
+            # The status first: MLflow prints the run's URL before it writes the status, and that print raises
+            # once nobody reads our output (a search worker killed mid-trial), which would leave it RUNNING.
             try:
                 client.update_run(run_id, status=status)
                 if status != "FINISHED":
