@@ -53,6 +53,7 @@ from stages.core.search.trials import (
     FAILURES_IN_A_ROW,
     StopAfterFailures,
     TrialFailed,
+    check_push,
     make_objective,
     remove_orphaned_trials,
 )
@@ -149,6 +150,8 @@ def run(params: Params, spec_path: str | Path = "search.yaml", report_only: bool
     raw_params = read_yaml(project / PARAMS_FILE)
     spec = load_search(spec_path, raw_params)
     warn_of_a_password(spec_path, spec.storage)
+    if not report_only:
+        check_push(spec.push, project, spec_path)
     study = open_study(spec)
     failures = StopAfterFailures()
     if not report_only and len(complete_trials(study)) < spec.n_trials:

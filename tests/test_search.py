@@ -84,6 +84,40 @@ def test_bad_search_yaml_fails_with_one_clear_line(spec_in, capsys, tmp_path, ed
     assert not (tmp_path / "optuna.db").exists(), "nothing created for a bad spec"
 
 
+@pytest.mark.parametrize("push", ["upstream", "--help"])
+def test_push_must_name_a_git_remote_of_the_clone(spec_in, capsys, tmp_path, push):
+    """Checked before the first trial (before the study is opened): one line naming the remotes there are."""
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "remote", "add", "origin", str(tmp_path / "origin.git")], cwd=tmp_path, check=True)
+    code, err = spec_in(_set("push", push), capsys)
+    assert code == 1
+    assert err.splitlines() == [f"error: bad.yaml: push {push!r} is not a git remote of this clone (its remotes: "
+                                "origin): name one of them, or set push: false"], err
+    assert not (tmp_path / "optuna.db").exists(), "no study opened, no trial run"
+
+
+def test_a_trial_is_pushed_to_the_remote_named_and_pushed_says_whether_it_was(tmp_path, monkeypatch):
+    """The remote goes after `--`: git allows a remote named "--help", which `dvc exp push --help` would take for
+    its option (help printed, exit 0, nothing pushed). The oracle is the remote's own refs."""
+    monkeypatch.setenv("PATH", project_env([])["PATH"])  # the venv's dvc
+    clone, remote = tmp_path / "clone", tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    subprocess.run(["git", "init", "-q", str(clone)], check=True)
+    (clone / "dvc.yaml").write_text("stages:\n  count:\n    cmd: echo 1 > out.txt\n    outs: [out.txt]\n")
+    for command in (["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "a stage"],
+                    ["dvc", "exp", "run", "-q", "--name", "study-0"], ["git", "remote", "add", "--", "--help",
+                                                                          str(remote)]):
+        subprocess.run(command, cwd=clone, env=project_env([clone]), check=True, capture_output=True)
+    search_trials.check_push("--help", clone, "search.yaml")  # a remote of the clone: allowed
+
+    assert search_trials.push_experiment("study-0", clone, "--help") is True
+    refs = git(remote, "for-each-ref", "--format=%(refname)", "refs/exps").split()
+    assert [ref.rsplit("/", 1)[1] for ref in refs] == ["study-0"]
+    shutil.rmtree(remote)  # the remote gone: not pushed, and said so
+    assert search_trials.push_experiment("study-0", clone, "--help") is False
+    assert search_trials.push_experiment("study-0", clone, False) is False
+
+
 def test_values_become_dvc_set_arguments():
     assert search_trials.set_arguments({"train.optimizer.name": "sgd", "train.optimizer.learning_rate": 0.0125,
                                  "train.epochs": 3, "preprocess.limit": None, "train.resume": False}) == [

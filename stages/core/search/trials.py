@@ -24,7 +24,7 @@ from stages.core.schema import (
     load_params,
     minimised,
 )
-from stages.core.search.spec import Scalar, SearchSpec, suggest
+from stages.core.search.spec import Scalar, SearchError, SearchSpec, suggest
 from stages.core.tracking.training import SEARCH_TAGS
 
 FAILURES_IN_A_ROW = 3  # a worker whose trials keep failing stops: something is wrong beyond one trial
@@ -106,6 +106,17 @@ def remove_orphaned_trials(project: Path, settle: float = 120) -> list[str]:
     return removed
 
 
+def check_push(remote: str | bool, project: Path, spec_path: str | Path) -> None:
+    """search.yaml's push names a git remote of this clone: one line before the first trial, not a warning after
+    each."""
+    if remote is False:
+        return
+    remotes = subprocess.run(["git", "remote"], cwd=project, capture_output=True, text=True).stdout.split()
+    if remote not in remotes:
+        raise SearchError(f"{spec_path}: push {remote!r} is not a git remote of this clone (its remotes: "
+                          f"{', '.join(remotes) or 'none'}): name one of them, or set push: false")
+
+
 def push_experiment(name: str, cwd: Path, remote: str | bool) -> bool:
     """`dvc exp push` to the remote search.yaml names, with the outputs when a DVC remote is set; False when it
     was not asked for or failed."""
@@ -113,7 +124,8 @@ def push_experiment(name: str, cwd: Path, remote: str | bool) -> bool:
         return False
     has_dvc_remote = bool(subprocess.run(["dvc", "remote", "default"], cwd=cwd, capture_output=True,
                                          text=True).stdout.strip())
-    command = ["dvc", "exp", "push", remote, name, *([] if has_dvc_remote else ["--no-cache"])]
+    # After `--`: git allows a remote named "--help", which would otherwise print DVC's help and exit 0.
+    command = ["dvc", "exp", "push", *([] if has_dvc_remote else ["--no-cache"]), "--", remote, name]
     pushed = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     if pushed.returncode != 0:
         print(f"warning: `{shlex.join(command)}` failed: {pushed.stderr.strip()[-500:]}", file=sys.stderr)
