@@ -8,4 +8,5 @@
   handwriting  digits drawn as a pen draws them (the drawing page), one person's handwriting
   disk         a full disk: a small tmpfs on a folder, filled
   framing      the oracle of the reader: a framed 28x28 input against the MNIST digit it was made from
+  card         the model card's oracle: each number against the run's files, read with json and pandas
 """
