@@ -7,6 +7,7 @@ Without Chromium the browser test is skipped, and fails under CI=true.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -30,6 +31,8 @@ from helpers.servers import require
 from PIL import Image
 
 from benchmarks.photo_forms import written_number
+from stages.core.datasets import class_names
+from stages.reading import drawing_page
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -261,6 +264,58 @@ def test_the_page_itself_may_write_without_origin_by_fetch_metadata(page_server,
     status, answer = page_server.post(png(drawn(drawings[2][1], SCALE, PEN)), "image/png", "confirm?digit=0&label=2",
                                       Sec_Fetch_Site="same-origin", Host=f"localhost:{page_server.port}")
     assert status == 200 and answer["label"] == "2"
+
+
+PAGE_PORT = 8765  # no server listens: the requests go to the ASGI app in this process
+
+
+def ask(app, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, dict | str]:
+    """One request through the page's ASGI app (FastAPI's routes, dependencies and handlers; no socket)."""
+    path, _, query = path.partition("?")
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
+             "headers": [(name.lower().encode(), value.encode()) for name, value in headers.items()],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", PAGE_PORT)}
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    status = next(message["status"] for message in sent if message["type"] == "http.response.start")
+    text = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")
+    return status, json.loads(text) if text.startswith(b"{") else text.decode()
+
+
+def test_the_apps_checks_refuse_another_sites_writes_before_reading_anything(tmp_path):
+    """The page's app in-process, without its model (a refused request never reaches it): the issue's cross-site
+    POST (text/plain from another Origin), a foreign Origin, a rebound Host on every route; the page's own requests
+    get past the checks (an upload declared over the limit is then answered 413, still without a model)."""
+    own = tmp_path / "own"
+    app = drawing_page.create_app(None, drawing_page.OwnDigits(own, tmp_path / "metrics.json", class_names("mnist"),
+                                                               "mnist"))
+    page = f"127.0.0.1:{PAGE_PORT}"
+    too_long = {"Content-Length": str(10**9)}
+    for headers in ({"Host": page, "Content-Type": "text/plain", "Origin": "http://evil.example"},
+                    {"Host": page, "Content-Type": "text/plain", "Origin": f"http://{page}"},
+                    {"Host": page, "Content-Type": "image/png", "Origin": "http://evil.example"},
+                    {"Host": page, "Content-Type": "image/png", "Sec-Fetch-Site": "cross-site"},
+                    {"Host": page, "Content-Type": "image/png"},
+                    {"Host": f"evil.example:{PAGE_PORT}", "Content-Type": "image/png",
+                     "Origin": f"http://evil.example:{PAGE_PORT}"}):
+        status, answer = ask(app, "POST", "/confirm?digit=0&label=9", {**headers, **too_long})
+        assert status == 403 and answer["error"].startswith("refused: "), (headers, status, answer)
+    for method, path in (("GET", "/"), ("GET", "/own"), ("POST", "/predict")):
+        assert ask(app, method, path, {"Host": f"evil.example:{PAGE_PORT}"})[0] == 403, path
+        assert ask(app, method, path, {"Host": f"localhost:{PAGE_PORT}", **too_long})[0] in (200, 413), path
+    for headers in ({"Origin": f"http://{page}"}, {"Sec-Fetch-Site": "same-origin"}):
+        status, _ = ask(app, "POST", "/confirm?digit=0&label=9", {"Host": page, "Content-Type": "image/png",
+                                                                   **headers, **too_long})
+        assert status == 413, headers
+    assert not own.exists()
 
 
 @pytest.mark.parametrize("path", ["", "own", "predict"])
