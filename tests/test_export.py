@@ -224,6 +224,24 @@ def test_predict_with_an_int8_file_gives_the_float_files_class_on_held_out_pngs(
     assert np.mean(np.array(int8_classes) == float_classes) >= 0.998
 
 
+def test_the_int8_gate_refuses_a_file_below_its_agreement_even_at_no_accuracy_cost():
+    """Hand-made answers (the oracle is the count of changed classes): on 1,000 digits the float model is wrong on
+    100; an int8 file answering another wrong class on 10 of those (99.0% agreement, no accuracy lost, a quarter of
+    the float file's size, every class answered) is refused at agreement 0.998; on 2 of them (99.8%) it passes."""
+    labels = np.arange(1000) % 10
+    keras_classes = np.where(np.arange(1000) < 100, (labels + 1) % 10, labels)  # wrong on the first 100
+    limits = SimpleNamespace(agreement=0.998, accuracy_loss=0.002, size_ratio=0.30)
+    gate = shipping.int8_gate(np.eye(10)[keras_classes] * 0.9 + 0.01, labels, 4_000_000, limits)
+    problems = {}
+    for changed in (10, 2):
+        int8_classes = keras_classes.copy()
+        int8_classes[:changed] = (labels[:changed] + 2) % 10  # wrong before, wrong after: accuracy unchanged
+        result, problems[changed] = gate(np.eye(10)[int8_classes] * 0.9 + 0.01, 1_000_000)
+        assert result["agreement"] == pytest.approx(1 - changed / 1000) and result["accuracy_loss"] == 0
+    assert problems[2] is None
+    assert problems[10] is not None and "same class on 99.00% of them (at least 99.80%)" in problems[10]
+
+
 @pytest.mark.parametrize("format", ["onnx_int8", "litert_int8"])
 def test_a_broken_calibration_makes_the_int8_gate_refuse_the_file(model, mnist_10k, tmp_path, format):
     images, labels = mnist_digits(mnist_10k, "test", 300)
