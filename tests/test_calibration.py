@@ -64,7 +64,9 @@ def test_a_folded_temperature_answers_the_scaled_probabilities_and_is_otherwise_
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(10), keras.layers.Activation("softmax")])
+    # A bias of its own: with Keras' zeros, a fold that forgot to scale the bias would pass.
+    logits = keras.layers.Dense(10, bias_initializer=keras.initializers.RandomNormal(stddev=1.0))
+    model = keras.Sequential([keras.Input((4,)), logits, keras.layers.Activation("softmax")])
     inputs = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
     expected = calibration.scaled(model.predict(inputs, verbose=0), 2.0)
     folded = calibration.fold_temperature(model, 2.0)
