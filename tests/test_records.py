@@ -115,6 +115,12 @@ def test_a_split_of_the_wrong_shape_is_refused(tmp_path):
     records.write_split(paths, "test", x=np.zeros((3, 28, 28), np.float32), labels=np.zeros(3, np.uint8))
     with pytest.raises(PipelineError, match=r"test.npz: expected N x 28 x 28 x 1 images .* x \(3, 28, 28\)"):
         records.read_split(paths, "test")
+    records.write_split(paths, "test", x=np.zeros((3, 28, 28, 3), np.float32), labels=np.zeros(3, np.uint8))
+    with pytest.raises(PipelineError, match=r"x \(3, 28, 28, 3\)"):  # colour images: right rank, wrong shape
+        records.read_split(paths, "test")
+    records.write_split(paths, "test", x=np.zeros((3, 28, 28, 1), np.float32), labels=np.zeros(2, np.uint8))
+    with pytest.raises(PipelineError, match=r"labels \(2,\)"):  # three images, two labels
+        records.read_split(paths, "test")
     records.write_split(paths, "test", x=np.zeros((3, 28, 28, 1), np.float32), labels=np.zeros(3, np.uint8))
     assert len(records.read_split(paths, "test")["labels"]) == 3
     with pytest.raises(PipelineError, match="holds 3 images but dataset.json beside it says 4"):
