@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.efficiency import epoch_flops
+from stages.core.card import wilson as wilson_interval  # the model card's: one home for the interval
 from stages.core.datasets import DATASETS
 from stages.core.project_copy import ROOT, paths_under
 
@@ -33,14 +34,6 @@ SEEDS = (42, 7, 2026)
 THRESHOLDS = (0.990, 0.993)  # validation accuracies whose time to reach is recorded
 TARGET = 0.993  # issue 36: the default's median held-out accuracy over the seeds
 PLOT = "time_to_accuracy.png"  # beside benchmark.md
-
-
-def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (scipy's binomial test)."""
-    from scipy.stats import binomtest
-
-    interval = binomtest(correct, total).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(interval.low), float(interval.high)
 
 
 def cumulative(values: list[float]) -> list[float]:
