@@ -188,3 +188,12 @@ def test_the_model_cards_known_limits_are_what_the_docs_say():
 
     unsaid = [quote for page, quote in LIMITS if quote not in " ".join((ROOT / page).read_text().split())]
     assert not unsaid, f"docs no longer say what the model card quotes (stages/core/card.py LIMITS): {unsaid}"
+
+
+def test_the_not_sure_bar_the_docs_quote_is_the_readers():
+    """docs/handwriting.md (and the model card, which quotes it) says where "not sure" starts: the reader's own bar."""
+    from stages.core.calibration import UNSURE_BELOW
+
+    text = (ROOT / "docs" / "handwriting.md").read_text()
+    quoted = re.findall(r"top probability below ([0-9.]+)", text)
+    assert quoted and {float(value) for value in quoted} == {UNSURE_BELOW}, quoted
