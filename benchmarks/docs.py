@@ -84,12 +84,16 @@ DIGIT_TARGET, NUMBER_TARGET = 0.97, 0.93
 
 def photo_forms(snapshot: dict) -> str:
     """benchmarks/photos.py's table: each form's accuracy before and after, against its target."""
+    from benchmarks.photos import NUMBER_FORMS, single_forms
+
     before = snapshot.get("before", {}).get("forms", {})
+    order = {form: place for place, form in enumerate([*single_forms(), *NUMBER_FORMS])}  # the benchmark's order
     lines = ["| form | before | after | target |", "|---|---|---|---|"]
-    for form, after in snapshot["forms"].items():
-        target = NUMBER_TARGET if form.startswith(("numbers", "two digits")) else DIGIT_TARGET
+    for form in sorted(snapshot["forms"], key=lambda form: (order.get(form, len(order)), form)):
+        after = snapshot["forms"][form]
+        target = NUMBER_TARGET if form in NUMBER_FORMS else DIGIT_TARGET
         was = f"{before[form]:.1%}" if form in before else "-"
-        lines.append(f"| {form} | {was} | {after:.1%} | {target:.0%} {'met' if after >= target else 'missed'} |")
+        lines.append(f"| {form} | {was} | {after:.1%} | {target:.0%}: {'met' if after >= target else 'missed'} |")
     return "\n".join(lines) + "\n"
 
 
