@@ -59,6 +59,8 @@ from stages.core.search.trials import (
 )
 from stages.core.tracking import study as tracking_study
 
+CREATED_MEANWHILE = {"42710", "42P07"}  # PostgreSQL's duplicate_object, duplicate_table
+
 
 def open_study(spec: SearchSpec):
     """Join the study (creating it if this is the first worker), with heartbeats and the stale-trial retry."""
@@ -74,12 +76,13 @@ def open_study(spec: SearchSpec):
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(spec.max_retry),
             )
             break
-        except IntegrityError:
-            # Workers started together race to create Optuna's tables; the loser finds them made.
-            if attempt == 2:
-                raise
-            time.sleep(1 + attempt)
         except (SQLAlchemyError, ValueError) as error:  # ValueError: e.g. a port that is not a number
+            # Workers started together race to create Optuna's tables and types; the loser finds them made
+            # (PostgreSQL: a unique violation, or "type studydirection already exists").
+            if attempt < 2 and (isinstance(error, IntegrityError) or getattr(
+                    getattr(error, "orig", None), "sqlstate", None) in CREATED_MEANWHILE):
+                time.sleep(1 + attempt)
+                continue
             shown = re.sub(r"(//[^:@/]*):[^@/]*@", r"\1:***@", url)  # it may not parse: hide the password by hand
             raise SearchError(f"storage {shown} failed: {str(error).splitlines()[0]}; {STORAGE_HINT}") from None
     if spec.sampler == "grid":
