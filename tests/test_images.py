@@ -272,18 +272,19 @@ def test_a_page_of_specks_has_no_digits():
         split_number(as_photo(specks, "PNG"), "mnist")
 
 
-
-@pytest.mark.xfail(strict=True, reason="issue 29 item 8c, open: 200 specks on a page put some in columns and some "
-                                       "touching (a short dash), and such groups are read as digits")
-def test_a_page_of_200_specks_has_no_digits():
-    """The issue's case: 200 random 3x3 specks on white (30 pass, above). On main at 3c60503 this page gives 45
-    "digits"; `predict --number` then answers a number, exit 0."""
+@pytest.mark.parametrize(("count", "seed"), [(100, 2), (200, 0), (400, 0)])
+def test_a_page_of_many_specks_has_no_digits(count, seed):
+    """The issue's case: 200 random 3x3 specks on white (30 pass, above). Specks in a column group as one digit's
+    marks and two touching make a short dash: before a digit had to be a stroke, the 200 gave 45 "digits" and
+    `predict --number` answered a number, exit 0. Of the 100, one chain of touching specks is as long as a short
+    stroke: it holds a few percent of the page's ink, and a number's digits hold most of it."""
     specks = page(paper=1.0)
-    rng = np.random.default_rng(0)
-    for row, column in zip(rng.integers(0, 297, 200), rng.integers(0, 397, 200), strict=True):
+    rng = np.random.default_rng(seed)
+    for row, column in zip(rng.integers(0, 297, count), rng.integers(0, 397, count), strict=True):
         specks[row:row + 3, column:column + 3] = 0.0
     with pytest.raises(ImageError, match=NO_DIGITS):
         split_number(as_photo(specks, "PNG"), "mnist")
+
 
 # --- real digits, rendered: accuracy against the originals -----------------------------------------------------
 

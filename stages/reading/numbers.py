@@ -6,8 +6,9 @@ strokes); neighbouring digits may overlap less than that. Digits that touch are 
 digit is cut along the path from its top to its bottom that crosses the least ink (where the two touch), and each
 digit says how sure its cut was. A small mark low between two digits and apart from both is a decimal point (or a
 comma, where it runs below the digits), and a gap wider than most of a digit's height is a space: they are shown
-in the number as separators, never read as digits. Specks and blobs (strokes wider than a pen's, framed) are no
-digits at all.
+in the number as separators, never read as digits. Specks, blobs (strokes wider than a pen's, framed) and groups
+whose largest piece is no pen stroke (a dash of touching specks, a column of scattered ones) are no digits at all;
+a page whose digits hold less than half its ink is specks or scribbles, not a number.
 
 Nothing in reading/ imports TensorFlow or MLflow: the CLI, the drawing page and the registered image model share it.
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from stages.reading.framing import a_blob, frame
+from stages.reading.framing import a_blob, frame, stroke_width
 from stages.reading.ink import NUMBER_REACH, Ink, find_ink
 from stages.reading.loading import ImageError
 
@@ -47,6 +48,14 @@ SEAM_STEP, SEAM_DRIFT = 0.3, 0.4
 SEPARATOR_SIZE, SEPARATOR_GAP = 0.3, 0.1
 # A gap between two digits wider than this share of their height is a space (thousands written apart).
 SPACE_GAP = 0.75
+# A digit is written with a stroke: its largest connected piece of ink runs along its skeleton at least STROKE_LENGTH
+# pen widths and spans STROKE_SPAN of the digit's height. A speck is about as long as wide, a dash of two or three
+# touching specks about one width longer, a column of scattered specks is mostly paper; a marker's 1 with strokes a
+# quarter of its height runs three widths, a 5's body (its flag apart) spans most of the digit.
+STROKE_LENGTH, STROKE_SPAN = 1.5, 0.4
+# The digits of a written number hold most of its ink (specks far smaller than the largest mark are gone before):
+# where those read as digits hold less than NUMBER_INK of it, the page is specks or scribbles, and no number.
+NUMBER_INK = 0.5
 NO_DIGITS = "no digits found: only specks or marks unlike any digit"
 
 
@@ -247,6 +256,22 @@ def digit_groups(ink: Ink) -> list[Group]:
     return [part for group in groups for part in cut_touching(group, ink, height)]
 
 
+def a_stroke(group: Group, ink: Ink) -> bool:
+    """Whether the group's largest connected piece of strong ink is a pen's stroke (STROKE_LENGTH, STROKE_SPAN)."""
+    from skimage import measure, morphology
+
+    rows = slice(group.top - ink.origin[0], group.bottom - ink.origin[0])
+    columns = slice(group.left - ink.origin[1], group.right - ink.origin[1])
+    pieces = measure.label((own_pixels(group, ink) & (ink.strength > 0.5))[rows, columns], connectivity=2)
+    if not pieces.any():
+        return False
+    piece = pieces == np.bincount(pieces.ravel())[1:].argmax() + 1
+    spanned = np.flatnonzero(piece.any(axis=1))
+    length = int(morphology.skeletonize(piece).sum())
+    return (spanned[-1] - spanned[0] + 1 >= STROKE_SPAN * group.height
+            and length >= STROKE_LENGTH * stroke_width(piece.astype(np.float32)))
+
+
 def box(group: Group, ink: Ink) -> tuple[int, int, int, int]:
     """(x, y, width, height) in the original image's pixels."""
     return tuple(round(value * ink.scale) for value in (group.left, group.top, group.width, group.height))
@@ -255,14 +280,16 @@ def box(group: Group, ink: Ink) -> tuple[int, int, int, int]:
 def split_number(image: Image.Image, dataset: str) -> list[Digit]:
     """The digits of a written number, left to right, each framed as the model's input; ImageError when none is."""
     ink = find_ink(image, reach=NUMBER_REACH)
-    digits, before = [], ""
+    digits, before, read = [], "", 0.0
     for group in digit_groups(ink):
-        array = frame(np.where(own_pixels(group, ink), ink.strength, 0), dataset)
-        if a_blob(array):  # a speck or a blob is no digit (a space before it still counts)
+        strength = np.where(own_pixels(group, ink), ink.strength, 0)
+        array = frame(strength, dataset)
+        if a_blob(array) or not a_stroke(group, ink):  # no digit (a space before it still counts)
             before = before or group.before
             continue
         digits.append(Digit(array, box(group, ink), group.split, (group.before or before) if digits else ""))
+        read += float(strength.sum())
         before = ""
-    if not digits:
+    if not digits or read < NUMBER_INK * float(ink.strength.sum()):
         raise ImageError(NO_DIGITS)
     return digits
