@@ -24,7 +24,8 @@ from stages.core.tracking import store as tracking_store
 def client_for(root: Path):
     import mlflow
 
-    return mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return mlflow.MlflowClient(uri, registry_uri=uri)  # not the process's last registry URI (an earlier test's store)
 
 
 def only_run(client, experiment: str = "mnist"):
