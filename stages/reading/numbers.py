@@ -39,7 +39,8 @@ PIECE_AREA, PIECE_HEIGHT = 0.25, 0.5
 # wide (a 1)...
 TOUCHING_ASPECT, MAYBE_TOUCHING, SURE_CUT, NARROWEST_DIGIT = 1.6, 0.9, 0.75, 0.2
 # ... and holds at least DIGIT_SHARE of its ink (a 1 beside a 0 holds a third) and spans DIGIT_HEIGHT of its height
-# (a 7's bar or a 5's flag, joined to the rest by a thin stroke, does not).
+# (a 7's bar or a 5's flag, joined to the rest by a thin stroke, does not); each side is a stroke (`a_stroke`: a
+# wide 5 cut where its bowl meets its flag leaves a piece that is none, and the 5 stays whole).
 DIGIT_SHARE, DIGIT_HEIGHT = 0.2, 0.65
 # The cut's path costs this much ink (in pixels) per step aside, and strays at most SEAM_DRIFT of the height aside.
 SEAM_STEP, SEAM_DRIFT = 0.3, 0.4
@@ -52,7 +53,8 @@ SPACE_GAP = 0.75
 # pen widths and spans STROKE_SPAN of the digit's height. A speck is about as long as wide, a dash of two or three
 # touching specks about one width longer, a column of scattered specks is mostly paper; a marker's 1 with strokes a
 # quarter of its height runs three widths, a 5's body (its flag apart) spans most of the digit.
-STROKE_LENGTH, STROKE_SPAN = 1.5, 0.4
+# Measured on the ink above STROKE_INK of its strength: at half strength a thin, grainy pen's 5 breaks into bits.
+STROKE_LENGTH, STROKE_SPAN, STROKE_INK = 1.5, 0.4, 0.25
 # The digits of a written number hold most of its ink (specks far smaller than the largest mark are gone before):
 # where those read as digits hold less than NUMBER_INK of it, the page is specks or scribbles, and no number.
 NUMBER_INK = 0.5
@@ -230,6 +232,8 @@ def cut_touching(group: Group, ink: Ink, height: float) -> list[Group]:
     left = own & (np.arange(own.shape[1]) < (boundary + columns.start)[:, np.newaxis])
     parts = [part_of(group, ink, pixels, min(group.split, sure), before)
              for pixels, before in ((left, group.before), (own & ~left, ""))]
+    if not all(a_stroke(part, ink) for part in parts):  # a cut leaves two digits, or it is no cut
+        return [group]
     return [digit for part in parts for digit in cut_touching(part, ink, height)]
 
 
@@ -257,12 +261,12 @@ def digit_groups(ink: Ink) -> list[Group]:
 
 
 def a_stroke(group: Group, ink: Ink) -> bool:
-    """Whether the group's largest connected piece of strong ink is a pen's stroke (STROKE_LENGTH, STROKE_SPAN)."""
+    """Whether the group's largest connected piece of ink is a pen's stroke (STROKE_LENGTH, STROKE_SPAN)."""
     from skimage import measure, morphology
 
     rows = slice(group.top - ink.origin[0], group.bottom - ink.origin[0])
     columns = slice(group.left - ink.origin[1], group.right - ink.origin[1])
-    pieces = measure.label((own_pixels(group, ink) & (ink.strength > 0.5))[rows, columns], connectivity=2)
+    pieces = measure.label((own_pixels(group, ink) & (ink.strength > STROKE_INK))[rows, columns], connectivity=2)
     if not pieces.any():
         return False
     piece = pieces == np.bincount(pieces.ravel())[1:].argmax() + 1
