@@ -33,12 +33,15 @@ system:
 run: setup
 	@echo $(BIN)/dvc repro; $(BIN)/dvc repro; status=$$?; $(BIN)/python -m stages.core.next_steps $$status; exit $$status
 
+# Two pytest-xdist workers, each test module whole on one, in order (its module fixtures built once, its tests'
+# sequence kept); modules with the most tests start first. TEST_WORKERS=0: one process, as before.
+TEST_WORKERS ?= 2
 test: setup system
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 # Every test that needs no project copy running DVC, no server and no browser (the `slow` rule in tests/conftest.py).
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadscope
 
 # Mutation testing, not in CI (pyproject's [tool.mutmut]): one time box of MUTANT_MINUTES, niced (mutmut tries the
 # cheapest mutants first, so the TensorFlow-heavy augment.py ones come last), then a line of score per module:
