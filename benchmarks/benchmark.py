@@ -545,7 +545,8 @@ def measure_predict(work: Path) -> dict:
     print(f"predict: dvc repro export ({PREDICT_MODEL}, every export format)", flush=True)
     check(run_measured(["dvc", "repro", "export"], project, env, logs / "repro.log"), "dvc repro export", logs)
     read_probe(probe)
-    Image.fromarray(255 - read_idx(MNIST_10K_SOURCE / TEST_IMAGES)[0]).save(project / "digit.png")
+    held_out = read_idx(MNIST_10K_SOURCE / TEST_IMAGES)[:FOLDER_IMAGES]
+    Image.fromarray(255 - held_out[0]).save(project / "digit.png")
     paths = read_yaml(project / "params.yaml")["paths"]
     files = {"keras": project / paths["model"]}
     files |= {name: project / paths["export_dir"] / FORMATS[name].file for name in latency.FORMATS_MEASURED[1:]}
@@ -553,7 +554,7 @@ def measure_predict(work: Path) -> dict:
                             PREDICT_RUNS)
     folder = project / "held-out-pngs"
     folder.mkdir()
-    for index, digit in enumerate(read_idx(MNIST_10K_SOURCE / TEST_IMAGES)[:FOLDER_IMAGES]):
+    for index, digit in enumerate(held_out):
         Image.fromarray(255 - digit).save(folder / f"{index:04d}.png")
     table["folder"] = latency.folder_reading({name: files[name] for name in ("keras", "onnx")}, folder, project, env)
     for row in table["rows"]:

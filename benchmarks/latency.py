@@ -65,32 +65,28 @@ def measure_in_process(format: str, path: str, test_npz: str) -> dict:
             "batch_images_per_s": BATCH / statistics.median(batch_seconds)}
 
 
-def cold_start(path: Path, image: Path, cwd: Path, env: dict[str, str], runs: int) -> dict:
-    """`python -m stages.predict --model path image` in `runs` fresh processes: median wall and CPU seconds."""
-    walls, cpus = [], []
-    for _ in range(runs):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        started = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "stages.predict", "--model", str(path), str(image)],
-                                cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-        walls.append(time.perf_counter() - started)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-        if result.returncode != 0:
-            raise RuntimeError(f"predict with {path} failed: {result.stderr.strip()[-500:]}")
-    return {"cold_wall_s": statistics.median(walls), "cold_cpu_s": statistics.median(cpus)}
-
-
-def timed_predict(arguments: list[str], cwd: Path,
-                  env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float, float]:
+def timed_predict(arguments: list[str], cwd: Path, env: dict[str, str],
+                  timeout: float = 1800) -> tuple[subprocess.CompletedProcess, float, float]:
     """One fresh `python -m stages.predict ARGUMENTS`: the process, its wall seconds and its CPU seconds."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "stages.predict", *arguments], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=1800)
+                            capture_output=True, text=True, timeout=timeout)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return result, wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def cold_start(path: Path, image: Path, cwd: Path, env: dict[str, str], runs: int) -> dict:
+    """`python -m stages.predict --model path image` in `runs` fresh processes: median wall and CPU seconds."""
+    walls, cpus = [], []
+    for _ in range(runs):
+        result, wall, cpu = timed_predict(["--model", str(path), str(image)], cwd, env, timeout=600)
+        walls.append(wall)
+        cpus.append(cpu)
+        if result.returncode != 0:
+            raise RuntimeError(f"predict with {path} failed: {result.stderr.strip()[-500:]}")
+    return {"cold_wall_s": statistics.median(walls), "cold_cpu_s": statistics.median(cpus)}
 
 
 def folder_reading(files: dict[str, Path], folder: Path, cwd: Path, env: dict[str, str]) -> dict:
