@@ -378,10 +378,3 @@ def read_registered(paths) -> dict[str, str]:
 def write_model_card(paths, text: str) -> Path:
     write_text(paths.model_card, text)
     return Path(paths.model_card)
-
-
-def read_model_card(paths) -> str:
-    try:
-        return Path(paths.model_card).read_text()
-    except FileNotFoundError:
-        raise not_found(paths.model_card, "register") from None
