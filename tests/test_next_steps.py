@@ -69,3 +69,14 @@ def test_as_a_program_it_takes_dvc_repro_s_status(tmp_path):
     result = subprocess.run([sys.executable, "-m", "stages.core.next_steps", "1"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=120, env=project_env([ROOT]))
     assert result.returncode == 0 and result.stdout.startswith("`dvc repro` stopped (exit status 1)"), result
+
+
+def test_make_in_a_copy_under_make_test_prints_no_directory_line(tmp_path, monkeypatch):
+    """Under `make test` the suite inherits MAKELEVEL and MAKEFLAGS; a copy's `make run` must still be a top-level
+    make, whose first line is its own (a sub-make prints "make[1]: Entering directory" first)."""
+    monkeypatch.setenv("MAKELEVEL", "1")
+    monkeypatch.setenv("MAKEFLAGS", "w")
+    (tmp_path / "Makefile").write_text("hello:\n\t@echo hello\n")
+    result = subprocess.run(["make", "hello"], cwd=tmp_path, env=project_env([tmp_path]), capture_output=True,
+                            text=True, check=True)
+    assert result.stdout == "hello\n"
